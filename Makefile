@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Each sets up .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch and torchvision are pinned to the builds that lie on local disk on our machines.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv test test-fast demo bench lint clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check kdsearch tests bench
+	$(BIN)/ruff format --check kdsearch tests bench
+
+test: venv lint
+	$(BIN)/pytest -q
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow"
+
+demo: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m kdsearch.demo
+
+bench: venv
+	$(BIN)/kdsearch bench --device cpu
+
+clean:
+	rm -rf $(VENV) .pytest_cache kdsearch.egg-info

@@ -1,0 +1,26 @@
+"""The one error type users see.
+
+Every problem a user can fix (bad spec, missing data, wrong checkpoint, unreachable database)
+is raised as :class:`KDSearchError` with a one-line message that names the problem and the fix.
+The CLI prints it as ``kdsearch: error: <message>`` and exits with code 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class KDSearchError(Exception):
+    """A user-fixable problem; ``str(err)`` is one line naming the problem and the fix."""
+
+    exit_code = 2
+
+
+def unknown_name(what: str, name: str, allowed: Iterable[str]) -> KDSearchError:
+    """An error for a name outside a registry, suggesting the nearest valid one."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(str(name), allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return KDSearchError(f"{what}: unknown {name!r}{hint} (choose from {', '.join(allowed)})")
