@@ -1,0 +1,471 @@
+"""The study spec: one YAML file that is the whole experiment.
+
+The YAML is read with ``yaml.safe_load`` (a spec never executes code), merged over the file
+its ``base:`` key names, and validated once into frozen dataclasses. Every error names the key
+path, the value and what is allowed, e.g. ``search.space.alpha.high: 1.5 is outside [0, 1]``.
+Nothing downstream re-validates.
+
+Searched parameters are plain overrides of spec keys: ``lr`` is ``train.optimizer.lr`` and a
+user may search any numeric key by its dotted path (``train.optimizer.weight_decay``), so a
+trial's configuration is always ``spec.with_overrides(trial.params)``, validated the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from kdsearch.errors import KDSearchError, unknown_name
+
+SPEC_VERSION = 1
+
+#: Short names a search space may use for the hyperparameters every KD search tunes.
+ALIASES: dict[str, str] = {
+    "temperature": "distill.temperature",
+    "alpha": "distill.alpha",
+    "dropout": "student.kwargs.dropout",
+    "lr": "train.optimizer.lr",
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str = "cifar10"
+    root: str = "data"
+    download: bool = False
+    val_fraction: float = 0.1
+    subset_fraction: float = 1.0
+    labeled_fraction: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, path: str) -> None:
+        _in_range(f"{path}.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        _in_range(f"{path}.subset_fraction", self.subset_fraction, 0.0, 1.0, low_open=True)
+        _in_range(f"{path}.labeled_fraction", self.labeled_fraction, 0.0, 1.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    arch: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+    def check(self, path: str) -> None:
+        _positive(f"{path}.lr", self.lr)
+        _in_range(f"{path}.momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _in_range(f"{path}.weight_decay", self.weight_decay, 0.0, math.inf)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: Literal["none", "step", "cosine"] = "none"
+    step_size: int = 30
+    gamma: float = 0.1
+
+    def check(self, path: str) -> None:
+        _positive(f"{path}.step_size", self.step_size)
+        _in_range(f"{path}.gamma", self.gamma, 0.0, 1.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    tensorboard: bool = False
+
+    def check(self, path: str) -> None:
+        _positive(f"{path}.epochs", self.epochs)
+        _positive(f"{path}.batch_size", self.batch_size)
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise KDSearchError(
+                f"{path}.device: {self.device!r} is not a device (use auto, cpu, cuda or cuda:N)"
+            )
+
+
+@dataclass(frozen=True)
+class DistillSpec:
+    loss: str = "hinton"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    #: ``all_views`` (exact, every crop/flip view), ``sampled:K`` (K seeded views per image)
+    #: or ``none`` (online teacher, for augmentations that cannot be enumerated).
+    teacher_cache: str = "all_views"
+
+    def check(self, path: str) -> None:
+        _positive(f"{path}.temperature", self.temperature)
+        _in_range(f"{path}.alpha", self.alpha, 0.0, 1.0)
+        self.cache_views()
+
+    def cache_views(self) -> int | None:
+        """Views per image the teacher cache holds: ``None`` for all views, 0 for no cache."""
+        mode = str(self.teacher_cache)
+        if mode == "all_views":
+            return None
+        if mode == "none":
+            return 0
+        if mode.startswith("sampled:") and mode[8:].strip().isdigit() and int(mode[8:]) > 0:
+            return int(mode[8:])
+        raise KDSearchError(
+            f"distill.teacher_cache: {mode!r} is not allowed (use all_views, none or sampled:K)"
+        )
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    type: Literal["float", "int", "categorical"] = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    def check(self, path: str) -> None:
+        if self.type == "categorical":
+            if not self.choices:
+                raise KDSearchError(f"{path}.choices: a categorical parameter needs choices")
+            return
+        if self.low is None or self.high is None:
+            raise KDSearchError(f"{path}: a {self.type} parameter needs low and high")
+        if self.low >= self.high:
+            raise KDSearchError(f"{path}.low: {self.low} must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise KDSearchError(f"{path}.low: {self.low} must be > 0 when log: true")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    direction: Literal["maximize", "minimize"] = "maximize"
+    n_trials: int = 20
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "hyperband"})
+    space: dict[str, ParamSpec] = field(default_factory=dict)
+    max_retries: int = 2
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    keep_checkpoints: int = 3
+
+    def check(self, path: str) -> None:
+        _positive(f"{path}.n_trials", self.n_trials)
+        _positive(f"{path}.heartbeat_interval", self.heartbeat_interval)
+        if self.grace_period <= self.heartbeat_interval:
+            raise KDSearchError(
+                f"{path}.grace_period: {self.grace_period} must exceed heartbeat_interval "
+                f"({self.heartbeat_interval})"
+            )
+        _in_range(f"{path}.max_retries", self.max_retries, 0, math.inf)
+        _in_range(f"{path}.keep_checkpoints", self.keep_checkpoints, 0, math.inf)
+        for key in ("sampler", "pruner"):
+            if "name" not in getattr(self, key):
+                raise KDSearchError(f"{path}.{key}: needs a name, e.g. {{name: tpe}}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    dataset: DatasetSpec
+    student: NetSpec
+    teacher: NetSpec | None = None
+    train: TrainSpec = field(default_factory=TrainSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    storage: str | None = None
+    #: Training settings for ``kdsearch train-teacher``, merged over ``train``.
+    teacher_train: dict[str, Any] = field(default_factory=dict)
+    version: int = SPEC_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON/YAML-safe), the form stored on a study."""
+        return dataclasses.asdict(self)
+
+    @property
+    def distills(self) -> bool:
+        """Whether training uses a teacher at all (alpha=0 is the plain baseline)."""
+        return self.teacher is not None and self.distill.alpha > 0
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Spec:
+        """A new spec with dotted keys (or search aliases) replaced, validated again."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            _set_path(data, ALIASES.get(key, key), value)
+        return from_dict(data)
+
+    def teacher_spec(self) -> Spec:
+        """The spec ``train-teacher`` trains: the teacher as the net, on all training labels.
+
+        Validation and test images stay held out, as for every student.
+        """
+        if self.teacher is None:
+            raise KDSearchError("teacher: the spec has no teacher section to train")
+        data = self.to_dict()
+        data["student"] = {"arch": self.teacher.arch, "kwargs": self.teacher.kwargs}
+        # The teacher is the fixed, fully trained model: every training image and label.
+        data["dataset"].update(subset_fraction=1.0, labeled_fraction=1.0)
+        data["search"]["space"] = {}
+        data["teacher"] = None
+        data["distill"]["alpha"] = 0.0
+        data["train"] = _merge(data["train"], self.teacher_train)
+        return from_dict(data)
+
+
+def _in_range(
+    path: str,
+    value: float,
+    low: float,
+    high: float,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above or (isinstance(value, float) and math.isnan(value)):
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise KDSearchError(f"{path}: {value} is outside {left}{_num(low)}, {_num(high)}{right}")
+
+
+def _positive(path: str, value: float) -> None:
+    if not value > 0:
+        raise KDSearchError(f"{path}: {value} must be > 0")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x) if math.isfinite(x) else "inf"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``over`` replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, last = dotted.split(".")
+    for i, part in enumerate(parents):
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise KDSearchError(f"{'.'.join(parents[: i + 1])}: not a section, cannot set {dotted}")
+    node[last] = value
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against the type hint ``tp``; build nested dataclasses."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, path)
+            except KDSearchError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise KDSearchError(
+                f"{path}: {value!r} is not allowed (choose from {', '.join(map(str, allowed))})"
+            )
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise KDSearchError(f"{path}: expected a mapping, got {value!r}")
+        _, vtype = typing.get_args(tp)
+        return {str(k): _convert(vtype, v, f"{path}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise KDSearchError(f"{path}: expected a list, got {value!r}")
+        return list(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise KDSearchError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise KDSearchError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" as a string; accept it as the number it means.
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise KDSearchError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise KDSearchError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"spec field type {tp!r} is not supported")  # a bug, not user input
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    where = path or "spec"
+    if not isinstance(data, dict):
+        raise KDSearchError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            allowed = ", ".join(fields)
+            raise KDSearchError(f"{_join(path, key)}: unknown key{hint} (allowed here: {allowed})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], _join(path, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise KDSearchError(f"{_join(path, name)}: missing (this key is required)")
+    obj = cls(**kwargs)
+    for name in fields:
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(value) and name not in data and hasattr(value, "check"):
+            value.check(_join(path, name))
+    if hasattr(obj, "check"):
+        obj.check(where)
+    return obj
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _check_space(spec: Spec) -> None:
+    valid_targets = _numeric_paths(spec.to_dict())
+    for key, param in spec.search.space.items():
+        target = ALIASES.get(key, key)
+        if target.startswith(("dataset.", "teacher.", "search.")):
+            raise KDSearchError(
+                f"search.space.{key}: {target} cannot be searched (data, teacher and search "
+                "settings are fixed per study); search student, train or distill keys"
+            )
+        if target not in valid_targets and not target.startswith("student.kwargs."):
+            close = difflib.get_close_matches(key, [*ALIASES, *valid_targets], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KDSearchError(
+                f"search.space.{key}: not a spec key{hint} "
+                f"(use {', '.join(ALIASES)} or a dotted key such as train.optimizer.weight_decay)"
+            )
+        if target in ("distill.alpha", "student.kwargs.dropout") and param.type != "categorical":
+            for bound in ("low", "high"):
+                _in_range(f"search.space.{key}.{bound}", getattr(param, bound), 0.0, 1.0)
+        if target == "distill.temperature" and param.type != "categorical":
+            _positive(f"search.space.{key}.low", param.low)
+
+
+def _numeric_paths(data: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= _numeric_paths(value, dotted + ".")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out.add(dotted)
+    return out
+
+
+def _check_registries(spec: Spec) -> None:
+    """Names that must exist in the registries: architectures, their arguments, data, loss."""
+    from kdsearch import data, losses, nets
+
+    for key, net in (("student", spec.student), ("teacher", spec.teacher)):
+        if net is None:
+            continue
+        if net.arch not in nets.names():
+            raise unknown_name(f"{key}.arch", net.arch, nets.names())
+        allowed = nets.kwarg_names(net.arch)
+        searched = [
+            ALIASES.get(k, k).removeprefix(f"{key}.kwargs.")
+            for k in spec.search.space
+            if ALIASES.get(k, k).startswith(f"{key}.kwargs.")
+        ]
+        for name in [*net.kwargs, *searched]:
+            if name not in allowed:
+                raise KDSearchError(
+                    f"{key}.kwargs.{name}: {net.arch} takes no argument {name!r} "
+                    f"(allowed: {', '.join(allowed) or 'none'})"
+                )
+    if spec.dataset.name not in data.names():
+        raise unknown_name("dataset.name", spec.dataset.name, data.names())
+    losses.get(spec.distill.loss)
+
+
+def from_dict(data: dict[str, Any]) -> Spec:
+    """Validate plain data into a :class:`Spec` (the form stored on a study, too)."""
+    spec = _build(Spec, data, "")
+    _check_registries(spec)
+    if spec.version > SPEC_VERSION:
+        raise KDSearchError(
+            f"version: spec version {spec.version} is newer than this kdsearch understands "
+            f"({SPEC_VERSION}); upgrade kdsearch"
+        )
+    _check_space(spec)
+    return spec
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping, following ``base:`` (a path relative to the file) recursively."""
+    path = Path(path)
+    if not path.is_file():
+        raise KDSearchError(f"{path}: no such spec file (specs live under studies/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise KDSearchError(f"{path}: malformed YAML at {where}: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise KDSearchError(f"{path}: malformed YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise KDSearchError(f"{path}: a spec is a YAML mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(read_yaml(path.parent / str(base)), data)
+
+
+def load(path: str | Path) -> Spec:
+    """Read and validate a spec file; the study name defaults to the file's stem."""
+    path = Path(path)
+    data = read_yaml(path)
+    data.setdefault("name", path.stem)
+    return from_dict(data)
