@@ -1,0 +1,29 @@
+"""Model size: parameter count and forward FLOPs of one image, for reports and budgets."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (buffers such as BatchNorm running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(model: nn.Module, image_size: int = 32, channels: int = 3) -> int:
+    """FLOPs (a multiply-add counts 2) of one eval-mode forward pass on one image.
+
+    The model's train/eval mode is restored afterwards, so this is safe mid-training.
+    """
+    ref = next(model.parameters())
+    image = torch.zeros(1, channels, image_size, image_size, dtype=ref.dtype, device=ref.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(image)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())

@@ -1,0 +1,60 @@
+"""The architecture registry: a network is one decorated builder, looked up by name.
+
+Specs name an architecture and its keyword arguments as data; :func:`create` checks both against
+the builder's own signature so a typo fails at the edge with a message that lists what is valid.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from kdsearch.errors import KDSearchError, unknown_name
+
+Builder = Callable[..., nn.Module]
+
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Register ``fn(num_classes: int = 10, **kwargs) -> nn.Module`` under ``name``."""
+
+    def decorate(fn: Builder) -> Builder:
+        if name in _BUILDERS:
+            raise ValueError(f"architecture {name!r} is registered twice")
+        _BUILDERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def names() -> list[str]:
+    """Every registered architecture, sorted."""
+    return sorted(_BUILDERS)
+
+
+def _builder(arch: str) -> Builder:
+    try:
+        return _BUILDERS[arch]
+    except KeyError:
+        raise unknown_name("arch", arch, names()) from None
+
+
+def kwarg_names(arch: str) -> list[str]:
+    """The builder's keyword arguments other than ``num_classes``, in signature order."""
+    params = inspect.signature(_builder(arch)).parameters
+    return [p for p in params if p != "num_classes"]
+
+
+def create(arch: str, num_classes: int = 10, **kwargs: object) -> nn.Module:
+    """Build ``arch`` for ``num_classes`` classes; a bad name or argument raises KDSearchError."""
+    builder = _builder(arch)
+    allowed = kwarg_names(arch)
+    for key in kwargs:
+        if key not in allowed:
+            raise KDSearchError(
+                f"{arch}: unknown argument {key!r} (allowed: {', '.join(allowed) or 'none'})"
+            )
+    return builder(num_classes=num_classes, **kwargs)
