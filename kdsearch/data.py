@@ -1,0 +1,224 @@
+"""Data sets as uint8 tensors, and the train/validation/test splits of a spec.
+
+Every data set is loaded whole into memory as ``N×3×32×32`` uint8 (CIFAR-10 is 150 MB), so
+that training can keep it on the device and augment with batched tensor ops (see
+:mod:`kdsearch.views`). A registry maps ``dataset.name`` to a loader; adding a data set is one
+decorated function.
+
+Validation is a seeded split held out of the *training* set; the test set is only ever used for
+final numbers, never for model selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdsearch.errors import KDSearchError, unknown_name
+from kdsearch.paths import resolve
+from kdsearch.spec import DatasetSpec
+
+#: Label of a training image whose label is withheld (``labeled_fraction``); the
+#: cross-entropy term ignores it, the distillation term still learns from the image.
+UNLABELED = -100
+
+#: Per-channel mean and std (in [0, 1] units) the reference normalized CIFAR with.
+NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass(frozen=True)
+class Images:
+    """Images (uint8, N×3×32×32) with integer labels (``UNLABELED`` where withheld)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray | torch.Tensor) -> Images:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Images(self.x[idx], self.y[idx])
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """What a registered loader returns: the data set's own train and test parts."""
+
+    train: Images
+    test: Images
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The splits a run uses: ``train`` (maybe partly unlabeled), ``val`` and ``test``."""
+
+    train: Images
+    val: Images
+    test: Images
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+Loader = Callable[..., RawDataset]
+_LOADERS: dict[str, Loader] = {}
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+    """Register ``fn(root: Path, download: bool, **options) -> RawDataset`` as ``name``."""
+
+    def wrap(fn: Loader) -> Loader:
+        _LOADERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def names() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def load_raw(spec: DatasetSpec) -> RawDataset:
+    if spec.name not in _LOADERS:
+        raise unknown_name("dataset.name", spec.name, names())
+    try:
+        return _LOADERS[spec.name](resolve(spec.root), spec.download, **spec.options)
+    except TypeError as err:
+        raise KDSearchError(f"dataset.options: {err} (for data set {spec.name!r})") from None
+
+
+def split(raw: RawDataset, spec: DatasetSpec) -> Splits:
+    """Hold out validation, take the training subset, withhold labels: all seeded."""
+    rng = np.random.default_rng(spec.seed)
+    order = rng.permutation(len(raw.train))
+    n_val = round(len(order) * spec.val_fraction)
+    val, rest = order[:n_val], order[n_val:]
+    rest = rest[: max(1, round(len(rest) * spec.subset_fraction))]
+    train = raw.train.subset(np.sort(rest))
+    if spec.labeled_fraction < 1.0:
+        n_labeled = max(1, round(len(train) * spec.labeled_fraction))
+        hidden = rng.permutation(len(train))[n_labeled:]
+        y = train.y.clone()
+        y[torch.as_tensor(hidden, dtype=torch.long)] = UNLABELED
+        train = replace(train, y=y)
+    return Splits(
+        train=train,
+        val=raw.train.subset(np.sort(val)),
+        test=raw.test,
+        num_classes=raw.num_classes,
+        mean=raw.mean,
+        std=raw.std,
+    )
+
+
+def load(spec: DatasetSpec) -> Splits:
+    """The splits of ``dataset`` in a spec."""
+    return split(load_raw(spec), spec)
+
+
+def _from_hwc(data: np.ndarray, labels: list[int] | np.ndarray) -> Images:
+    x = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2).contiguous()
+    return Images(x, torch.as_tensor(np.asarray(labels), dtype=torch.long))
+
+
+def _cifar(cls_name: str, folder: str, root: Path, download: bool) -> tuple[Images, Images]:
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except RuntimeError as err:
+        raise KDSearchError(
+            f"dataset.root: no valid {cls_name} data in {root / folder} ({err}); copy the "
+            f"extracted {folder} folder there, or set dataset.download: true where there is "
+            "internet"
+        ) from None
+    return _from_hwc(train.data, train.targets), _from_hwc(test.data, test.targets)
+
+
+@register("cifar10")
+def cifar10(root: Path, download: bool) -> RawDataset:
+    train, test = _cifar("CIFAR10", "cifar-10-batches-py", root, download)
+    return RawDataset(train, test, 10, *NORMALIZATION["cifar10"])
+
+
+@register("cifar100")
+def cifar100(root: Path, download: bool) -> RawDataset:
+    train, test = _cifar("CIFAR100", "cifar-100-python", root, download)
+    return RawDataset(train, test, 100, *NORMALIZATION["cifar100"])
+
+
+@register("digits")
+def digits(root: Path, download: bool, test_fraction: float = 0.2) -> RawDataset:
+    """scikit-learn's bundled 8×8 digits (1,797 images), as 32×32 RGB so CIFAR nets run as-is.
+
+    The test part is a fixed seeded 20% that does not depend on ``dataset.seed``.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0
+    x = torch.nn.functional.interpolate(x, size=32, mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    y = torch.as_tensor(bunch.target, dtype=torch.long)
+    order = np.random.default_rng(12345).permutation(len(y))
+    n_test = round(len(y) * test_fraction)
+    all_images = Images(x, y)
+    mean, std = _stats(x)
+    return RawDataset(
+        all_images.subset(np.sort(order[n_test:])),
+        all_images.subset(np.sort(order[:n_test])),
+        10,
+        mean,
+        std,
+    )
+
+
+@register("synthetic")
+def synthetic(
+    root: Path,
+    download: bool,
+    n_train: int = 2000,
+    n_test: int = 500,
+    num_classes: int = 10,
+    noise: float = 60.0,
+    seed: int = 0,
+) -> RawDataset:
+    """Seeded CIFAR-shaped images: a per-class pattern plus noise, learnable in a few epochs.
+
+    For tests and benchmarks, where no real data can be downloaded.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(num_classes, 3, 32, 32, generator=gen) * 255
+
+    def draw(n: int) -> Images:
+        y = torch.randint(num_classes, (n,), generator=gen)
+        x = prototypes[y] + noise * torch.randn(n, 3, 32, 32, generator=gen)
+        return Images(x.clamp(0, 255).round().to(torch.uint8), y)
+
+    train, test = draw(n_train), draw(n_test)
+    mean, std = _stats(train.x)
+    return RawDataset(train, test, num_classes, mean, std)
+
+
+def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    xf = x.float() / 255
+    return tuple(xf.mean((0, 2, 3)).tolist()), tuple(xf.std((0, 2, 3)).clamp_min(1e-3).tolist())
+
+
+def describe(spec: DatasetSpec) -> dict[str, Any]:
+    """The identity of a data set as stored in checkpoint metadata."""
+    return {"name": spec.name, "options": dict(spec.options)}
