@@ -1,0 +1,188 @@
+"""kdsearch's model checkpoints, and importing the 2018 reference's.
+
+A kdsearch checkpoint is a plain dict (weights plus metadata: arch, kwargs, num_classes,
+dataset, normalization, metrics) that loads with ``torch.load(weights_only=True)``, so opening
+a file someone sent you never runs code. Writes go to a temporary file that is renamed into
+place, so a killed process never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdsearch import nets
+from kdsearch.data import NORMALIZATION
+from kdsearch.errors import KDSearchError, unknown_name
+
+FORMAT = "kdsearch-model"
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def safe_load(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for missing or unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise KDSearchError(f"{what}: {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KDSearchError(
+            f"{what}: {path} is not a loadable weights file ({reason}); "
+            "re-create it or import it with `kdsearch import-checkpoint`"
+        ) from None
+
+
+def save_model(
+    path: Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    kwargs: dict[str, Any],
+    num_classes: int,
+    dataset: dict[str, Any],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    atomic_save(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "arch": arch,
+            "kwargs": dict(kwargs),
+            "num_classes": num_classes,
+            "dataset": dataset,
+            "normalization": {"mean": list(mean), "std": list(std)},
+            "metrics": dict(metrics or {}),
+            "state_dict": state,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path, what: str = "checkpoint") -> dict[str, Any]:
+    """A kdsearch checkpoint's dict, checked for its format."""
+    ckpt = safe_load(path, what)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise KDSearchError(
+            f"{what}: {path} is not a kdsearch checkpoint; import it first with "
+            "`kdsearch import-checkpoint PATH --arch ARCH --out models/NAME.pt`"
+        )
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise KDSearchError(f"{what}: {path} was written by a newer kdsearch; upgrade kdsearch")
+    return ckpt
+
+
+def update_metrics(path: Path, **metrics: Any) -> None:
+    """Add measured metrics (e.g. test accuracy) to a checkpoint's metadata."""
+    ckpt = load_checkpoint(path)
+    ckpt["metrics"].update(metrics)
+    atomic_save(ckpt, path)
+
+
+def load_model(path: str | Path, what: str = "checkpoint") -> nn.Module:
+    """The network a kdsearch checkpoint holds, in eval mode on the CPU."""
+    ckpt = load_checkpoint(Path(path), what)
+    model = nets.create(ckpt["arch"], num_classes=ckpt["num_classes"], **ckpt["kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under ``torch.compile`` or ``nn.DataParallel`` wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dict[str, Any]:
+    """Keys without nn.DataParallel's ``module.`` prefix (left as they are if it is absent)."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 5) -> str | None:
+    """A one-line description of how ``state`` fails to fit ``model``, or None if it fits."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = [
+        f"{label} ({len(keys)}): {', '.join(keys[:limit])}{', ...' if len(keys) > limit else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+        if keys
+    ]
+    return "; ".join(parts) or None
+
+
+def import_reference(
+    path: Path,
+    arch: str,
+    out: Path,
+    num_classes: int = 10,
+    kwargs: dict[str, Any] | None = None,
+    dataset: str = "cifar10",
+) -> nn.Module:
+    """Convert a reference ``best.pth.tar`` (or a plain state dict) into a kdsearch checkpoint.
+
+    Nothing is written unless every key and shape matches ``arch``.
+    """
+    raw = safe_load(path, "import-checkpoint")
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KDSearchError(
+            f"import-checkpoint: {path} holds neither a state dict nor a dict with 'state_dict'"
+        )
+    state = strip_prefix(state)
+    model = nets.create(arch, num_classes=num_classes, **(kwargs or {}))
+    problem = mismatch(model, state)
+    if problem:
+        raise KDSearchError(
+            f"import-checkpoint: {path} does not fit {arch} with {num_classes} classes: "
+            f"{problem}; check --arch and --num-classes"
+        )
+    model.load_state_dict(state)
+    if dataset not in NORMALIZATION:
+        raise unknown_name("import-checkpoint --dataset", dataset, NORMALIZATION)
+    mean, std = NORMALIZATION[dataset]
+    save_model(
+        out,
+        model,
+        arch=arch,
+        kwargs=kwargs or {},
+        num_classes=num_classes,
+        dataset={"name": dataset, "options": {}},
+        mean=mean,
+        std=std,
+        metrics={"imported_from": str(path)},
+    )
+    return model.eval()

@@ -1,0 +1,71 @@
+"""Final numbers for a checkpoint: test accuracy, per-class accuracy, confusion matrix, size.
+
+What the reference spread over evaluate.py and count_model_size.py, for any kdsearch
+checkpoint, on the test set of the data set it was trained on (or of a given spec).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdsearch import data as datasets
+from kdsearch import nets
+from kdsearch.checkpoint import load_checkpoint, load_model
+from kdsearch.spec import DatasetSpec
+from kdsearch.train import DeviceData, predict, resolve_device
+
+
+def evaluate_checkpoint(
+    path: Path, spec_path: str | None = None, device: str | None = None
+) -> dict[str, Any]:
+    ckpt = load_checkpoint(path)
+    if spec_path:
+        from kdsearch import spec as specs
+
+        dataset = specs.load(spec_path).dataset
+    else:
+        meta = ckpt.get("dataset", {})
+        dataset = DatasetSpec(name=meta.get("name", "cifar10"), options=meta.get("options", {}))
+    dev = resolve_device(device or "auto")
+    splits = datasets.load(dataset)
+    data = DeviceData.from_splits(splits, dev, augment=False)
+    model = load_model(path).to(dev)
+    logits = predict(model, data, data.test)
+    y = data.test.y
+    pred = logits.argmax(1)
+    k = splits.num_classes
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    confusion.index_put_(
+        (y.cpu(), pred.cpu()), torch.ones(len(y), dtype=torch.long), accumulate=True
+    )
+    per_class = (confusion.diag().float() / confusion.sum(1).clamp_min(1)).tolist()
+    params = nets.count_parameters(model)
+    size_bytes = sum(t.numel() * t.element_size() for t in ckpt["state_dict"].values())
+    return {
+        "checkpoint": str(path),
+        "arch": ckpt["arch"],
+        "dataset": dataset.name,
+        "test_images": len(y),
+        "test_accuracy": (pred == y).float().mean().item(),
+        "per_class_accuracy": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "parameters": params,
+        "size_mb": round(size_bytes / 2**20, 3),
+        "metrics": ckpt.get("metrics", {}),
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['checkpoint']}: {r['arch']} on {r['dataset']} test set ({r['test_images']} images)",
+        f"test accuracy   {r['test_accuracy']:.4f}",
+        f"parameters      {r['parameters']:,} ({r['size_mb']} MB)",
+        "per-class accuracy: "
+        + " ".join(f"{i}:{a:.3f}" for i, a in enumerate(r["per_class_accuracy"])),
+        "confusion matrix (rows: true class, columns: predicted):",
+    ]
+    lines += [" ".join(f"{v:5d}" for v in row) for row in r["confusion_matrix"]]
+    return "\n".join(lines)

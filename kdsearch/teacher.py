@@ -1,0 +1,200 @@
+"""The teacher: loading its checkpoint, and its logits, cached once per study or computed online.
+
+The teacher is fixed during a search, yet the reference recomputed its forward pass for every
+batch of every epoch of every trial. Here the teacher's logits for every training image under
+every augmentation view (162 for crop+flip) are computed once and stored in fp16 under
+``models/cache/``, keyed by a hash of the teacher weights, the training images (which covers
+data set and split) and the view mode. Every trial and every study with the same teacher and
+data shares the file. Temperature is applied at loss time, so one cache serves every
+temperature; with ``teacher_cache: all_views`` cached distillation is exactly online
+distillation with teacher and student seeing the same view.
+
+Several workers needing the same missing cache take a file lock: one builds it (to a temporary
+file renamed into place), the others wait and then load it. A cache whose checksum does not
+match is rebuilt with a warning, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdsearch import views
+from kdsearch.checkpoint import atomic_save, load_checkpoint
+from kdsearch.errors import KDSearchError
+from kdsearch.paths import models_dir, resolve
+from kdsearch.spec import Spec
+from kdsearch.train import DeviceData
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def load_teacher(spec: Spec, num_classes: int) -> nn.Module:
+    """The spec's teacher, checked against the spec's arch and the data's class count."""
+    teacher = spec.teacher
+    if teacher is None:
+        raise KDSearchError("teacher: the spec has no teacher section")
+    if not teacher.checkpoint:
+        raise KDSearchError("teacher.checkpoint: not set; name the teacher's .pt file")
+    path = resolve(teacher.checkpoint)
+    if not path.is_file():
+        raise KDSearchError(
+            f"teacher.checkpoint: {path} does not exist; train it with "
+            f"`kdsearch train-teacher SPEC` or convert one with `kdsearch import-checkpoint`"
+        )
+    ckpt = load_checkpoint(path, "teacher.checkpoint")
+    if ckpt["arch"] != teacher.arch:
+        raise KDSearchError(
+            f"teacher.checkpoint: {path} holds a {ckpt['arch']}, but teacher.arch is "
+            f"{teacher.arch}; fix teacher.arch or point to the right checkpoint"
+        )
+    if ckpt["num_classes"] != num_classes:
+        raise KDSearchError(
+            f"teacher.checkpoint: {path} has {ckpt['num_classes']} classes, the data set "
+            f"{spec.dataset.name} has {num_classes}; use a teacher trained on this data set"
+        )
+    from kdsearch import nets
+
+    model = nets.create(ckpt["arch"], num_classes=ckpt["num_classes"], **ckpt["kwargs"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+class CachedTeacher:
+    """Teacher logits looked up per (image, view) from a precomputed table on the device."""
+
+    def __init__(self, logits: torch.Tensor, view_ids: torch.Tensor) -> None:
+        # logits: N×V×C fp16; view_ids: N×V, the view each slot holds.
+        self.table = logits
+        self.view_ids = view_ids
+
+    def draw_views(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
+        slot = torch.randint(self.table.shape[1], (len(idx),), device=idx.device, generator=gen)
+        return self.view_ids[idx, slot], slot
+
+    def logits(self, idx: torch.Tensor, token: Any, x: torch.Tensor) -> torch.Tensor:
+        return self.table[idx, token].float()
+
+
+class OnlineTeacher:
+    """The teacher run on every batch: for augmentations that cannot be enumerated."""
+
+    def __init__(self, model: nn.Module, view_set: torch.Tensor) -> None:
+        self.model = model.eval()
+        self.view_set = view_set
+
+    def draw_views(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
+        pick = torch.randint(len(self.view_set), (len(idx),), device=idx.device, generator=gen)
+        return self.view_set[pick], None
+
+    @torch.no_grad()
+    def logits(self, idx: torch.Tensor, token: Any, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float()
+
+
+def cache_key(model: nn.Module, data: DeviceData, spec: Spec) -> str:
+    """Hash of teacher weights, training images, normalization and view mode."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(data.train.x.cpu().numpy().tobytes())
+    h.update(repr((data.mean.flatten().tolist(), data.std.flatten().tolist())).encode())
+    per_image = spec.distill.cache_views()
+    seed = spec.train.seed if per_image else None  # only sampled views depend on the seed
+    h.update(repr((spec.dataset.augment, per_image, seed)).encode())
+    h.update(str(CACHE_FORMAT).encode())
+    return h.hexdigest()[:24]
+
+
+def _slot_views(data: DeviceData, per_image: int | None, seed: int) -> torch.Tensor:
+    """N×V view indices: every view, or ``per_image`` seeded draws per image."""
+    n, view_set = len(data.train), data.view_set.cpu()
+    if per_image is None or per_image >= len(view_set):
+        return view_set.expand(n, -1).clone()
+    gen = torch.Generator().manual_seed(seed)
+    keys = torch.rand(n, len(view_set), generator=gen)
+    return view_set[keys.argsort(dim=1)[:, :per_image]]
+
+
+@torch.no_grad()
+def compute_logits(
+    model: nn.Module, data: DeviceData, slot_views: torch.Tensor, batch: int = 1024
+) -> torch.Tensor:
+    """Teacher logits (fp16, N×V×C on the CPU) for every image under every slot's view."""
+    device = data.train.x.device
+    model = model.to(device).eval()
+    n, v = slot_views.shape
+    out = torch.empty(n, v, data.num_classes, dtype=torch.float16)
+    slot_views = slot_views.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for j in range(v):
+        for first in range(0, n, batch):
+            idx = torch.arange(first, min(n, first + batch), device=device)
+            x = data.prepare(views.apply(data.train.x[idx], slot_views[idx, j]))
+            with autocast:
+                out[first : first + len(idx), j] = model(x).float().cpu().half()
+    return out
+
+
+def _checksum(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    """The cache at ``path`` if it is complete and its checksum holds; None if absent."""
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob["format"] == CACHE_FORMAT and _checksum(blob["logits"]) == blob["checksum"]:
+            return blob
+        reason = "checksum mismatch"
+    except Exception as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+    log.warning("teacher cache %s is corrupt (%s); rebuilding it", path, reason)
+    return None
+
+
+def cache_path(model: nn.Module, data: DeviceData, spec: Spec) -> Path:
+    return models_dir() / "cache" / f"teacher-{cache_key(model, data, spec)}.pt"
+
+
+def build_or_load(model: nn.Module, data: DeviceData, spec: Spec) -> tuple[CachedTeacher, Path]:
+    """The study's teacher cache: loaded if valid, else built by exactly one process."""
+    from filelock import FileLock
+
+    path = cache_path(model, data, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        blob = _read(path)
+        if blob is None:
+            slots = _slot_views(data, spec.distill.cache_views(), spec.train.seed)
+            log.info("building teacher cache %s (%d images x %d views)", path, *slots.shape)
+            logits = compute_logits(model, data, slots)
+            blob = {
+                "format": CACHE_FORMAT,
+                "logits": logits,
+                "view_ids": slots,
+                "checksum": _checksum(logits),
+            }
+            atomic_save(blob, path)
+    device = data.train.x.device
+    return CachedTeacher(blob["logits"].to(device), blob["view_ids"].to(device)), path
+
+
+def teacher_logits(spec: Spec, data: DeviceData) -> CachedTeacher | OnlineTeacher | None:
+    """What the training loop distills from, per ``distill.teacher_cache``; None without one."""
+    if spec.teacher is None:
+        return None
+    model = load_teacher(spec, data.num_classes).to(data.train.x.device)
+    if spec.distill.cache_views() == 0:
+        return OnlineTeacher(model, data.view_set)
+    return build_or_load(model, data, spec)[0]

@@ -1,0 +1,357 @@
+"""The one training loop, for baselines and distillation alike.
+
+Data lives on the training device as uint8 tensors; each epoch shuffles with ``randperm`` on
+the device, draws one augmentation view per image, and crops, flips and normalizes the batch
+with tensor ops (no DataLoader). The teacher is a :class:`~kdsearch.teacher.TeacherLogits`
+(cached or online) or ``None``; with alpha = 0 it is never asked, so the baseline is the same
+loop with the distillation term off.
+
+After every epoch the loop evaluates validation accuracy over all validation images, saves a
+resumable state (model, optimizer, scheduler, RNG, history) and calls ``on_epoch``, where the
+Optuna objective reports and prunes. A run resumes from that state bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from kdsearch import losses, views
+from kdsearch.checkpoint import atomic_save, safe_load
+from kdsearch.data import UNLABELED, Images, Splits
+from kdsearch.errors import KDSearchError
+from kdsearch.spec import Spec
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite (a diverging learning rate, usually)."""
+
+
+class StopRequested(Exception):
+    """The worker was asked to stop (SIGTERM/SIGINT) between two batches."""
+
+
+class TeacherLogits(Protocol):
+    """Where distillation targets come from: a cache of every view, or the teacher itself."""
+
+    def draw_views(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
+        """A view index per image (and a token ``logits`` needs to find them)."""
+
+    def logits(self, idx: torch.Tensor, token: Any, x: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for images ``idx`` under the drawn views (``x``: the student's input)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KDSearchError(f"train.device: {name} is not available here (use cpu or auto)")
+    return device
+
+
+@dataclass
+class DeviceData:
+    """The splits on one device, plus normalization constants shaped for broadcasting."""
+
+    train: Images
+    val: Images
+    test: Images
+    mean: torch.Tensor
+    std: torch.Tensor
+    num_classes: int
+    view_set: torch.Tensor
+
+    @classmethod
+    def from_splits(cls, splits: Splits, device: torch.device, augment: bool) -> DeviceData:
+        def move(images: Images) -> Images:
+            return Images(images.x.to(device), images.y.to(device))
+
+        return cls(
+            train=move(splits.train),
+            val=move(splits.val),
+            test=move(splits.test),
+            mean=torch.tensor(splits.mean, device=device).view(-1, 1, 1),
+            std=torch.tensor(splits.std, device=device).view(-1, 1, 1),
+            num_classes=splits.num_classes,
+            view_set=views.view_set(augment).to(device),
+        )
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images to the network's input: normalized float, channels-last on CUDA."""
+        out = views.normalize(x, self.mean, self.std)
+        if out.is_cuda:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    images: int
+
+
+@dataclass
+class History:
+    """What a run has done so far; also the part of the resume state Optuna needs."""
+
+    epochs: list[EpochResult] = field(default_factory=list)
+    best_val: float = -math.inf
+    best_epoch: int = -1
+    resumed_from_epoch: int | None = None
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(e.seconds for e in self.epochs)
+
+    @property
+    def images_per_second(self) -> float:
+        seconds = self.train_seconds
+        return sum(e.images for e in self.epochs) / seconds if seconds else 0.0
+
+
+def make_optimizer(model: nn.Module, spec: Spec) -> torch.optim.Optimizer:
+    opt = spec.train.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=opt.lr,
+            momentum=opt.momentum,
+            weight_decay=opt.weight_decay,
+            nesterov=opt.nesterov,
+        )
+    return torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, spec: Spec) -> Any:
+    sched = spec.train.schedule
+    if sched.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, sched.step_size, sched.gamma)
+    if sched.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.train.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DeviceData, images: Images, batch: int = 1024) -> torch.Tensor:
+    """Logits for every image (un-augmented), in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch):
+        with _autocast(images.x.device):
+            out.append(model(data.prepare(images.x[start : start + batch])).float())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, data.num_classes)
+
+
+def evaluate(model: nn.Module, data: DeviceData, images: Images) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over *all* images, not averaged per batch.
+
+    NaN for an empty set (a final retrain on train+val has no validation split).
+    """
+    if len(images) == 0:
+        return math.nan, math.nan
+    logits = predict(model, data, images)
+    loss = nn.functional.cross_entropy(logits, images.y).item()
+    return loss, (logits.argmax(1) == images.y).float().mean().item()
+
+
+def _autocast(device: torch.device) -> Any:
+    # bf16 on CUDA roughly doubles throughput and needs no loss scaling; CPU stays in fp32.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@dataclass
+class Run:
+    """One training run's fixed inputs."""
+
+    spec: Spec
+    model: nn.Module
+    data: DeviceData
+    teacher: TeacherLogits | None = None
+    workdir: Path | None = None
+    on_epoch: Callable[[EpochResult, History], None] | None = None
+    #: Called with the restored history when a run resumes from ``workdir/last.pt``.
+    on_resume: Callable[[History], None] | None = None
+    #: Called with the model whenever validation accuracy improves (writes ``best.pt``).
+    on_best: Callable[[nn.Module, EpochResult], None] | None = None
+    should_stop: Callable[[], bool] = lambda: False
+    progress: bool = True
+    tensorboard_dir: Path | None = None
+
+
+def fit(run: Run) -> History:
+    """Train ``run.model`` to the spec's epochs, resuming from ``workdir/last.pt`` if present."""
+    spec, model, data = run.spec, run.model, run.data
+    device = data.train.x.device
+    torch.manual_seed(spec.train.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(device, memory_format=torch.channels_last)
+    else:
+        model = model.to(device)
+    optimizer = make_optimizer(model, spec)
+    schedule = make_schedule(optimizer, spec)
+    gen = torch.Generator(device=device).manual_seed(spec.train.seed)
+    history = History()
+    if run.workdir is not None and (run.workdir / "last.pt").is_file():
+        history = _restore(run.workdir / "last.pt", model, optimizer, schedule, gen)
+        if run.on_resume is not None:
+            run.on_resume(history)
+    step = torch.compile(model) if spec.train.compile else model
+    loss_fn = losses.get(spec.distill.loss)
+    distill = run.teacher is not None and spec.distill.alpha > 0
+    writer = _tensorboard(run.tensorboard_dir)
+    bar = _progress_bar(spec, len(history.epochs), run.progress)
+    n = len(data.train)
+    bs = spec.train.batch_size
+    for epoch in range(len(history.epochs), spec.train.epochs):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, device=device, generator=gen)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for first in range(0, n, bs):
+            if run.should_stop():
+                raise StopRequested(f"stop requested during epoch {epoch + 1}")
+            idx = order[first : first + bs]
+            if distill:
+                view_idx, token = run.teacher.draw_views(idx, gen)
+            else:
+                pick = torch.randint(len(data.view_set), (len(idx),), device=device, generator=gen)
+                view_idx, token = data.view_set[pick], None
+            x = data.prepare(views.apply(data.train.x[idx], view_idx))
+            y = data.train.y[idx]
+            with _autocast(device):
+                out = step(x)
+                target = run.teacher.logits(idx, token, x) if distill else None
+                loss = loss_fn(out.float(), target, y, spec.distill.temperature, spec.distill.alpha)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += ((out.argmax(1) == y) & (y != UNLABELED)).sum()
+        train_loss = loss_sum.item() / n
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(
+                f"training loss became {train_loss} in epoch {epoch + 1} "
+                f"(lr {optimizer.param_groups[0]['lr']:g}); lower the learning rate"
+            )
+        lr = optimizer.param_groups[0]["lr"]
+        schedule.step()
+        val_loss, val_acc = evaluate(model, data, data.val)
+        labeled = int((data.train.y != UNLABELED).sum())
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_accuracy=correct.item() / max(1, labeled),
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            lr=lr,
+            seconds=time.perf_counter() - start,
+            images=n,
+        )
+        history.epochs.append(result)
+        # Without a validation split (final retrain on train+val) the last epoch is the model.
+        improved = val_acc > history.best_val or math.isnan(val_acc)
+        if improved:
+            history.best_val, history.best_epoch = val_acc, epoch
+        if improved and run.on_best is not None:
+            run.on_best(model, result)
+        if run.workdir is not None:
+            _save_state(run.workdir, model, optimizer, schedule, gen, history)
+        if writer is not None:
+            _log_scalars(writer, result)
+        bar.set_postfix_str(
+            f"loss {train_loss:.3f} val {val_acc:.4f} best {history.best_val:.4f} "
+            f"{n / result.seconds:,.0f} img/s",
+            refresh=False,
+        )
+        bar.update()
+        if run.on_epoch is not None:
+            run.on_epoch(result, history)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return history
+
+
+def _save_state(
+    workdir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    gen: torch.Generator,
+    history: History,
+) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "epochs": [vars(e) for e in history.epochs],
+        "best_val": history.best_val,
+        "best_epoch": history.best_epoch,
+    }
+    atomic_save(state, workdir / "last.pt")
+
+
+def _restore(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    gen: torch.Generator,
+) -> History:
+    state = safe_load(path, "resume state")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    epochs = [EpochResult(**e) for e in state["epochs"]]
+    return History(epochs, state["best_val"], state["best_epoch"], resumed_from_epoch=len(epochs))
+
+
+def _tensorboard(logdir: Path | None) -> Any:
+    if logdir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(logdir))
+
+
+def _log_scalars(writer: Any, r: EpochResult) -> None:
+    for name, value in (
+        ("train/loss", r.train_loss),
+        ("train/accuracy", r.train_accuracy),
+        ("val/loss", r.val_loss),
+        ("val/accuracy", r.val_accuracy),
+        ("lr", r.lr),
+        ("images_per_second", r.images / r.seconds if r.seconds else 0.0),
+    ):
+        writer.add_scalar(name, value, r.epoch + 1)
+    writer.flush()
+
+
+def _progress_bar(spec: Spec, done: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=spec.train.epochs, initial=done, desc=spec.name, unit="epoch", disable=not enabled
+    )
