@@ -1,0 +1,158 @@
+"""Studies as pandas tables: one row per trial, pivots over two parameters, study comparisons.
+
+The reference synthesized its results by walking folders of JSON files; here every number is
+read from the study database, so a table is always exactly what the study holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from kdsearch import storage as storages
+from kdsearch import study as studies
+from kdsearch.errors import KDSearchError
+
+STATES = {
+    "complete": (optuna.trial.TrialState.COMPLETE,),
+    "pruned": (optuna.trial.TrialState.PRUNED,),
+    "all": None,
+}
+ATTRS = (
+    "test_accuracy",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+    "images_per_second",
+    "student_params",
+    "resumed_from_epoch",
+    "prune_reason",
+    "checkpoint",
+)
+WRITERS = {
+    "csv": lambda df, f: df.to_csv(f, index=False),
+    "json": lambda df, f: df.to_json(f, orient="records", indent=1),
+    "parquet": lambda df, f: df.to_parquet(f, index=False),
+    "latex": lambda df, f: Path(f).write_text(df.to_latex(index=False, float_format="%.4f")),
+    "markdown": lambda df, f: Path(f).write_text(df.to_markdown(index=False) + "\n"),
+}
+SUFFIXES = {
+    ".csv": "csv",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".tex": "latex",
+    ".md": "markdown",
+}
+
+
+def trials_table(study: optuna.Study, state: str = "all") -> pd.DataFrame:
+    """One row per trial, best first: value, parameters, epochs, duration, stored attributes."""
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=STATES[state]):
+        reported = list(t.intermediate_values.values())
+        row: dict[str, Any] = {
+            "number": t.number,
+            "state": t.state.name,
+            "val_accuracy": t.value,
+            "best_reported": max(reported) if reported else None,
+            **t.params,
+            "epochs_run": t.user_attrs.get("epochs_run", len(reported)),
+            "duration_s": t.duration.total_seconds() if t.duration else None,
+        }
+        row.update({k: t.user_attrs[k] for k in ATTRS if k in t.user_attrs and k != "epochs_run"})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    for col in ("epochs_run", "best_epoch", "student_params", "resumed_from_epoch"):
+        if col in df:  # integers, with gaps where a trial has no value (pruned, say)
+            df[col] = df[col].astype("Int64")
+    ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
+    return df.sort_values(
+        ["val_accuracy", "best_reported"], ascending=ascending, na_position="last"
+    ).reset_index(drop=True)
+
+
+def pivot(df: pd.DataFrame, row: str, col: str, bins: int = 5) -> pd.DataFrame:
+    """Best validation accuracy over two parameters (the reference's alpha × temperature).
+
+    A parameter with more distinct values than ``bins`` (a continuous search) is binned.
+    """
+    for name in (row, col):
+        if name not in df.columns:
+            params = [c for c in df.columns if c not in ("number", "state", *ATTRS)]
+            raise KDSearchError(f"--pivot: no parameter {name!r} (have: {', '.join(params)})")
+    data = df.dropna(subset=["val_accuracy"]).copy()
+    for name in (row, col):
+        if data[name].nunique() > bins:
+            data[name] = pd.cut(data[name], bins)
+    return data.pivot_table(
+        index=row, columns=col, values="val_accuracy", aggfunc="max", observed=True
+    )
+
+
+def compare(storage: Any, names: list[str]) -> pd.DataFrame:
+    """One row per study: its best trial's validation and test accuracy and student size."""
+    rows = []
+    for name in names:
+        spec = studies.load_spec(storage, name)
+        study = optuna.load_study(study_name=name, storage=storage)
+        done = study.get_trials(deepcopy=False, states=STATES["complete"])
+        best = study.best_trial if done else None
+        rows.append(
+            {
+                "study": name,
+                "student": spec.student.arch,
+                "teacher": spec.teacher.arch if spec.distills else "-",
+                "trials": len(done),
+                "val_accuracy": best.value if best else math.nan,
+                "test_accuracy": best.user_attrs.get("test_accuracy") if best else math.nan,
+                "student_params": best.user_attrs.get("student_params") if best else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write(df: pd.DataFrame, output: str | None, fmt: str | None, index: bool = False) -> None:
+    if output is None:
+        print(
+            df.to_markdown(index=index, floatfmt=".4f")
+            if fmt in (None, "markdown")
+            else (
+                df.to_csv(index=index) if fmt == "csv" else df.to_json(orient="records", indent=1)
+            )
+        )
+        return
+    fmt = fmt or SUFFIXES.get(Path(output).suffix)
+    if fmt is None:
+        raise KDSearchError(
+            f"-o {output}: cannot tell the format from the suffix; pass --format "
+            f"({', '.join(WRITERS)})"
+        )
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    WRITERS[fmt](df, output)
+
+
+def main(a: argparse.Namespace) -> int:
+    storage = storages.open_storage(storages.resolve_url(a.storage))
+    if a.compare:
+        write(compare(storage, a.compare), a.output, a.format)
+        return 0
+    if not a.study:
+        raise KDSearchError("export-table: give --study NAME (or --compare STUDY ...)")
+    studies.load_spec(storage, a.study)
+    study = optuna.load_study(study_name=a.study, storage=storage)
+    df = trials_table(study, a.state)
+    if a.pivot:
+        row, _, col = a.pivot.partition(",")
+        write(pivot(df, row, col).reset_index(), a.output, a.format)
+        return 0
+    if a.top:
+        df = df.head(a.top)
+    write(df, a.output, a.format)
+    return 0

@@ -1,0 +1,139 @@
+"""The Optuna objective: one trial = one distilled student, reported and pruned per epoch.
+
+A trial samples ``search.space``, applies the values as spec overrides, and trains with the
+worker's :class:`~kdsearch.experiment.Context`. Its value is the best validation accuracy
+over its epochs. Each epoch's state is checkpointed under the trial chain's folder, so a
+retry of a killed trial (Optuna's heartbeat re-queues it with the same parameters) resumes
+from the last finished epoch instead of starting over.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from kdsearch.experiment import Context, train_student
+from kdsearch.paths import models_dir
+from kdsearch.spec import ParamSpec, Spec
+from kdsearch.train import EpochResult, History, NonFiniteLoss
+
+log = logging.getLogger(__name__)
+
+
+def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Sample every parameter of the search space on ``trial``."""
+    out: dict[str, Any] = {}
+    for name, p in space.items():
+        if p.type == "categorical":
+            out[name] = trial.suggest_categorical(name, p.choices)
+        elif p.type == "int":
+            step = int(p.step or 1)
+            out[name] = trial.suggest_int(name, int(p.low), int(p.high), step=step, log=p.log)
+        else:
+            out[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+    return out
+
+
+def study_dir(study_name: str) -> Path:
+    """Where a study's checkpoints and TensorBoard logs live."""
+    return models_dir() / "studies" / study_name
+
+
+def chain_root(trial: optuna.Trial) -> int:
+    """The number of the first trial in this trial's retry chain (itself if not a retry)."""
+    # A live Trial has no system_attrs in Optuna 5; the FrozenTrial from storage does.
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    return history[0] if history else trial.number
+
+
+class Objective:
+    """Callable for ``study.optimize``; holds the worker's context across trials."""
+
+    def __init__(
+        self, ctx: Context, study_name: str, should_stop: Callable[[], bool] = lambda: False
+    ) -> None:
+        self.ctx = ctx
+        self.spec: Spec = ctx.spec
+        self.study_name = study_name
+        self.should_stop = should_stop
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest(trial, self.spec.search.space)
+        spec = self.spec.with_overrides(params)
+        root = chain_root(trial)
+        workdir = study_dir(self.study_name) / f"trial-{root:05d}"
+        log.info("trial %d started: %s", trial.number, params)
+
+        def on_resume(history: History) -> None:
+            # Re-report the epochs the killed attempt finished, so the pruner sees the curve.
+            for e in history.epochs:
+                trial.report(e.val_accuracy, e.epoch)
+            trial.set_user_attr("resumed_from_epoch", len(history.epochs))
+            log.info(
+                "trial %d resumes trial %d from epoch %d", trial.number, root, len(history.epochs)
+            )
+
+        def on_epoch(r: EpochResult, history: History) -> None:
+            trial.report(r.val_accuracy, r.epoch)
+            log.debug("trial %d epoch %d val %.4f", trial.number, r.epoch + 1, r.val_accuracy)
+            if trial.should_prune():
+                trial.set_user_attr("epochs_run", len(history.epochs))
+                raise optuna.TrialPruned(
+                    f"val accuracy {r.val_accuracy:.4f} at epoch {r.epoch + 1}"
+                )
+
+        tb = study_dir(self.study_name) / "tensorboard" / f"trial-{trial.number:05d}"
+        try:
+            outcome = train_student(
+                self.ctx,
+                spec,
+                workdir / "best.pt",
+                workdir=workdir,
+                on_epoch=on_epoch,
+                on_resume=on_resume,
+                should_stop=self.should_stop,
+                progress=False,
+                tensorboard_dir=tb if spec.train.tensorboard else None,
+            )
+        except NonFiniteLoss as err:
+            trial.set_user_attr("prune_reason", str(err))
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise optuna.TrialPruned(str(err)) from None
+        except optuna.TrialPruned:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        h = outcome.history
+        (workdir / "last.pt").unlink(missing_ok=True)  # resume state is not needed any more
+        for key, value in {
+            "val_accuracy": outcome.val_accuracy,
+            "best_epoch": h.best_epoch + 1,
+            "epochs_run": len(h.epochs),
+            "train_seconds": round(h.train_seconds, 3),
+            "images_per_second": round(h.images_per_second, 1),
+            "student_params": outcome.parameters,
+            "checkpoint": str(outcome.checkpoint),
+            "test_accuracy": outcome.test_accuracy,
+        }.items():
+            trial.set_user_attr(key, value)
+        return outcome.val_accuracy
+
+
+def prune_checkpoints(study: optuna.Study, keep: int) -> None:
+    """Delete the checkpoint folders of all but the best ``keep`` complete trials."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)
+    for t in ranked[keep:]:
+        path = t.user_attrs.get("checkpoint")
+        if path and Path(path).parent.is_dir():
+            shutil.rmtree(Path(path).parent, ignore_errors=True)

@@ -1,0 +1,110 @@
+"""Opening the study database: which URL, how it is tuned, and errors a user can act on.
+
+The URL comes from ``--storage``, else ``KDSEARCH_STORAGE``, else the spec's ``storage``, else
+``sqlite:///kdsearch.db``. It is always Optuna's own storage (RDB, or its gRPC proxy for very
+many workers); kdsearch adds only tuning:
+
+- SQLite: WAL journal (readers never block the writer) and a 60 s busy timeout, so several
+  worker processes on one machine do not fail with "database is locked".
+- PostgreSQL: pre-pinged pooled connections (a restarted server costs a reconnect, not a
+  crash) and a small pool per worker, so many workers do not exhaust ``max_connections``.
+- Heartbeats: a worker killed mid-trial has its trial failed after the grace period by the
+  next worker that asks for a trial, and re-queued with the same parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from typing import Any
+from urllib.parse import urlsplit
+
+from kdsearch.errors import KDSearchError
+
+DEFAULT_URL = "sqlite:///kdsearch.db"
+ENV = "KDSEARCH_STORAGE"
+
+
+def resolve_url(cli: str | None = None, spec_url: str | None = None) -> str:
+    return cli or os.environ.get(ENV) or spec_url or DEFAULT_URL
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to print and log."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme.startswith("sqlite"):
+        return f"SQLite file {url.split(':///', 1)[-1]}"
+    return f"{parts.hostname or 'localhost'}:{parts.port or 'default port'}"
+
+
+def _prepare_sqlite(url: str) -> None:
+    path = url.split(":///", 1)[-1]
+    if not path or path == ":memory:":
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise KDSearchError(f"storage: folder {folder} for {mask(url)} does not exist; create it")
+    # WAL is a property of the database file: set once, every later connection uses it.
+    with sqlite3.connect(path, timeout=60) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {
+        "pool_pre_ping": True,
+        "pool_size": 2,
+        "max_overflow": 2,
+        "pool_recycle": 300,
+        "connect_args": {"connect_timeout": 10} if url.startswith("postgresql") else {},
+    }
+
+
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retries: int | None = None,
+) -> Any:
+    """Optuna storage for ``url``; heartbeats and retries on when an interval is given."""
+    import optuna
+    import sqlalchemy.exc
+
+    if url.startswith("grpc://"):
+        parts = urlsplit(url)
+        return optuna.storages.GrpcStorageProxy(host=parts.hostname, port=parts.port or 13000)
+    if url.startswith("sqlite"):
+        _prepare_sqlite(url)
+    heartbeat: dict[str, Any] = {}
+    if heartbeat_interval:
+        heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "failed_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=max_retries
+            ),
+        }
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **heartbeat)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as err:
+        reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
+        raise KDSearchError(
+            f"storage: cannot reach the database at {_where(url)} ({mask(url)}): {reason}; "
+            "start the server or fix --storage / KDSEARCH_STORAGE"
+        ) from None
+    except sqlalchemy.exc.ArgumentError:
+        raise KDSearchError(
+            f"storage: {mask(url)} is not a database URL "
+            "(use sqlite:///FILE.db, postgresql://USER@HOST:PORT/DB or grpc://HOST:PORT)"
+        ) from None
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
+        raise KDSearchError(f"storage: no driver for {mask(url)} ({err})") from None
+    except RuntimeError as err:
+        # Optuna raises RuntimeError for a schema written by another Optuna version.
+        raise KDSearchError(f"storage: {mask(url)}: {str(err).splitlines()[0]}") from None

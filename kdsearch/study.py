@@ -1,0 +1,162 @@
+"""Optuna studies made from specs: samplers, pruners, and the spec stored on the study.
+
+``create-study`` validates the spec once and stores it on the study (user attribute
+``kdsearch_spec``), so a worker on any machine needs only the storage URL and the study name.
+Samplers and pruners are Optuna's own, named in the spec with Optuna's argument names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from typing import Any
+
+from kdsearch import spec as specs
+from kdsearch.errors import KDSearchError, unknown_name
+from kdsearch.spec import ParamSpec, Spec
+
+SPEC_ATTR = "kdsearch_spec"
+VERSION_ATTR = "kdsearch_spec_version"
+
+
+def _samplers() -> dict[str, Any]:
+    import optuna.samplers as s
+
+    return {
+        "tpe": s.TPESampler,
+        "random": s.RandomSampler,
+        "grid": s.GridSampler,
+        "cmaes": s.CmaEsSampler,
+    }
+
+
+def _pruners() -> dict[str, Any]:
+    import optuna.pruners as p
+
+    return {
+        "hyperband": p.HyperbandPruner,
+        "median": p.MedianPruner,
+        "successive_halving": p.SuccessiveHalvingPruner,
+        "percentile": p.PercentilePruner,
+        "none": p.NopPruner,
+    }
+
+
+def grid_values(name: str, param: ParamSpec) -> list[Any]:
+    """The values a grid search visits for one parameter: its choices, or low..high by step."""
+    if param.type == "categorical":
+        return list(param.choices or [])
+    if param.step is None:
+        raise KDSearchError(
+            f"search.space.{name}: the grid sampler needs choices or a step for every parameter"
+        )
+    count = round((param.high - param.low) / param.step) + 1
+    values = [param.low + i * param.step for i in range(count)]
+    return [int(v) for v in values] if param.type == "int" else [round(v, 12) for v in values]
+
+
+def worker_seed(spec: Spec, index: int) -> int:
+    """A sampler seed per worker, so parallel workers do not propose the same trials.
+
+    Derived from the spec's seed, the worker's index and the host name, so workers with the
+    same index on different machines differ too.
+    """
+    base = spec.search.sampler.get("seed", spec.train.seed)
+    text = f"{base}/{index}/{socket.gethostname()}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def make_sampler(spec: Spec, seed: int | None = None) -> Any:
+    options = dict(spec.search.sampler)
+    name = options.pop("name")
+    options.pop("seed", None)
+    samplers = _samplers()
+    if name not in samplers:
+        raise unknown_name("search.sampler.name", name, samplers)
+    if name == "grid":
+        options["search_space"] = {k: grid_values(k, p) for k, p in spec.search.space.items()}
+    if name != "grid" or seed is not None:
+        options["seed"] = seed
+    try:
+        return samplers[name](**options)
+    except TypeError as err:
+        raise KDSearchError(f"search.sampler: {err} (Optuna's argument names apply)") from None
+
+
+def make_pruner(spec: Spec) -> Any:
+    options = dict(spec.search.pruner)
+    name = options.pop("name")
+    pruners = _pruners()
+    if name not in pruners:
+        raise unknown_name("search.pruner.name", name, pruners)
+    if name == "hyperband":
+        options.setdefault("max_resource", spec.train.epochs)
+    try:
+        return pruners[name](**options)
+    except (TypeError, ValueError) as err:
+        raise KDSearchError(f"search.pruner: {err} (Optuna's argument names apply)") from None
+
+
+def spec_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two stored specs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, path = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += spec_diff(a, b, path + ".")
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out
+
+
+def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
+    """Create (or with ``load_if_exists``, reopen an identical) study for ``spec``."""
+    import optuna
+
+    make_sampler(spec)  # fail on a bad sampler or pruner before anything is written
+    pruner = make_pruner(spec)
+    stored = json.loads(json.dumps(spec.to_dict()))
+    if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        if not load_if_exists:
+            raise KDSearchError(
+                f"study {name!r} already exists; pass --load-if-exists to reuse it, "
+                "or --study-name to create another"
+            )
+        study = optuna.load_study(study_name=name, storage=storage)
+        diff = spec_diff(study.user_attrs.get(SPEC_ATTR, {}), stored)
+        if diff:
+            raise KDSearchError(
+                f"study {name!r} exists with a different spec ({'; '.join(diff[:3])}); "
+                "create a new study or restore the spec"
+            )
+        return study
+    study = optuna.create_study(
+        storage=storage, study_name=name, direction=spec.search.direction, pruner=pruner
+    )
+    study.set_user_attr(SPEC_ATTR, stored)
+    study.set_user_attr(VERSION_ATTR, specs.SPEC_VERSION)
+    return study
+
+
+def load_spec(storage: Any, name: str) -> Spec:
+    """The spec stored on study ``name``, validated by this version of kdsearch."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise unknown_name("study", name, names or ["(no studies: run create-study)"]) from None
+    if SPEC_ATTR not in study.user_attrs:
+        raise KDSearchError(
+            f"study {name!r} was not created by kdsearch (no stored spec); "
+            "create it with `kdsearch create-study SPEC`"
+        )
+    version = study.user_attrs.get(VERSION_ATTR, 0)
+    if version != specs.SPEC_VERSION:
+        raise KDSearchError(
+            f"study {name!r} was created by an incompatible kdsearch (spec version {version}, "
+            f"this one reads {specs.SPEC_VERSION}); use a matching kdsearch or create a new study"
+        )
+    return specs.from_dict(study.user_attrs[SPEC_ATTR])

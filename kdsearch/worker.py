@@ -1,0 +1,191 @@
+"""Worker processes: each takes trials from the study until the global budget is spent.
+
+``kdsearch worker --n-workers N`` starts N OS processes (this module, one per device slot,
+round-robin over ``--devices``), passes the storage URL through the environment (so a
+password never shows in ``ps``), forwards SIGINT/SIGTERM to them and waits. Each worker loads
+the spec from the study, the data and the teacher once, and runs Optuna's ``optimize`` loop.
+
+Budget: the spec's ``search.n_trials`` counts finished trials (complete or pruned) across all
+workers; Optuna's ``MaxTrialsCallback`` stops a worker after a trial once it is reached. A
+worker that started a trial before the last one finished still completes it, so a study ends
+with at most ``n_trials + workers - 1`` finished trials.
+
+Stopping: SIGTERM or SIGINT makes a worker stop between two batches; its trial is marked
+failed and re-queued with the same parameters, and the retry resumes from the last epoch
+checkpoint. A SIGKILLed worker's trial is failed and re-queued by Optuna's heartbeat instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from types import FrameType
+
+from kdsearch.storage import ENV as STORAGE_ENV
+
+log = logging.getLogger("kdsearch.worker")
+
+#: How long the parent waits for workers after forwarding a stop signal before killing them.
+STOP_GRACE_S = 25
+
+
+def default_devices() -> list[str]:
+    """Every visible GPU, else the CPU (nvidia-smi avoids importing torch in the parent)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        out = []
+    return [f"cuda:{i}" for i in out] or ["cpu"]
+
+
+def plan(n_workers: int, devices: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
+    """(device, extra environment) per worker: round-robin over devices, CPU threads split."""
+    assigned = [devices[i % len(devices)] for i in range(n_workers)]
+    n_cpu = sum(d == "cpu" for d in assigned)
+    threads = max(1, (os.cpu_count() or 1) // max(1, n_cpu))
+    out = []
+    for device in assigned:
+        env = {"OMP_NUM_THREADS": str(threads), "KDSEARCH_THREADS": str(threads)}
+        if device.startswith("cuda"):
+            env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0"
+            device = "cuda"
+        out.append((device, env))
+    return out
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the parent dies, so no worker is ever orphaned (Linux)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(
+    study: str,
+    storage_url: str,
+    n_workers: int,
+    devices: Sequence[str],
+    n_trials: int | None,
+    timeout: float | None,
+) -> int:
+    """Run ``n_workers`` worker processes to the end; returns the worst exit code."""
+    children: list[subprocess.Popen[bytes]] = []
+    for index, (device, env) in enumerate(plan(n_workers, devices)):
+        args = [sys.executable, "-m", "kdsearch.worker", study, str(index), device]
+        args += [str(n_trials or 0), str(timeout or 0)]
+        child_env = {**os.environ, **env, STORAGE_ENV: storage_url}
+        children.append(subprocess.Popen(args, env=child_env, preexec_fn=_die_with_parent))
+    stopping = threading.Event()
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    deadline = None
+    while any(c.poll() is None for c in children):
+        if stopping.is_set() and deadline is None:
+            deadline = time.monotonic() + STOP_GRACE_S
+        if deadline is not None and time.monotonic() > deadline:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+        time.sleep(0.2)
+    codes = [c.returncode for c in children]
+    return max((abs(c) for c in codes), default=0)
+
+
+def run(
+    study_name: str, index: int, device: str, n_trials: int | None, timeout: float | None
+) -> int:
+    """One worker: load once, then run trials until the budget, a timeout or a stop signal."""
+    import optuna
+    import torch
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from kdsearch import storage as storages
+    from kdsearch import study as studies
+    from kdsearch.experiment import Context
+    from kdsearch.objective import Objective, prune_checkpoints
+    from kdsearch.train import StopRequested
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if os.environ.get("KDSEARCH_THREADS"):
+        torch.set_num_threads(int(os.environ["KDSEARCH_THREADS"]))
+    # Heartbeats and their retry callback are marked experimental; they are what we rely on.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = storages.resolve_url()
+    spec = studies.load_spec(storages.open_storage(url), study_name)
+    s = spec.search
+    storage = storages.open_storage(url, s.heartbeat_interval, s.grace_period, s.max_retries)
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=studies.make_sampler(spec, studies.worker_seed(spec, index)),
+        pruner=studies.make_pruner(spec),
+    )
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    if len(study.get_trials(deepcopy=False, states=finished)) >= s.n_trials:
+        log.info("study %s has reached its budget of %d trials", study_name, s.n_trials)
+        return 0
+    ctx = Context.load(spec, device)
+    if stop.is_set():
+        return 0
+
+    def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        prune_checkpoints(st, s.keep_checkpoints)
+        if stop.is_set():
+            st.stop()
+
+    try:
+        study.optimize(
+            Objective(ctx, study_name, should_stop=stop.is_set),
+            n_trials=n_trials or None,
+            timeout=timeout or None,
+            callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=finished), after_trial],
+            catch=(torch.OutOfMemoryError,),
+        )
+    except StopRequested:
+        # Optuna marked the trial FAIL; queue its retry (same parameters), which will resume
+        # from the epoch checkpoint, the way the heartbeat does for a killed worker.
+        last = max(
+            study.get_trials(deepcopy=False), key=lambda t: t.number * (t.state.name == "FAIL")
+        )
+        RetryHeartbeatStaleTrialCallback(max_retry=s.max_retries)(study, last)
+        log.info("stopped by signal; trial %d re-queued to resume", last.number)
+    return 0
+
+
+def _main(argv: list[str]) -> int:
+    study, index, device, n_trials, timeout = argv
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s worker{index} %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from kdsearch.cli import report_errors
+
+    return report_errors(lambda: run(study, int(index), device, int(n_trials), float(timeout)))
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
