@@ -1,0 +1,152 @@
+"""Static checks of docker/: no Docker engine runs in CI, so we check what compose and the
+image build would read, resolving ${...} from docker/.env.example the way compose does."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+# $$ (a literal $), ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}.
+VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.groups()
+        value = env.get(name)
+        # Compose would substitute "" for an unset plain ${VAR}; here that is a bug to report.
+        if op is None and value is None:
+            raise KeyError(f"{name} is not set in .env.example")
+        if op is None or not (value is None or (op.startswith(":") and value == "")):
+            return value
+        if op.endswith("?"):
+            raise KeyError(f"{name}: {arg}")
+        return arg
+
+    return VAR.sub(sub, text)
+
+
+def resolve(node, env):
+    if isinstance(node, dict):
+        return {k: resolve(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve(v, env) for v in node]
+    return interpolate(node, env) if isinstance(node, str) else node
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    env: dict[str, str] = {}
+    for line in (DOCKER / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = interpolate(value.strip().strip("\"'"), env)  # earlier lines only
+    # safe_load applies the `<<` merges of the x-* anchors, as compose does.
+    return resolve(yaml.safe_load((DOCKER / "compose.yaml").read_text()), env)
+
+
+def workers(compose: dict) -> dict:
+    return {n: s for n, s in compose["services"].items() if n.startswith("worker")}
+
+
+def test_services_postgres_and_ports(compose):
+    services = compose["services"]
+    assert {"postgres", "create-study", "worker", "dashboard"} <= services.keys()
+    pg = services["postgres"]
+    assert pg["image"].startswith("postgres:15")
+    mounts = dict(v.split(":")[1::-1] for v in pg["volumes"])
+    # A declared named volume, not a bind mount or an anonymous one, keeps the database.
+    assert mounts["/var/lib/postgresql/data"] in (compose.get("volumes") or {})
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    # Only the dashboard is published; the database stays on the compose network.
+    assert [n for n, s in services.items() if "ports" in s] == ["dashboard"]
+
+
+def test_one_storage_url_for_all_kdsearch_services(compose):
+    services = compose["services"]
+    users = [services["create-study"], *workers(compose).values()]
+    urls = {s["environment"]["KDSEARCH_STORAGE"] for s in users}
+    urls.add(services["dashboard"]["command"][-1])
+    assert len(urls) == 1, urls
+    url, pg = urlsplit(urls.pop()), services["postgres"]["environment"]
+    assert url.scheme.startswith("postgresql") and (url.hostname, url.port) == ("postgres", 5432)
+    assert (url.username, url.password, url.path) == (
+        pg["POSTGRES_USER"],
+        pg["POSTGRES_PASSWORD"],
+        "/" + pg["POSTGRES_DB"],
+    )
+
+
+def test_workers_gpu_restart_and_order(compose):
+    gpus = []
+    for name, w in workers(compose).items():
+        (dev,) = w["deploy"]["resources"]["reservations"]["devices"]
+        assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"], name
+        # Pinned ids: replicas that each reserve `count: 1` would all get the same GPU.
+        assert len(dev["device_ids"]) == 1, name
+        gpus += dev["device_ids"]
+        assert int(w["deploy"]["replicas"]) >= 1 and w["restart"] == "on-failure", name
+        cmd, study = w["command"], w["environment"]["KDSEARCH_STUDY"]
+        assert cmd[0] == "worker" and cmd[cmd.index("--study") + 1] == study, name
+        assert w["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert w["depends_on"]["create-study"]["condition"] == "service_completed_successfully"
+    assert len(gpus) == len(set(gpus)) >= 1, gpus
+    assert compose["services"]["create-study"]["command"][0] == "create-study"
+
+
+@pytest.mark.parametrize("name", ["create-study", "worker", "worker-gpu1"])
+def test_data_and_models_mounted(compose, name):
+    # Bind sources are relative to docker/; study specs name data/ and models/ under /app.
+    binds = (v.split(":") for v in compose["services"][name]["volumes"])
+    mounts = {target: (DOCKER / host).resolve() for host, target, *_ in binds}
+    assert mounts["/app/data"] == ROOT / "data" and mounts["/app/models"] == ROOT / "models"
+
+
+def test_dashboard(compose):
+    dash = compose["services"]["dashboard"]
+    assert dash["entrypoint"] == ["optuna-dashboard"]
+    assert dash["image"] == compose["services"]["worker"]["image"]  # which has it installed
+    cmd = dash["command"]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0" and cmd[cmd.index("--port") + 1] == "8080"
+    # Inside it binds 0.0.0.0; without auth, the host side must be loopback only.
+    assert [p.split(":")[::2] for p in dash["ports"]] == [["127.0.0.1", "8080"]]
+
+
+def test_dockerfile():
+    text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
+    ins = [ln.strip().split(None, 1) for ln in text.splitlines()]
+    ins = [(i[0].upper(), i[1] if len(i) > 1 else "") for i in ins if i and i[0][0] != "#"]
+    (base,) = [a for op, a in ins if op == "FROM"]
+    m = re.fullmatch(r"pytorch/pytorch:(\d+)\.(\d+)\.(\d+)-cuda[\d.]+-cudnn\d+-runtime", base)
+    # The base's torch is kept, so it must lie within pyproject's cap (torch<=2.14.1).
+    assert m and tuple(map(int, m.groups())) <= (2, 14, 1), base
+    last = dict(ins)  # as in Docker, the last ENTRYPOINT / WORKDIR / USER wins
+    assert json.loads(last["ENTRYPOINT"]) == ["kdsearch"]  # exec form: signals reach kdsearch
+    assert last["WORKDIR"] == "/app" and last["USER"] not in ("root", "0")
+    installs = [c.strip() for op, a in ins if op == "RUN" for c in a.split("&&")]
+    installs = [c for c in installs if c.startswith("pip install") and c.endswith(" .")]
+    # kdsearch is installed, and never in a way that lets pip replace the base's torch.
+    assert installs and all("--constraint" in c or "--no-deps" in c for c in installs)
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    for src in (s for op, a in ins if op == "COPY" for s in a.split()[:-1] if s[0] != "-"):
+        assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+        assert "!" + src.rstrip("/") in ignore, f"COPY {src}: excluded by .dockerignore"
+
+
+def test_compose_config_cli():
+    docker = shutil.which("docker")
+    if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode:
+        pytest.skip("docker compose plugin not installed; static checks above still ran")
+    args = ["-f", DOCKER / "compose.yaml", "--env-file", DOCKER / ".env.example"]
+    cmd = [docker, "compose", *args, "--profile", "gpu1", "config", "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
