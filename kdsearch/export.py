@@ -1,5 +1,8 @@
 """Studies as pandas tables: one row per trial, pivots over two parameters, study comparisons.
 
+Comparing partial-data studies (alpha 0 and alpha > 0 on one grid, one study per data
+fraction) adds each study's fractions and its baseline and distilled accuracies.
+
 The reference synthesized its results by walking folders of JSON files; here every number is
 read from the study database, so a table is always exactly what the study holds.
 """
@@ -17,6 +20,7 @@ import pandas as pd
 from kdsearch import storage as storages
 from kdsearch import study as studies
 from kdsearch.errors import KDSearchError
+from kdsearch.spec import ALIASES, Spec
 
 STATES = {
     "complete": (optuna.trial.TrialState.COMPLETE,),
@@ -118,6 +122,62 @@ def compare(storage: Any, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _alpha_key(spec: Spec) -> str | None:
+    """The search-space key that varies distill.alpha (``alpha`` or the dotted key), if any."""
+    return next((k for k in spec.search.space if ALIASES.get(k, k) == "distill.alpha"), None)
+
+
+def _alpha_arms(spec: Spec) -> bool:
+    """Whether a study's grid holds both arms of a partial-data run: alpha 0 and alpha > 0."""
+    key = _alpha_key(spec)
+    param = spec.search.space[key] if key else None
+    if param is None or param.type != "categorical":
+        return False
+    return 0 in param.choices and any(c > 0 for c in param.choices)
+
+
+def _best(
+    study: optuna.Study, trials: list[optuna.trial.FrozenTrial]
+) -> optuna.trial.FrozenTrial | None:
+    """The best of ``trials`` in the study's direction, or None if there are none."""
+    if not trials:
+        return None
+    sign = -1 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1
+    return max(trials, key=lambda t: sign * t.value)
+
+
+def partial_table(storage: Any, names: list[str]) -> pd.DataFrame:
+    """One row per partial-data study: its data fractions, baseline vs distilled accuracy.
+
+    The baseline is the best complete trial with alpha 0 and the distilled student the best
+    with alpha > 0, each picked by validation accuracy as a search would; their test
+    accuracies are what the partial-data experiment compares across fractions.
+    """
+    rows = []
+    for name in names:
+        spec = studies.load_spec(storage, name)
+        study = optuna.load_study(study_name=name, storage=storage)
+        key = _alpha_key(spec)
+        done = study.get_trials(deepcopy=False, states=STATES["complete"])
+        alpha = {t.number: t.params.get(key, spec.distill.alpha) for t in done}
+        row: dict[str, Any] = {
+            "study": name,
+            "labeled_fraction": spec.dataset.labeled_fraction,
+            "subset_fraction": spec.dataset.subset_fraction,
+        }
+        for arm, trials in (
+            ("baseline", [t for t in done if alpha[t.number] == 0]),
+            ("distilled", [t for t in done if alpha[t.number] > 0]),
+        ):
+            best = _best(study, trials)
+            row[f"{arm}_val_accuracy"] = best.value if best else math.nan
+            row[f"{arm}_test_accuracy"] = (
+                best.user_attrs.get("test_accuracy", math.nan) if best else math.nan
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write(df: pd.DataFrame, output: str | None, fmt: str | None, index: bool = False) -> None:
     if output is None:
         print(
@@ -141,7 +201,11 @@ def write(df: pd.DataFrame, output: str | None, fmt: str | None, index: bool = F
 def main(a: argparse.Namespace) -> int:
     storage = storages.open_storage(storages.resolve_url(a.storage))
     if a.compare:
-        write(compare(storage, a.compare), a.output, a.format)
+        df = compare(storage, a.compare)
+        # Partial-data studies (alpha 0 and alpha > 0 on one grid) get both arms' numbers.
+        if all(_alpha_arms(studies.load_spec(storage, n)) for n in a.compare):
+            df = df.merge(partial_table(storage, a.compare), on="study")
+        write(df, a.output, a.format)
         return 0
     if not a.study:
         raise KDSearchError("export-table: give --study NAME (or --compare STUDY ...)")

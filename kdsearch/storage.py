@@ -86,7 +86,7 @@ def open_storage(
         heartbeat = {
             "heartbeat_interval": heartbeat_interval,
             "grace_period": grace_period,
-            "failed_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=max_retries
             ),
         }

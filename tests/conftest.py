@@ -28,7 +28,7 @@ SYNTHETIC_SPEC: dict[str, Any] = {
         "name": "synthetic",
         "val_fraction": 0.2,
         "augment": True,
-        "options": {"n_train": 320, "n_test": 100, "num_classes": 4, "noise": 90.0},
+        "options": {"n_train": 320, "n_test": 100, "num_classes": 4, "noise": 150.0},
     },
     "teacher": {"arch": "cnn5", "kwargs": {"num_channels": 8}, "checkpoint": "models/teacher.pt"},
     "teacher_train": {"epochs": 3},
