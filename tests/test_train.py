@@ -1,0 +1,237 @@
+"""The training loop on the synthetic data set: it learns, resumes bit for bit, and fails loudly."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import SYNTHETIC_SPEC
+
+from kdsearch import data, nets
+from kdsearch.data import Images
+from kdsearch.spec import Spec, from_dict
+from kdsearch.train import (
+    DeviceData,
+    EpochResult,
+    History,
+    NonFiniteLoss,
+    Run,
+    StopRequested,
+    evaluate,
+    fit,
+)
+
+CPU = torch.device("cpu")
+
+
+def overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged onto ``base`` (a plain test helper, independent of kdsearch)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = overlay(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny CPU nets run faster (and steadier on a busy 2-core box) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _setup(overrides: dict[str, Any] | None = None) -> tuple[Spec, DeviceData]:
+    """A spec (no teacher: the plain loop) and its synthetic data on the CPU."""
+    spec = from_dict(overlay(SYNTHETIC_SPEC, {"teacher": None, **(overrides or {})}))
+    splits = data.load(spec.dataset)
+    return spec, DeviceData.from_splits(splits, CPU, spec.dataset.augment)
+
+
+def _model(spec: Spec, data_: DeviceData, init_seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(init_seed)
+    return nets.create(spec.student.arch, num_classes=data_.num_classes, **spec.student.kwargs)
+
+
+class Interrupt(Exception):
+    """Raised from a callback to simulate a killed run."""
+
+
+def test_learns_well_above_chance() -> None:
+    """A few epochs on 4-class synthetic data lift validation accuracy far above 25% chance."""
+    spec, d = _setup(
+        {
+            "dataset": {"options": {"noise": 60.0}},
+            "student": {"kwargs": {"num_channels": 8}},
+            "train": {"epochs": 5, "batch_size": 32},
+        }
+    )
+    seen: list[int] = []
+    history = fit(
+        Run(spec, _model(spec, d), d, progress=False, on_epoch=lambda r, h: seen.append(r.epoch))
+    )
+    assert seen == [0, 1, 2, 3, 4]
+    assert len(history.epochs) == 5
+    assert history.epochs[-1].val_accuracy >= 0.7, [e.val_accuracy for e in history.epochs]
+    assert history.best_val == max(e.val_accuracy for e in history.epochs)
+    assert history.epochs[history.best_epoch].val_accuracy == history.best_val
+    assert history.epochs[-1].train_loss < history.epochs[0].train_loss
+    assert all(e.images == len(d.train) for e in history.epochs)
+
+
+RESUME = {
+    "dataset": {"options": {"n_train": 200}},
+    "student": {"kwargs": {"num_channels": 4, "dropout": 0.3}},  # dropout uses torch's RNG
+    "train": {"epochs": 4, "batch_size": 32, "schedule": {"name": "cosine"}},
+}
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ after resume: {different}"
+
+
+def test_resume_after_epoch_equals_straight_run(tmp_path: Path) -> None:
+    """Interrupted after epoch 2 and resumed by a new ``fit``: identical final weights."""
+    spec, d = _setup(RESUME)
+    straight_model = _model(spec, d)
+    straight = fit(Run(spec, straight_model, d, progress=False))
+
+    def stop_after_two(result: EpochResult, history: History) -> None:
+        if result.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(
+            Run(spec, _model(spec, d), d, workdir=tmp_path, on_epoch=stop_after_two, progress=False)
+        )
+    assert (tmp_path / "last.pt").is_file()
+
+    resumed_with: list[tuple[int, int | None]] = []
+    later: list[int] = []
+    # A differently initialized model: everything must come from the saved state.
+    resumed_model = _model(spec, d, init_seed=123)
+    resumed = fit(
+        Run(
+            spec,
+            resumed_model,
+            d,
+            workdir=tmp_path,
+            on_resume=lambda h: resumed_with.append((len(h.epochs), h.resumed_from_epoch)),
+            on_epoch=lambda r, h: later.append(r.epoch),
+            progress=False,
+        )
+    )
+    assert resumed_with == [(2, 2)]
+    assert later == [2, 3]
+    _assert_same_weights(_weights(straight_model), _weights(resumed_model))
+    assert [e.val_accuracy for e in resumed.epochs] == [e.val_accuracy for e in straight.epochs]
+    assert [e.train_loss for e in resumed.epochs] == [e.train_loss for e in straight.epochs]
+    assert [e.lr for e in resumed.epochs] == [e.lr for e in straight.epochs]
+    assert (resumed.best_val, resumed.best_epoch) == (straight.best_val, straight.best_epoch)
+
+
+def test_resume_after_stop_mid_epoch_equals_straight_run(tmp_path: Path) -> None:
+    """A stop requested mid-epoch 3 loses that epoch only; the resumed run still matches."""
+    spec, d = _setup(RESUME)
+    straight_model = _model(spec, d)
+    fit(Run(spec, straight_model, d, progress=False))
+
+    calls = {"n": 0}
+    batches = math.ceil(len(d.train) / spec.train.batch_size)
+
+    def stop_in_epoch_three() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2 * batches + 2
+
+    with pytest.raises(StopRequested, match="epoch 3"):
+        fit(
+            Run(
+                spec,
+                _model(spec, d),
+                d,
+                workdir=tmp_path,
+                should_stop=stop_in_epoch_three,
+                progress=False,
+            )
+        )
+    resumed_at: list[int] = []
+    resumed_model = _model(spec, d, init_seed=7)
+    fit(
+        Run(
+            spec,
+            resumed_model,
+            d,
+            workdir=tmp_path,
+            on_resume=lambda h: resumed_at.append(len(h.epochs)),
+            progress=False,
+        )
+    )
+    assert resumed_at == [2]
+    _assert_same_weights(_weights(straight_model), _weights(resumed_model))
+
+
+def test_finished_run_does_not_train_again(tmp_path: Path) -> None:
+    """Resuming a run that already did every epoch changes nothing and trains no epoch."""
+    spec, d = _setup({**RESUME, "train": {**RESUME["train"], "epochs": 1}})
+    model = _model(spec, d)
+    fit(Run(spec, model, d, workdir=tmp_path, progress=False))
+    again = _model(spec, d, init_seed=5)
+    epochs: list[int] = []
+    history = fit(
+        Run(
+            spec, again, d, workdir=tmp_path, on_epoch=lambda r, h: epochs.append(1), progress=False
+        )
+    )
+    assert epochs == [] and len(history.epochs) == 1
+    _assert_same_weights(_weights(model), _weights(again))
+
+
+def test_diverging_lr_raises_non_finite_loss() -> None:
+    """SGD with lr 1e8 makes the loss NaN/inf: NonFiniteLoss names the epoch and the lr."""
+    spec, d = _setup(
+        {"train": {"epochs": 3, "optimizer": {"name": "sgd", "lr": 1e8}}},
+    )
+    epochs: list[int] = []
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1 .*lr 1e\+08"):
+        fit(Run(spec, _model(spec, d), d, on_epoch=lambda r, h: epochs.append(1), progress=False))
+    assert epochs == []  # raised before any epoch was reported as if it were fine
+
+
+def test_accuracy_counts_every_example() -> None:
+    """``evaluate`` averages over all images, not per batch (1,030 = 1,024 + 6)."""
+    spec, d = _setup({"dataset": {"options": {"n_test": 1030}}})
+    model = _model(spec, d).eval()
+    x = d.test.x
+    assert len(x) == 1030
+    mean, std = d.mean.double(), d.std.double()
+    with torch.no_grad():
+        logits = model(((x.double() / 255 - mean) / std).float())
+    pred = logits.argmax(1)
+    # Right on the first 1,024 images, wrong on the 6 of the last, partial batch.
+    y = torch.cat([pred[:1024], (pred[1024:] + 1) % d.num_classes])
+    loss, accuracy = evaluate(model, d, Images(x, y))
+    assert accuracy == pytest.approx(1024 / 1030, abs=1e-6)  # a mean of batch means: 0.5
+    expected_loss = torch.nn.functional.cross_entropy(logits.double(), y).item()
+    assert loss == pytest.approx(expected_loss, rel=1e-4)
+
+
+def test_empty_validation_set_gives_nan() -> None:
+    """Without validation images (final retrain on train+val), evaluate gives NaN, not 0."""
+    spec, d = _setup()
+    empty = Images(d.val.x[:0], d.val.y[:0])
+    loss, accuracy = evaluate(_model(spec, d), d, empty)
+    assert math.isnan(loss) and math.isnan(accuracy)
