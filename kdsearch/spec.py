@@ -152,6 +152,9 @@ class ParamSpec:
             return
         if self.low is None or self.high is None:
             raise KDSearchError(f"{path}: a {self.type} parameter needs low and high")
+        for bound in ("low", "high"):
+            if not math.isfinite(getattr(self, bound)):
+                raise KDSearchError(f"{path}.{bound}: {getattr(self, bound)} is not finite")
         if self.low >= self.high:
             raise KDSearchError(f"{path}.low: {self.low} must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -229,7 +232,7 @@ class Spec:
         data["search"]["space"] = {}
         data["teacher"] = None
         data["distill"]["alpha"] = 0.0
-        data["train"] = _merge(data["train"], self.teacher_train)
+        data["train"] = merge(data["train"], self.teacher_train)
         return from_dict(data)
 
 
@@ -249,20 +252,30 @@ def _in_range(
 
 
 def _positive(path: str, value: float) -> None:
-    if not value > 0:
-        raise KDSearchError(f"{path}: {value} must be > 0")
+    if not 0 < value < math.inf:
+        raise KDSearchError(f"{path}: {value} must be a finite number > 0")
 
 
 def _num(x: float) -> str:
     return str(int(x)) if x == int(x) else str(x) if math.isfinite(x) else "inf"
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge: mappings merge key by key, anything else in ``over`` replaces."""
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``over`` replaces.
+
+    A mapping that names a different ``name`` (another optimizer, sampler or pruner) replaces
+    the base's whole, so arguments of the old one do not leak into the new one; a null value
+    removes the base's key (back to the default).
+    """
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        if value is None and isinstance(out.get(key), dict):
+            out.pop(key)
+            continue
+        old = out.get(key)
+        both = isinstance(value, dict) and isinstance(old, dict)
+        if both and value.get("name", old.get("name")) == old.get("name"):
+            out[key] = merge(old, value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -442,9 +455,12 @@ def from_dict(data: dict[str, Any]) -> Spec:
     return spec
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Parse a YAML mapping, following ``base:`` (a path relative to the file) recursively."""
     path = Path(path)
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise KDSearchError(f"{_seen[0]}: base: files extend each other in a cycle ({chain})")
     if not path.is_file():
         raise KDSearchError(f"{path}: no such spec file (specs live under studies/)")
     try:
@@ -460,7 +476,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     base = data.pop("base", None)
     if base is None:
         return data
-    return _merge(read_yaml(path.parent / str(base)), data)
+    return merge(read_yaml(path.parent / str(base), (*_seen, path.resolve())), data)
 
 
 def load(path: str | Path) -> Spec:

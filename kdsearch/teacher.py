@@ -33,7 +33,7 @@ from kdsearch.train import DeviceData
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def load_teacher(spec: Spec, num_classes: int) -> nn.Module:
@@ -144,8 +144,11 @@ def compute_logits(
     return out
 
 
-def _checksum(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+def _checksum(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -154,7 +157,12 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob["format"] == CACHE_FORMAT and _checksum(blob["logits"]) == blob["checksum"]:
+        logits, view_ids = blob["logits"], blob["view_ids"]
+        if (
+            blob["format"] == CACHE_FORMAT
+            and _checksum(logits, view_ids) == blob["checksum"]
+            and logits.shape[:2] == view_ids.shape
+        ):
             return blob
         reason = "checksum mismatch"
     except Exception as err:
@@ -183,7 +191,7 @@ def build_or_load(model: nn.Module, data: DeviceData, spec: Spec) -> tuple[Cache
                 "format": CACHE_FORMAT,
                 "logits": logits,
                 "view_ids": slots,
-                "checksum": _checksum(logits),
+                "checksum": _checksum(logits, slots),
             }
             atomic_save(blob, path)
     device = data.train.x.device

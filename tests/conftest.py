@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from kdsearch.spec import merge
+
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -48,13 +50,6 @@ SYNTHETIC_SPEC: dict[str, Any] = {
         "grace_period": 3,
     },
 }
-
-
-def deep_update(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = {**base}
-    for k, v in over.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 @pytest.fixture
@@ -108,7 +103,7 @@ def write_spec(kd_home: Path, teacher_checkpoint: Path) -> Callable[..., Path]:
 
     def write(overrides: dict[str, Any] | None = None, name: str = "synth") -> Path:
         path = kd_home / f"{name}.yaml"
-        data = deep_update(SYNTHETIC_SPEC, {"name": name, **(overrides or {})})
+        data = merge(SYNTHETIC_SPEC, {"name": name, **(overrides or {})})
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
