@@ -126,6 +126,8 @@ def cmd_create_study(a: argparse.Namespace) -> int:
     from kdsearch import storage, study
 
     spec = _load_spec(a.spec)
+    study.make_sampler(spec)  # a bad sampler or pruner fails before the database is touched
+    study.make_pruner(spec)
     url = storage.resolve_url(a.storage, spec.storage)
     name = a.study_name or spec.name
     study.create(spec, storage.open_storage(url), name, a.load_if_exists)
@@ -141,6 +143,9 @@ def cmd_worker(a: argparse.Namespace) -> int:
     # Fail fast, in the parent, on an unreachable database or an unknown study.
     study.load_spec(storage.open_storage(url), a.study)
     devices = a.devices.split(",") if a.devices else worker.default_devices()
+    if a.n_workers == 1:  # no child process: this process is the worker (and gets the signals)
+        worker.configure_logging(0)
+        return worker.run(a.study, 0, devices[0], a.n_trials, a.timeout, url)
     return worker.spawn(a.study, url, a.n_workers, devices, a.n_trials, a.timeout)
 
 

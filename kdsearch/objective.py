@@ -10,7 +10,9 @@ from the last finished epoch instead of starting over.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -66,8 +68,14 @@ class Objective:
         self.spec: Spec = ctx.spec
         self.study_name = study_name
         self.should_stop = should_stop
+        #: The trial in progress (so a worker can re-queue it when interrupted).
+        self.current: optuna.Trial | None = None
+        self.trials_started = 0
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial
+        self.trials_started += 1
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = suggest(trial, self.spec.search.space)
         spec = self.spec.with_overrides(params)
         root = chain_root(trial)

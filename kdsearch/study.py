@@ -114,7 +114,6 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
     """Create (or with ``load_if_exists``, reopen an identical) study for ``spec``."""
     import optuna
 
-    make_sampler(spec)  # fail on a bad sampler or pruner before anything is written
     pruner = make_pruner(spec)
     stored = json.loads(json.dumps(spec.to_dict()))
     if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:

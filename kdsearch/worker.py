@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from kdsearch.storage import ENV as STORAGE_ENV
 
@@ -113,18 +114,21 @@ def spawn(
 
 
 def run(
-    study_name: str, index: int, device: str, n_trials: int | None, timeout: float | None
+    study_name: str,
+    index: int,
+    device: str,
+    n_trials: int | None,
+    timeout: float | None,
+    url: str | None = None,
 ) -> int:
     """One worker: load once, then run trials until the budget, a timeout or a stop signal."""
     import optuna
     import torch
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     from kdsearch import storage as storages
     from kdsearch import study as studies
     from kdsearch.experiment import Context
     from kdsearch.objective import Objective, prune_checkpoints
-    from kdsearch.train import StopRequested
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -133,7 +137,7 @@ def run(
         torch.set_num_threads(int(os.environ["KDSEARCH_THREADS"]))
     # Heartbeats and their retry callback are marked experimental; they are what we rely on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    url = storages.resolve_url()
+    url = url or storages.resolve_url()
     spec = studies.load_spec(storages.open_storage(url), study_name)
     s = spec.search
     storage = storages.open_storage(url, s.heartbeat_interval, s.grace_period, s.max_retries)
@@ -143,45 +147,103 @@ def run(
         sampler=studies.make_sampler(spec, studies.worker_seed(spec, index)),
         pruner=studies.make_pruner(spec),
     )
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    if len(study.get_trials(deepcopy=False, states=finished)) >= s.n_trials:
+    if _finished(study) >= s.n_trials:
         log.info("study %s has reached its budget of %d trials", study_name, s.n_trials)
         return 0
     ctx = Context.load(spec, device)
-    if stop.is_set():
-        return 0
+    objective = Objective(ctx, study_name, should_stop=stop.is_set)
 
     def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         prune_checkpoints(st, s.keep_checkpoints)
         if stop.is_set():
             st.stop()
 
-    try:
-        study.optimize(
-            Objective(ctx, study_name, should_stop=stop.is_set),
-            n_trials=n_trials or None,
-            timeout=timeout or None,
-            callbacks=[optuna.study.MaxTrialsCallback(s.n_trials, states=finished), after_trial],
-            catch=(torch.OutOfMemoryError,),
-        )
-    except StopRequested:
-        # Optuna marked the trial FAIL; queue its retry (same parameters), which will resume
-        # from the epoch checkpoint, the way the heartbeat does for a killed worker.
-        last = max(
-            study.get_trials(deepcopy=False), key=lambda t: t.number * (t.state.name == "FAIL")
-        )
-        RetryHeartbeatStaleTrialCallback(max_retry=s.max_retries)(study, last)
-        log.info("stopped by signal; trial %d re-queued to resume", last.number)
+    started = time.monotonic()
+    ran = 0
+    while not stop.is_set() and (not n_trials or ran < n_trials):
+        left = timeout - (time.monotonic() - started) if timeout else None
+        if left is not None and left <= 0:
+            break
+        try:
+            before = objective.trials_started
+            study.optimize(
+                objective,
+                n_trials=(n_trials - ran) if n_trials else None,
+                timeout=left,
+                callbacks=[
+                    optuna.study.MaxTrialsCallback(s.n_trials, states=FINISHED),
+                    after_trial,
+                ],
+                catch=(torch.OutOfMemoryError,),
+            )
+            break
+        except Exception as err:
+            ran += objective.trials_started - before
+            if not _survivable(err, stop.is_set()):
+                raise
+            _requeue(study, objective, s.max_retries, err)
     return 0
 
 
-def _main(argv: list[str]) -> int:
-    study, index, device, n_trials, timeout = argv
+#: Trial states that count towards the study's budget.
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def _finished(study: Any) -> int:
+    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+
+
+def _survivable(err: Exception, stopping: bool) -> bool:
+    """Errors after which the worker goes on (or, when stopping, exits cleanly)."""
+    import sqlalchemy.exc
+
+    from kdsearch.train import StopRequested
+
+    if isinstance(err, StopRequested):
+        return True
+    lost = isinstance(err, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+    if lost or (isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated):
+        log.warning("database connection lost (%s); reconnecting in 5 s", type(err).__name__)
+        time.sleep(5)
+        return not stopping
+    return False
+
+
+def _requeue(study: Any, objective: Any, max_retries: int, err: Exception) -> None:
+    """Queue a retry (same parameters, resumes from its epoch checkpoint) of the trial that
+    ``err`` interrupted, as the heartbeat does for a killed worker; a database that is still
+    down leaves that to the heartbeat of the next worker."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    if objective.current is None:
+        return
+    try:
+        frozen = study._storage.get_trial(objective.current._trial_id)
+        if frozen.state.name == "RUNNING":
+            study._storage.set_trial_state_values(
+                frozen._trial_id, state=optuna.trial.TrialState.FAIL
+            )
+            frozen = study._storage.get_trial(frozen._trial_id)
+        if frozen.state.name == "FAIL":
+            RetryHeartbeatStaleTrialCallback(max_retry=max_retries)(study, frozen)
+            log.info("trial %d re-queued to resume (%s)", frozen.number, type(err).__name__)
+    except Exception as again:  # the database may still be unreachable
+        log.warning("could not re-queue trial (%s); the heartbeat will", type(again).__name__)
+
+
+def configure_logging(index: int) -> None:
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s worker{index} %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
+        force=True,
     )
+
+
+def _main(argv: list[str]) -> int:
+    study, index, device, n_trials, timeout = argv
+    configure_logging(int(index))
     from kdsearch.cli import report_errors
 
     return report_errors(lambda: run(study, int(index), device, int(n_trials), float(timeout)))
