@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 from typing import Any
 
@@ -59,11 +60,11 @@ def grid_values(name: str, param: ParamSpec) -> list[Any]:
 def worker_seed(spec: Spec, index: int) -> int:
     """A sampler seed per worker, so parallel workers do not propose the same trials.
 
-    Derived from the spec's seed, the worker's index and the host name, so workers with the
-    same index on different machines differ too.
+    Derived from the spec's seed, the worker's index, the host name and the process id, so
+    workers started by separate commands, on one machine or many, differ too.
     """
     base = spec.search.sampler.get("seed", spec.train.seed)
-    text = f"{base}/{index}/{socket.gethostname()}"
+    text = f"{base}/{index}/{socket.gethostname()}/{os.getpid()}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 

@@ -147,7 +147,8 @@ def run(
         sampler=studies.make_sampler(spec, studies.worker_seed(spec, index)),
         pruner=studies.make_pruner(spec),
     )
-    if _finished(study) >= s.n_trials:
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    if len(study.get_trials(deepcopy=False, states=finished)) >= s.n_trials:
         log.info("study %s has reached its budget of %d trials", study_name, s.n_trials)
         return 0
     ctx = Context.load(spec, device)
@@ -171,7 +172,7 @@ def run(
                 n_trials=(n_trials - ran) if n_trials else None,
                 timeout=left,
                 callbacks=[
-                    optuna.study.MaxTrialsCallback(s.n_trials, states=FINISHED),
+                    optuna.study.MaxTrialsCallback(s.n_trials, states=finished),
                     after_trial,
                 ],
                 catch=(torch.OutOfMemoryError,),
@@ -183,14 +184,6 @@ def run(
                 raise
             _requeue(study, objective, s.max_retries, err)
     return 0
-
-
-#: Trial states that count towards the study's budget.
-FINISHED = ("COMPLETE", "PRUNED")
-
-
-def _finished(study: Any) -> int:
-    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
 
 
 def _survivable(err: Exception, stopping: bool) -> bool:
