@@ -231,12 +231,15 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_storage_proxy(a: argparse.Namespace) -> int:
+    import warnings
+
     import optuna
 
     from kdsearch import storage
 
     url = storage.resolve_url(a.storage)
     print(f"gRPC storage proxy on {a.host}:{a.port} for {storage.mask(url)}", flush=True)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.storages.run_grpc_proxy_server(storage.open_storage(url), host=a.host, port=a.port)
     return 0
 

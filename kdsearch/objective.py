@@ -100,7 +100,8 @@ class Objective:
                     f"val accuracy {r.val_accuracy:.4f} at epoch {r.epoch + 1}"
                 )
 
-        tb = study_dir(self.study_name) / "tensorboard" / f"trial-{trial.number:05d}"
+        # One TensorBoard run per retry chain, so a resumed trial continues its own curves.
+        tb = study_dir(self.study_name) / "tensorboard" / f"trial-{root:05d}"
         try:
             outcome = train_student(
                 self.ctx,

@@ -14,13 +14,17 @@ many workers); kdsearch adds only tuning:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
+import warnings
 from typing import Any
 from urllib.parse import urlsplit
 
 from kdsearch.errors import KDSearchError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///kdsearch.db"
 ENV = "KDSEARCH_STORAGE"
@@ -77,8 +81,15 @@ def open_storage(
     import sqlalchemy.exc
 
     if url.startswith("grpc://"):
+        if heartbeat_interval:
+            log.warning(
+                "heartbeats do not pass through Optuna's gRPC proxy: a killed worker's trial "
+                "stays RUNNING (a stopped one is still re-queued); use a database URL for that"
+            )
         parts = urlsplit(url)
-        return optuna.storages.GrpcStorageProxy(host=parts.hostname, port=parts.port or 13000)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.GrpcStorageProxy(host=parts.hostname, port=parts.port or 13000)
     if url.startswith("sqlite"):
         _prepare_sqlite(url)
     heartbeat: dict[str, Any] = {}

@@ -213,10 +213,32 @@ def fit(run: Run) -> History:
         if run.on_resume is not None:
             run.on_resume(history)
     step = torch.compile(model) if spec.train.compile else model
-    loss_fn = losses.get(spec.distill.loss)
-    distill = run.teacher is not None and spec.distill.alpha > 0
     writer = _tensorboard(run.tensorboard_dir)
     bar = _progress_bar(spec, len(history.epochs), run.progress)
+    try:
+        _epochs(run, model, step, optimizer, schedule, gen, history, writer, bar)
+    finally:  # pruned, stopped and diverged runs too: a worker runs many trials
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return history
+
+
+def _epochs(
+    run: Run,
+    model: nn.Module,
+    step: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    gen: torch.Generator,
+    history: History,
+    writer: Any,
+    bar: Any,
+) -> None:
+    spec, data = run.spec, run.data
+    device = data.train.x.device
+    loss_fn = losses.get(spec.distill.loss)
+    distill = run.teacher is not None and spec.distill.alpha > 0
     n = len(data.train)
     bs = spec.train.batch_size
     for epoch in range(len(history.epochs), spec.train.epochs):
@@ -284,10 +306,6 @@ def fit(run: Run) -> History:
         bar.update()
         if run.on_epoch is not None:
             run.on_epoch(result, history)
-    bar.close()
-    if writer is not None:
-        writer.close()
-    return history
 
 
 def _save_state(

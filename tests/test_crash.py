@@ -1,0 +1,209 @@
+"""Crash safety with real processes and signals: SIGKILL, SIGTERM, many writers, NaN loss.
+
+A killed trial must be failed by the heartbeat, retried with the same parameters, and resume
+from its last epoch checkpoint; a stopped worker must leave nothing RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+from kdsearch.storage import open_storage
+
+S = optuna.trial.TrialState
+
+#: Trials long enough (6 epochs of ~0.3 s) to be killed in the middle.
+SLOW_TRIALS = {
+    "dataset": {"options": {"n_train": 1200, "n_test": 100, "num_classes": 4, "noise": 150.0}},
+    "train": {"epochs": 6},
+    "search": {"pruner": {"name": "none"}},
+}
+
+
+def start_worker(home: Path, study: str, url: str, n: int = 1) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kdsearch",
+            "worker",
+            "--study",
+            study,
+            "--storage",
+            url,
+            "--n-workers",
+            str(n),
+            "--devices",
+            "cpu",
+        ],
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for(
+    pred: Callable[[], object], timeout: float, what: str, procs: list | None = None
+) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    for p in procs or []:
+        p.kill()
+        print(p.communicate()[0][-3000:])
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trials(url: str, study: str = "synth") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=open_storage(url)).get_trials()
+
+
+def running_after(url: str, epochs: int) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials(url) if t.state == S.RUNNING and len(t.intermediate_values) >= epochs]
+
+
+def processes_named(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if pid.isdigit() and text in cmdline and "pytest" not in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def kill_one_of_two(cli, write_spec, kd_home: Path, url: str) -> None:
+    spec = write_spec({**SLOW_TRIALS, "search": {**SLOW_TRIALS["search"], "n_trials": 6}})
+    assert cli("create-study", str(spec), "--storage", url).returncode == 0
+    workers = [start_worker(kd_home, "synth", url) for _ in range(2)]
+    victim_trial = wait_for(lambda: running_after(url, 2), 300, "a trial at epoch 2", workers)[0]
+    host_pid = int(victim_trial.user_attrs["worker"].rsplit(":", 1)[1])
+    victim = next(w for w in workers if w.pid == host_pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    survivor = next(w for w in workers if w is not victim)
+    out, _ = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, out[-3000:]
+
+    by_number = {t.number: t for t in trials(url)}
+    killed = by_number[victim_trial.number]
+    assert killed.state == S.FAIL
+    retries = [t for t in by_number.values() if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state == S.COMPLETE
+    retry = retries[0]
+    assert retry.params == killed.params
+    # It resumed from the epoch checkpoint: at least the 2 epochs seen before the kill.
+    assert retry.user_attrs["resumed_from_epoch"] >= 2
+    assert f"resumes trial {killed.number} from epoch" in out
+    assert len(retry.intermediate_values) == 6
+    finished = [t for t in by_number.values() if t.state in (S.COMPLETE, S.PRUNED)]
+    assert 6 <= len(finished) <= 7
+    assert not [t for t in by_number.values() if t.state == S.RUNNING]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_resumes_on_sqlite(cli, write_spec, kd_home):
+    kill_one_of_two(cli, write_spec, kd_home, "sqlite:///kd.db")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_sigkill_mid_trial_resumes_on_postgres(cli, write_spec, kd_home, pg_url):
+    kill_one_of_two(cli, write_spec, kd_home, pg_url)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_child_and_requeues(cli, write_spec, kd_home):
+    url = "sqlite:///kd.db"
+    spec = write_spec({**SLOW_TRIALS, "name": "sigterm_study"}, name="sigterm_study")
+    assert cli("create-study", str(spec), "--storage", url).returncode == 0
+    parent = start_worker(kd_home, "sigterm_study", url, n=2)
+
+    def both_running() -> bool:
+        ts = trials(url, "sigterm_study")
+        return sum(t.state == S.RUNNING and len(t.intermediate_values) >= 2 for t in ts) == 2
+
+    wait_for(both_running, 300, "two running trials", [parent])
+    assert len(processes_named("kdsearch.worker sigterm_study")) == 2
+    sent = time.monotonic()
+    parent.send_signal(signal.SIGTERM)
+    out, _ = parent.communicate(timeout=60)
+    assert time.monotonic() - sent < 30, out[-3000:]
+    assert parent.returncode == 0, out[-3000:]
+    assert processes_named("kdsearch.worker sigterm_study") == []
+    ts = trials(url, "sigterm_study")
+    assert not [t for t in ts if t.state == S.RUNNING]
+    failed = [t for t in ts if t.state == S.FAIL]
+    waiting = [t for t in ts if t.state == S.WAITING]
+    assert len(failed) == 2 and len(waiting) == 2
+    assert {t.system_attrs["failed_trial"] for t in waiting} == {t.number for t in failed}
+
+    # The next worker picks the re-queued trials up and resumes them.
+    again = cli("worker", "--study", "sigterm_study", "--storage", url, "--n-trials", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [t for t in trials(url, "sigterm_study") if "resumed_from_epoch" in t.user_attrs]
+    assert len(resumed) == 2 and all(t.user_attrs["resumed_from_epoch"] >= 2 for t in resumed)
+
+
+@pytest.mark.slow
+def test_eight_workers_on_one_sqlite_file(cli, write_spec, kd_home):
+    """8 processes × 40 one-epoch trials on one SQLite file: no storage errors."""
+    spec = write_spec(
+        {
+            "dataset": {"options": {"n_train": 64, "n_test": 32, "num_classes": 4}},
+            "train": {"epochs": 1},
+            "search": {"n_trials": 320, "pruner": {"name": "none"}},
+        }
+    )
+    url = "sqlite:///kd.db"
+    assert cli("create-study", str(spec), "--storage", url).returncode == 0
+    out = cli(
+        "worker",
+        "--study",
+        "synth",
+        "--storage",
+        url,
+        "--n-workers",
+        "8",
+        "--devices",
+        "cpu",
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "database is locked" not in out.stderr
+    states = [t.state for t in trials(url)]
+    assert S.FAIL not in states and S.RUNNING not in states
+    assert 320 <= states.count(S.COMPLETE) <= 327
+
+
+@pytest.mark.slow
+def test_nan_loss_prunes_and_the_worker_goes_on(cli, write_spec, kd_home):
+    spec = write_spec(
+        {
+            "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 1e6}},
+            "search": {"n_trials": 3, "space": {"alpha": {"type": "float", "low": 0, "high": 1}}},
+        }
+    )
+    url = "sqlite:///kd.db"
+    assert cli("create-study", str(spec), "--storage", url).returncode == 0
+    out = cli("worker", "--study", "synth", "--storage", url)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ts = trials(url)
+    assert len(ts) == 3 and all(t.state == S.PRUNED for t in ts)
+    assert all("lower the learning rate" in t.user_attrs["prune_reason"] for t in ts)
+    assert all(len(t.intermediate_values) == 0 for t in ts), "pruned in the first epoch"
