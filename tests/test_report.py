@@ -1,0 +1,115 @@
+"""``kdsearch report``: figures and report.md from a real study in a real SQLite database.
+
+The main test runs a short synthetic search with one worker process (pruning on), then the
+report command; another builds degenerate studies directly in storage (no training) to check
+that a figure that cannot be drawn is skipped with a note instead of a crash.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from PIL import Image
+
+STORAGE = "sqlite:///kd.db"
+FIGURES = {"optimization_history", "learning_curves", "param_importances", "slice", "baseline"}
+HAS_PLOTLY = importlib.util.find_spec("plotly") is not None
+
+Cli = Callable[..., Any]
+
+
+def ok(proc: Any) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def check_report(out: Path, stdout: str) -> set[str]:
+    """Every PNG is linked from report.md, opens, and is a real picture; returns their names."""
+    md = (out / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    pngs = {p.name for p in out.glob("*.png")}
+    assert sorted(links) == sorted(pngs), (links, pngs)
+    for name in pngs:
+        assert f"wrote {out / name}" in stdout
+        path = out / name
+        assert path.stat().st_size > 1000, name
+        with Image.open(path) as img:
+            img.load()  # decodes every row: a truncated file fails here
+            assert img.format == "PNG"
+            assert img.width > 200 and img.height > 200, (name, img.size)
+    assert f"wrote {out / 'report.md'}" in stdout
+    htmls = {p.stem for p in out.glob("*.html")}
+    # HTML only with plotly (not a dependency): one per Optuna figure drawn.
+    assert htmls == ({Path(n).stem for n in pngs} - {"baseline"} if HAS_PLOTLY else set())
+    return {Path(n).stem for n in pngs}
+
+
+@pytest.mark.slow
+def test_report_of_a_finished_search(cli: Cli, write_spec: Callable[..., Path]) -> None:
+    spec = write_spec({"train": {"epochs": 3}, "search": {"n_trials": 5}})
+    ok(cli("create-study", str(spec), "--storage", STORAGE))
+    # The first trial is the no-distillation student, so the report can compare against it.
+    study = optuna.load_study(study_name="synth", storage=STORAGE)
+    study.enqueue_trial({"alpha": 0.0, "temperature": 4.0, "lr": 3e-3})
+    ok(cli("worker", "--study", "synth", "--storage", STORAGE, "--n-workers", "1"))
+
+    out = ok(cli("report", "--study", "synth", "--storage", STORAGE, "-o", "rep"))
+    rep = Path("rep")
+    assert check_report(rep, out) == FIGURES
+    md = (rep / "report.md").read_text()
+    trials = study.get_trials(deepcopy=False)
+    best = study.best_trial
+    assert f"trial {best.number}, value {best.value:.4f}" in md
+    for key, value in best.params.items():
+        assert f"`{key}` = {value:.6g}" in md
+    assert f"| alpha=0 (trial 0) | {trials[0].value:.6g} |" in md
+    assert "cnn5 {'num_channels': 4}" in md and "`temperature`: float [1, 10] log" in md
+    table = md.split("## Trials (best 20)", 1)[1]
+    assert "| number |" in re.sub(r" +", " ", table)
+    assert len([ln for ln in table.splitlines() if re.match(r"\|\s*\d+ \|", ln)]) == len(trials)
+    states = {t.state.name.lower() for t in trials}
+    assert all(s in md.splitlines()[2] for s in states)
+
+
+def test_report_skips_what_it_cannot_draw(cli: Cli, write_spec: Callable[..., Path]) -> None:
+    """An empty study, then one with a single (hand-made) trial: notes, never a crash."""
+    ok(cli("create-study", str(write_spec()), "--storage", STORAGE))
+    out = ok(cli("report", "--study", "synth", "--storage", STORAGE))  # default folder
+    rep = Path("reports/synth")
+    assert check_report(rep, out) == set()
+    md = (rep / "report.md").read_text()
+    assert "no trials yet" in md
+    for name in FIGURES:
+        assert f"- {name}: skipped" in md
+
+    study = optuna.load_study(study_name="synth", storage=STORAGE)
+    dists = {
+        "temperature": optuna.distributions.FloatDistribution(1, 10, log=True),
+        "alpha": optuna.distributions.FloatDistribution(0, 1),
+    }
+    params = {"temperature": 2.0, "alpha": 0.0}
+    trial = optuna.trial.create_trial(
+        value=0.5, params=params, distributions=dists, intermediate_values={0: 0.4, 1: 0.5}
+    )
+    study.add_trial(trial)
+    # A stored baseline (what `make demo` sets) wins over the best alpha=0 trial.
+    study.set_user_attr("baseline", {"val_accuracy": 0.25, "test_accuracy": 0.125, "parameters": 7})
+    out = ok(cli("report", "--study", "synth", "--storage", STORAGE, "-o", "one"))
+    assert check_report(Path("one"), out) == FIGURES - {"param_importances"}
+    md = Path("one/report.md").read_text()
+    assert "- param_importances: skipped, needs at least 2 complete trials (have 1)" in md
+    assert "| baseline (alpha=0) | 0.25 | 0.125 | 7 |" in md
+    assert "alpha=0 (trial" not in md
+
+
+def test_report_of_an_unknown_study_is_one_line(cli: Cli, kd_home: Path) -> None:
+    proc = cli("report", "--study", "nope", "--storage", STORAGE)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("kdsearch: error: study: unknown 'nope'")
+    assert "Traceback" not in proc.stderr
