@@ -36,6 +36,9 @@ def run_study(cli, write_spec, url: str, n_workers: int, n_trials: int) -> optun
     assert created.returncode == 0, created.stderr
     worked = cli("worker", "--study", "synth", "--storage", url, "--n-workers", str(n_workers))
     assert worked.returncode == 0, worked.stderr[-3000:]
+    # Workers that start together on a study without a teacher cache build it once, and share.
+    assert worked.stderr.count("building teacher cache") == 1, worked.stderr[-3000:]
+    assert len(list(Path("models/cache").glob("teacher-*.pt"))) == 1
     return optuna.load_study(study_name="synth", storage=open_storage(url))
 
 
