@@ -194,8 +194,14 @@ def _survivable(err: Exception, stopping: bool) -> bool:
 
     if isinstance(err, StopRequested):
         return True
-    lost = isinstance(err, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
-    if lost or (isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated):
+    # Optuna wraps driver errors (StorageInternalError), so look down the cause chain.
+    chain: list[BaseException] = []
+    link: BaseException | None = err
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    lost_types = sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
+    if any(isinstance(e, lost_types) for e in chain):
         log.warning("database connection lost (%s); reconnecting in 5 s", type(err).__name__)
         time.sleep(5)
         return not stopping

@@ -26,6 +26,7 @@ BIN = Path("/usr/lib/postgresql/15/bin")
 def as_postgres(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["runuser", "-u", "postgres", "--", *args],
+        cwd="/tmp",  # the postgres user cannot enter pytest's folders
         capture_output=True,
         text=True,
         check=True,
@@ -124,14 +125,10 @@ def test_postgres_restart_during_a_study(cli, write_spec, kd_home, cluster):
         assert worker.poll() is None and time.monotonic() < deadline, "no trial finished"
         time.sleep(0.5)
     storage.engine.dispose()  # the test's own connections must not keep the old server busy
+    # -l: the server must not inherit our pipes, or this call would wait for it to exit.
+    log = str(data.parent / "log")
     as_postgres(
-        str(BIN / "pg_ctl"),
-        "-D",
-        str(data),
-        "-w",
-        "-m",
-        "fast",
-        "restart",
+        *(str(BIN / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "restart", "-l", log),
         "-o",
         f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1",
     )
