@@ -1,0 +1,217 @@
+"""Bad input, table-driven: exit code 2, one line naming the problem, nothing written.
+
+Each case runs the real CLI in a scratch home that already holds a valid spec, a teacher and a
+study database, and compares every file (name, size, content hash) before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from kdsearch import nets
+from kdsearch.checkpoint import save_model
+from kdsearch.storage import open_storage
+
+DB = "sqlite:///kd.db"
+
+
+def snapshot(home: Path) -> dict[str, str]:
+    """Every file's content hash; a SQLite database by its logical dump (WAL checkpoints move
+    bytes between files without changing data)."""
+
+    def digest(p: Path) -> str:
+        if p.suffix == ".db":
+            with sqlite3.connect(p) as conn:
+                return hashlib.sha256("\n".join(conn.iterdump()).encode()).hexdigest()
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    return {
+        str(p.relative_to(home)): digest(p)
+        for p in sorted(home.rglob("*"))
+        if p.is_file() and not p.name.endswith(("-wal", "-shm"))
+    }
+
+
+def spec_with(write_spec, **sections: Any) -> list[str]:
+    return ["validate", str(write_spec(sections, name="bad"))]
+
+
+def raw_spec(home: Path, text: str) -> list[str]:
+    (home / "raw.yaml").write_text(text)
+    return ["create-study", "raw.yaml", "--storage", DB]
+
+
+def other_checkpoint(home: Path, arch: str, num_classes: int, kwargs: dict) -> None:
+    model = nets.create(arch, num_classes=num_classes, **kwargs)
+    save_model(
+        home / "models" / "other.pt",
+        model,
+        arch=arch,
+        kwargs=kwargs,
+        num_classes=num_classes,
+        dataset={"name": "synthetic"},
+        mean=(0.5,) * 3,
+        std=(0.2,) * 3,
+    )
+
+
+CASES = {
+    "malformed yaml": (lambda h, w: raw_spec(h, "name: x\ndataset: {name: [\n"), "line 3"),
+    "unknown key": (lambda h, w: spec_with(w, trian={"epochs": 3}), "did you mean 'train'"),
+    "nested unknown key": (
+        lambda h, w: spec_with(w, dataset={"val_fracton": 0.1}),
+        "dataset.val_fracton",
+    ),
+    "wrong type": (lambda h, w: spec_with(w, train={"epochs": "ten"}), "train.epochs"),
+    "low >= high": (
+        lambda h, w: spec_with(w, search={"space": {"lr": {"low": 0.1, "high": 0.01}}}),
+        "search.space.lr.low",
+    ),
+    "log with low <= 0": (
+        lambda h, w: spec_with(w, search={"space": {"temperature": {"low": 0, "log": True}}}),
+        "must be > 0 when log",
+    ),
+    "alpha outside [0, 1]": (
+        lambda h, w: spec_with(w, distill={"alpha": 1.5}),
+        "distill.alpha: 1.5 is outside [0, 1]",
+    ),
+    "searched alpha outside [0, 1]": (
+        lambda h, w: spec_with(w, search={"space": {"alpha": {"high": 1.5}}}),
+        "search.space.alpha.high: 1.5 is outside [0, 1]",
+    ),
+    "unknown arch": (lambda h, w: spec_with(w, student={"arch": "resnet19"}), "student.arch"),
+    "unknown dataset": (lambda h, w: spec_with(w, dataset={"name": "cifar11"}), "dataset.name"),
+    "unknown sampler": (
+        lambda h, w: [
+            "create-study",
+            str(w({"search": {"sampler": {"name": "tpee"}}}, name="bad")),
+            "--storage",
+            DB,
+        ],
+        "search.sampler.name",
+    ),
+    "unknown pruner": (
+        lambda h, w: [
+            "create-study",
+            str(w({"search": {"pruner": {"name": "medain"}}}, name="bad")),
+            "--storage",
+            DB,
+        ],
+        "did you mean 'median'",
+    ),
+    "missing spec file": (lambda h, w: ["validate", "studies/nope.yaml"], "no such spec file"),
+    "missing teacher checkpoint": (
+        lambda h, w: [
+            "train",
+            str(w({"teacher": {"checkpoint": "models/gone.pt"}}, name="bad")),
+            "--out",
+            "models/s.pt",
+        ],
+        "teacher.checkpoint",
+    ),
+    "checkpoint of another arch": (
+        lambda h, w: (
+            other_checkpoint(h, "preresnet110", 4, {}),
+            [
+                "train",
+                str(w({"teacher": {"checkpoint": "models/other.pt"}}, name="bad")),
+                "--out",
+                "models/s.pt",
+            ],
+        )[1],
+        "holds a preresnet110",
+    ),
+    "checkpoint with other class count": (
+        lambda h, w: (
+            other_checkpoint(h, "cnn5", 10, {"num_channels": 8}),
+            [
+                "train",
+                str(w({"teacher": {"checkpoint": "models/other.pt"}}, name="bad")),
+                "--out",
+                "models/s.pt",
+            ],
+        )[1],
+        "has 10 classes",
+    ),
+    "missing data folder": (
+        lambda h, w: [
+            "train",
+            str(w({"dataset": {"name": "cifar10", "root": "nodata", "options": {}}}, name="bad")),
+            "--out",
+            "models/s.pt",
+        ],
+        "cifar-10-batches-py",
+    ),
+    "unknown study": (lambda h, w: ["worker", "--study", "nope", "--storage", DB], "'nope'"),
+    "incompatible study version": (
+        lambda h, w: (
+            optuna.load_study(study_name="synth", storage=open_storage(DB)).set_user_attr(
+                "kdsearch_spec_version", 99
+            ),
+            ["worker", "--study", "synth", "--storage", DB],
+        )[1],
+        "incompatible kdsearch",
+    ),
+    "unreachable database": (
+        lambda h, w: [
+            "export-table",
+            "--study",
+            "synth",
+            "--storage",
+            "postgresql://kd:pw@127.0.0.1:9/kd",
+        ],
+        "127.0.0.1:9",
+    ),
+    "not a checkpoint": (
+        lambda h, w: ((h / "junk.pt").write_bytes(b"not a zip"), ["evaluate", "junk.pt"])[1],
+        "junk.pt",
+    ),
+    "bad --set": (
+        lambda h, w: ["train", str(w(name="bad")), "--set", "train.epochz=3"],
+        "train.epochz",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case, cli, write_spec, kd_home):
+    assert cli("create-study", str(write_spec()), "--storage", DB).returncode == 0
+    make_args, expected = CASES[case]
+    args = make_args(kd_home, write_spec)
+    before = snapshot(kd_home)
+    out = cli(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdsearch: error: "), out.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in out.stderr and "pw@" not in out.stderr
+    assert snapshot(kd_home) == before, "a failed command wrote or changed files"
+
+
+def test_at_least_fifteen_cases():
+    assert len(CASES) >= 15
+
+
+def test_nothing_imports_torch_for_help():
+    """`kdsearch --help` (and every command's) answers without importing torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from kdsearch.cli import build_parser\n"
+        "p = build_parser()\n"
+        "for cmd in [[]] + [[c] for c in p._subparsers._group_actions[0].choices]:\n"
+        "    try: p.parse_args(cmd + ['--help'])\n"
+        "    except SystemExit: pass\n"
+        "assert 'torch' not in sys.modules and 'optuna' not in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert torch  # the test module itself may import torch; the child must not
