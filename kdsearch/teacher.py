@@ -114,7 +114,7 @@ def cache_key(model: nn.Module, data: DeviceData, spec: Spec) -> str:
     return h.hexdigest()[:24]
 
 
-def _slot_views(data: DeviceData, per_image: int | None, seed: int) -> torch.Tensor:
+def slot_views(data: DeviceData, per_image: int | None, seed: int) -> torch.Tensor:
     """N×V view indices: every view, or ``per_image`` seeded draws per image."""
     n, view_set = len(data.train), data.view_set.cpu()
     if per_image is None or per_image >= len(view_set):
@@ -184,7 +184,7 @@ def build_or_load(model: nn.Module, data: DeviceData, spec: Spec) -> tuple[Cache
     with FileLock(str(path) + ".lock"):
         blob = _read(path)
         if blob is None:
-            slots = _slot_views(data, spec.distill.cache_views(), spec.train.seed)
+            slots = slot_views(data, spec.distill.cache_views(), spec.train.seed)
             log.info("building teacher cache %s (%d images x %d views)", path, *slots.shape)
             logits = compute_logits(model, data, slots)
             blob = {

@@ -247,7 +247,10 @@ def _epochs(
         order = torch.randperm(n, device=device, generator=gen)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        for first in range(0, n, bs):
+        # A last batch of one image would break batch norm in training mode; that image is
+        # simply seen in the other epochs, where the shuffle places it elsewhere.
+        used = n - 1 if n % bs == 1 and n > 1 else n
+        for first in range(0, used, bs):
             if run.should_stop():
                 raise StopRequested(f"stop requested during epoch {epoch + 1}")
             idx = order[first : first + bs]
@@ -267,7 +270,7 @@ def _epochs(
             optimizer.step()
             loss_sum += loss.detach() * len(idx)
             correct += ((out.argmax(1) == y) & (y != UNLABELED)).sum()
-        train_loss = loss_sum.item() / n
+        train_loss = loss_sum.item() / used
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(
                 f"training loss became {train_loss} in epoch {epoch + 1} "
@@ -285,7 +288,7 @@ def _epochs(
             val_accuracy=val_acc,
             lr=lr,
             seconds=time.perf_counter() - start,
-            images=n,
+            images=used,
         )
         history.epochs.append(result)
         # Without a validation split (final retrain on train+val) the last epoch is the model.

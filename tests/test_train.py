@@ -235,3 +235,17 @@ def test_empty_validation_set_gives_nan() -> None:
     empty = Images(d.val.x[:0], d.val.y[:0])
     loss, accuracy = evaluate(_model(spec, d), d, empty)
     assert math.isnan(loss) and math.isnan(accuracy)
+
+
+def test_a_last_batch_of_one_image_is_skipped() -> None:
+    """257 training images in batches of 64 leave one image over; batch norm cannot train on a
+    batch of one, so that batch is skipped and 256 images count for the epoch."""
+    spec, d = _setup(
+        {
+            "dataset": {"val_fraction": 0.0, "options": {"n_train": 257}},
+            "train": {"epochs": 1, "batch_size": 64},
+        }
+    )
+    assert len(d.train) == 257
+    history = fit(Run(spec, _model(spec, d), d, progress=False))
+    assert history.epochs[0].images == 256 and math.isfinite(history.epochs[0].train_loss)
