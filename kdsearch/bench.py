@@ -36,7 +36,7 @@ from kdsearch import nets
 from kdsearch.data import Images, load
 from kdsearch.errors import KDSearchError
 from kdsearch.spec import Spec, from_dict
-from kdsearch.teacher import CachedTeacher, slot_views, compute_logits
+from kdsearch.teacher import CachedTeacher, compute_logits, slot_views
 from kdsearch.train import DeviceData, Run, fit, resolve_device
 
 BATCH = 128
