@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from kdsearch.checkpoints import CheckpointStore
 from kdsearch.experiment import Context, train_student
 from kdsearch.paths import models_dir
 from kdsearch.spec import ParamSpec, Spec
@@ -48,14 +49,20 @@ def study_dir(study_name: str) -> Path:
     return models_dir() / "studies" / study_name
 
 
-def chain_root(trial: optuna.Trial) -> int:
-    """The number of the first trial in this trial's retry chain (itself if not a retry)."""
+def retry_chain(trial: optuna.Trial) -> list[int]:
+    """Numbers of the earlier attempts this trial retries, first one first (empty if none)."""
     # A live Trial has no system_attrs in Optuna 5; the FrozenTrial from storage does.
     frozen = trial.study._storage.get_trial(trial._trial_id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-    return history[0] if history else trial.number
+        return list(RetryHeartbeatStaleTrialCallback.retry_history(frozen))
+
+
+def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    storage = study._storage
+    return storage.get_trial(
+        storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    )
 
 
 class Objective:
@@ -68,6 +75,7 @@ class Objective:
         self.spec: Spec = ctx.spec
         self.study_name = study_name
         self.should_stop = should_stop
+        self.store = CheckpointStore(ctx.spec.search.artifact_store)
         #: The trial in progress (so a worker can re-queue it when interrupted).
         self.current: optuna.Trial | None = None
         self.trials_started = 0
@@ -78,8 +86,11 @@ class Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = suggest(trial, self.spec.search.space)
         spec = self.spec.with_overrides(params)
-        root = chain_root(trial)
+        chain = retry_chain(trial)
+        root = chain[0] if chain else trial.number
         workdir = study_dir(self.study_name) / f"trial-{root:05d}"
+        # A retry on another machine finds the resume state in the artifact store, if any.
+        self.store.pull(trial.study, chain, workdir / "last.pt")
         log.info("trial %d started: %s", trial.number, params)
 
         def on_resume(history: History) -> None:
@@ -92,6 +103,7 @@ class Objective:
             )
 
         def on_epoch(r: EpochResult, history: History) -> None:
+            self.store.push(trial.study, trial._trial_id, workdir / "last.pt")
             trial.report(r.val_accuracy, r.epoch)
             log.debug("trial %d epoch %d val %.4f", trial.number, r.epoch + 1, r.val_accuracy)
             if trial.should_prune():
@@ -116,13 +128,17 @@ class Objective:
             )
         except NonFiniteLoss as err:
             trial.set_user_attr("prune_reason", str(err))
-            shutil.rmtree(workdir, ignore_errors=True)
+            self._discard(trial, workdir)
             raise optuna.TrialPruned(str(err)) from None
         except optuna.TrialPruned:
-            shutil.rmtree(workdir, ignore_errors=True)
+            self._discard(trial, workdir)
             raise
         h = outcome.history
         (workdir / "last.pt").unlink(missing_ok=True)  # resume state is not needed any more
+        self.store.drop(trial._trial_id, "last.pt")
+        self.store.push(trial.study, trial._trial_id, outcome.checkpoint)
+        for number in chain:  # earlier attempts' uploads are superseded by this trial's
+            self.store.remove_all(trial.study, _frozen(trial.study, number))
         for key, value in {
             "val_accuracy": outcome.val_accuracy,
             "best_epoch": h.best_epoch + 1,
@@ -136,9 +152,15 @@ class Objective:
             trial.set_user_attr(key, value)
         return outcome.val_accuracy
 
+    def _discard(self, trial: optuna.Trial, workdir: Path) -> None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        self.store.drop(trial._trial_id, "last.pt")
+        self.store.remove_all(trial.study, trial.study._storage.get_trial(trial._trial_id))
 
-def prune_checkpoints(study: optuna.Study, keep: int) -> None:
-    """Delete the checkpoint folders of all but the best ``keep`` complete trials."""
+
+def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) -> None:
+    """Delete the checkpoints (local and uploaded) of all but the best ``keep`` complete
+    trials."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)
@@ -146,3 +168,4 @@ def prune_checkpoints(study: optuna.Study, keep: int) -> None:
         path = t.user_attrs.get("checkpoint")
         if path and Path(path).parent.is_dir():
             shutil.rmtree(Path(path).parent, ignore_errors=True)
+        store.remove_all(study, t)

@@ -172,6 +172,9 @@ class SearchSpec:
     heartbeat_interval: int = 10
     grace_period: int = 30
     keep_checkpoints: int = 3
+    #: Where checkpoints are also uploaded so a retry on another machine can resume: a shared
+    #: folder or ``s3://bucket`` (Optuna's artifact stores); unset keeps them local only.
+    artifact_store: str | None = None
 
     def check(self, path: str) -> None:
         _positive(f"{path}.n_trials", self.n_trials)

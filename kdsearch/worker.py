@@ -155,7 +155,7 @@ def run(
     objective = Objective(ctx, study_name, should_stop=stop.is_set)
 
     def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        prune_checkpoints(st, s.keep_checkpoints)
+        prune_checkpoints(st, s.keep_checkpoints, objective.store)
         if stop.is_set():
             st.stop()
 

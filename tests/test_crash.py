@@ -7,6 +7,7 @@ from its last epoch checkpoint; a stopped worker must leave nothing RUNNING.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def start_worker(home: Path, study: str, url: str, n: int = 1) -> subprocess.Pop
             "cpu",
         ],
         cwd=home,
+        env={**os.environ, "KDSEARCH_HOME": str(home)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -87,10 +89,20 @@ def processes_named(text: str) -> list[int]:
     return found
 
 
-def kill_one_of_two(cli, write_spec, kd_home: Path, url: str) -> None:
-    spec = write_spec({**SLOW_TRIALS, "search": {**SLOW_TRIALS["search"], "n_trials": 6}})
+def kill_one_of_two(cli, write_spec, kd_home: Path, url: str, machines: bool = False) -> str:
+    """SIGKILL one of two workers mid-trial; with ``machines``, each worker has its own
+    KDSEARCH_HOME (its own local checkpoints) and only the artifact store is shared."""
+    search = {**SLOW_TRIALS["search"], "n_trials": 6}
+    if machines:
+        search["artifact_store"] = str(kd_home / "shared-artifacts")
+    spec = write_spec({**SLOW_TRIALS, "search": search})
     assert cli("create-study", str(spec), "--storage", url).returncode == 0
-    workers = [start_worker(kd_home, "synth", url) for _ in range(2)]
+    homes = [kd_home / f"machine{i}" for i in range(2)] if machines else [kd_home] * 2
+    for home in homes:
+        (home / "models").mkdir(parents=True, exist_ok=True)
+        if home != kd_home:
+            shutil.copy(kd_home / "models" / "teacher.pt", home / "models" / "teacher.pt")
+    workers = [start_worker(home, "synth", url) for home in homes]
     victim_trial = wait_for(lambda: running_after(url, 2), 300, "a trial at epoch 2", workers)[0]
     host_pid = int(victim_trial.user_attrs["worker"].rsplit(":", 1)[1])
     victim = next(w for w in workers if w.pid == host_pid)
@@ -114,11 +126,22 @@ def kill_one_of_two(cli, write_spec, kd_home: Path, url: str) -> None:
     finished = [t for t in by_number.values() if t.state in (S.COMPLETE, S.PRUNED)]
     assert 6 <= len(finished) <= 7
     assert not [t for t in by_number.values() if t.state == S.RUNNING]
+    return out
 
 
 @pytest.mark.slow
 def test_sigkill_mid_trial_resumes_on_sqlite(cli, write_spec, kd_home):
     kill_one_of_two(cli, write_spec, kd_home, "sqlite:///kd.db")
+
+
+@pytest.mark.slow
+def test_retry_on_another_machine_resumes_from_the_artifact_store(cli, write_spec, kd_home):
+    url = f"sqlite:///{kd_home / 'kd.db'}"
+    out = kill_one_of_two(cli, write_spec, kd_home, url, machines=True)
+    assert "downloaded last.pt of trial" in out
+    # Only the kept trials' best models remain uploaded; superseded resume states are gone.
+    uploaded = [p for p in (kd_home / "shared-artifacts").rglob("*") if p.is_file()]
+    assert 1 <= len(uploaded) <= 3
 
 
 @pytest.mark.slow
