@@ -70,6 +70,7 @@ def train_student(
     tensorboard_dir: Path | None = None,
 ) -> Outcome:
     """Train ``spec.student`` (distilled when ``spec.distills``) and write ``out`` (best epoch)."""
+    torch.manual_seed(spec.train.seed)  # initial weights follow train.seed too
     model = nets.create(spec.student.arch, num_classes=ctx.num_classes, **spec.student.kwargs)
     parameters = nets.count_parameters(model)
 

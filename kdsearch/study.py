@@ -77,7 +77,10 @@ def make_sampler(spec: Spec, seed: int | None = None) -> Any:
         raise unknown_name("search.sampler.name", name, samplers)
     if name == "grid":
         options["search_space"] = {k: grid_values(k, p) for k, p in spec.search.space.items()}
-    if name != "grid" or seed is not None:
+        # Optuna shuffles the grid by seed and records points by index: every worker must
+        # shuffle alike, or two workers repeat one point and skip another.
+        options["seed"] = spec.search.sampler.get("seed", spec.train.seed)
+    else:
         options["seed"] = seed
     try:
         return samplers[name](**options)
