@@ -1,0 +1,141 @@
+"""``kdsearch best``: the final number for a finished study.
+
+A trial's value is validation accuracy, which the search maximized and so over-estimates the
+chosen configuration. The honest final number is test accuracy, measured once, after the
+search: either of the best trial's own checkpoint (the default), or, with ``--retrain``, of
+the best parameters retrained on train+val (no images held out any more) for several seeds,
+reported as mean ± std so that seed noise is visible next to the gain it is compared with.
+The result is stored on the study (user attribute ``final``) so reports and tables can read
+it without recomputing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from typing import Any
+
+import optuna
+
+from kdsearch import storage as storages
+from kdsearch import study as studies
+from kdsearch.checkpoint import load_model
+from kdsearch.errors import KDSearchError
+from kdsearch.experiment import Context, train_student
+from kdsearch.objective import study_dir
+from kdsearch.spec import Spec
+from kdsearch.train import evaluate
+
+FINAL_ATTR = "final"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` as a list of distinct integers, or a one-line error naming the bad item."""
+    seeds = []
+    for item in text.split(","):
+        try:
+            seeds.append(int(item))
+        except ValueError:
+            raise KDSearchError(
+                f"--seeds {text!r}: {item.strip()!r} is not an integer (use e.g. 0,1,2)"
+            ) from None
+    if len(set(seeds)) != len(seeds):
+        raise KDSearchError(f"--seeds {text!r}: a seed is repeated (it would train the same run)")
+    return seeds
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The study's best complete trial, or an error saying how to get one."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        raise KDSearchError(
+            f"study {study.study_name!r} has no complete trial yet; run "
+            f"`kdsearch worker --study {study.study_name}` first"
+        )
+    return study.best_trial
+
+
+def checkpoint_accuracy(spec: Spec, trial: optuna.trial.FrozenTrial, device: str | None) -> float:
+    """Test accuracy of the checkpoint the trial wrote for its best epoch."""
+    path = trial.user_attrs.get("checkpoint")
+    if not path:
+        raise KDSearchError(f"trial {trial.number} stored no checkpoint; use --retrain")
+    ctx = Context.load(spec, device, with_teacher=False)
+    model = load_model(path, f"trial {trial.number} checkpoint").to(ctx.device)
+    return evaluate(model, ctx.data, ctx.data.test)[1]
+
+
+def retrain(
+    spec: Spec, study_name: str, seeds: list[int], device: str | None
+) -> tuple[list[float], list[str]]:
+    """Test accuracy (and checkpoint) per seed of ``spec`` retrained on train+val.
+
+    With no validation split the training loop keeps the last epoch, so the fixed number of
+    epochs the search tuned is the model.
+    """
+    final = spec.with_overrides({"dataset.val_fraction": 0.0})
+    # One context for every seed: the data do not depend on train.seed, and the teacher is
+    # loaded (and its logits cached for the larger training set) only if it is used.
+    ctx = Context.load(final, device, with_teacher=final.distills)
+    accuracies, checkpoints = [], []
+    for seed in seeds:
+        out = study_dir(study_name) / "final" / f"seed-{seed}.pt"
+        outcome = train_student(ctx, final.with_overrides({"train.seed": seed}), out)
+        accuracies.append(outcome.test_accuracy)
+        checkpoints.append(str(out))
+    return accuracies, checkpoints
+
+
+def main(args: argparse.Namespace) -> int:
+    seeds = parse_seeds(args.seeds) if args.retrain else []  # a typo fails before any work
+    storage = storages.open_storage(storages.resolve_url(args.storage))
+    spec = studies.load_spec(storage, args.study)
+    study = optuna.load_study(study_name=args.study, storage=storage)
+    trial = best_trial(study)
+    trial_spec = spec.with_overrides(trial.params)
+    result: dict[str, Any] = {
+        "study": args.study,
+        "trial": trial.number,
+        "params": trial.params,
+        "val_accuracy": trial.value,
+    }
+    if args.retrain:
+        accuracies, checkpoints = retrain(trial_spec, args.study, seeds, args.device)
+        result.update(mode="retrain", seeds=seeds, checkpoints=checkpoints)
+    else:
+        accuracies = [checkpoint_accuracy(trial_spec, trial, args.device)]
+        result.update(
+            mode="checkpoint",
+            seeds=[trial_spec.train.seed],
+            checkpoints=[trial.user_attrs["checkpoint"]],
+        )
+    result.update(
+        test_accuracies=accuracies,
+        mean=statistics.fmean(accuracies),
+        std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+    )
+    study.set_user_attr(FINAL_ATTR, result)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_format(result))
+    return 0
+
+
+def _format(r: dict[str, Any]) -> str:
+    """The result for a reader: val beside test, so selection bias is visible at a glance."""
+    params = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
+    )
+    head = f"study {r['study']}: best trial {r['trial']} ({params or 'no searched parameters'})"
+    lines = [head, f"val accuracy  {r['val_accuracy']:.4f} (what the search selected on)"]
+    if r["mode"] == "checkpoint":
+        lines.append(f"test accuracy {r['mean']:.4f} (the trial's best-epoch checkpoint)")
+    else:
+        each = ", ".join(f"{a:.4f}" for a in r["test_accuracies"])
+        lines.append(
+            f"test accuracy {r['mean']:.4f} ± {r['std']:.4f} over seeds "
+            f"{','.join(map(str, r['seeds']))} retrained on train+val ({each})"
+        )
+    return "\n".join(lines)
