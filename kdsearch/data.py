@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdsearch.errors import KDSearchError, unknown_name
+from kdsearch.errors import KDSearchError
 from kdsearch.paths import resolve
+from kdsearch.registry import Registry
 from kdsearch.spec import DatasetSpec
 
 #: Label of a training image whose label is withheld (``labeled_fraction``); the
@@ -73,28 +74,17 @@ class Splits:
 
 
 Loader = Callable[..., RawDataset]
-_LOADERS: dict[str, Loader] = {}
+_LOADERS: Registry[Loader] = Registry("dataset.name")
 
-
-def register(name: str) -> Callable[[Loader], Loader]:
-    """Register ``fn(root: Path, download: bool, **options) -> RawDataset`` as ``name``."""
-
-    def wrap(fn: Loader) -> Loader:
-        _LOADERS[name] = fn
-        return fn
-
-    return wrap
-
-
-def names() -> list[str]:
-    return sorted(_LOADERS)
+#: Register ``fn(root: Path, download: bool, **options) -> RawDataset`` under a name.
+register = _LOADERS.register
+names = _LOADERS.names
 
 
 def load_raw(spec: DatasetSpec) -> RawDataset:
-    if spec.name not in _LOADERS:
-        raise unknown_name("dataset.name", spec.name, names())
+    loader = _LOADERS.get(spec.name)
     try:
-        return _LOADERS[spec.name](resolve(spec.root), spec.download, **spec.options)
+        return loader(resolve(spec.root), spec.download, **spec.options)
     except TypeError as err:
         raise KDSearchError(f"dataset.options: {err} (for data set {spec.name!r})") from None
 

@@ -13,24 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from kdsearch.data import UNLABELED
-from kdsearch.errors import unknown_name
+from kdsearch.registry import Registry
 
 Loss = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, float, float], torch.Tensor]
-_LOSSES: dict[str, Loss] = {}
+_LOSSES: Registry[Loss] = Registry("distill.loss")
 
-
-def register(name: str) -> Callable[[Loss], Loss]:
-    def wrap(fn: Loss) -> Loss:
-        _LOSSES[name] = fn
-        return fn
-
-    return wrap
-
-
-def get(name: str) -> Loss:
-    if name not in _LOSSES:
-        raise unknown_name("distill.loss", name, _LOSSES)
-    return _LOSSES[name]
+#: Register ``fn(student_logits, teacher_logits, labels, temperature, alpha)`` under a name.
+register = _LOSSES.register
+get = _LOSSES.get
 
 
 def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

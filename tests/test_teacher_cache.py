@@ -6,7 +6,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,7 @@ from kdsearch.experiment import Context
 from kdsearch.losses import kd_loss
 from kdsearch.teacher import CachedTeacher, OnlineTeacher, build_or_load, compute_logits
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny CPU nets run faster (and steadier on a busy 2-core box) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 #: 60 training images (48 after validation): 48 × 162 views stay quick on a CPU.

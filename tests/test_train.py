@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ from conftest import SYNTHETIC_SPEC
 
 from kdsearch import data, nets
 from kdsearch.data import Images
-from kdsearch.spec import Spec, from_dict
+from kdsearch.spec import Spec, from_dict, merge
 from kdsearch.train import (
     DeviceData,
     EpochResult,
@@ -29,29 +27,12 @@ from kdsearch.train import (
 CPU = torch.device("cpu")
 
 
-def overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` deep-merged onto ``base`` (a plain test helper, independent of kdsearch)."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = overlay(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny CPU nets run faster (and steadier on a busy 2-core box) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(overrides: dict[str, Any] | None = None) -> tuple[Spec, DeviceData]:
     """A spec (no teacher: the plain loop) and its synthetic data on the CPU."""
-    spec = from_dict(overlay(SYNTHETIC_SPEC, {"teacher": None, **(overrides or {})}))
+    spec = from_dict(merge(SYNTHETIC_SPEC, {"teacher": None, **(overrides or {})}))
     splits = data.load(spec.dataset)
     return spec, DeviceData.from_splits(splits, CPU, spec.dataset.augment)
 

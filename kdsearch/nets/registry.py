@@ -11,35 +11,17 @@ from collections.abc import Callable
 
 from torch import nn
 
-from kdsearch.errors import KDSearchError, unknown_name
+from kdsearch.errors import KDSearchError
+from kdsearch.registry import Registry
 
 Builder = Callable[..., nn.Module]
 
-_BUILDERS: dict[str, Builder] = {}
+_BUILDERS: Registry[Builder] = Registry("arch")
 
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Register ``fn(num_classes: int = 10, **kwargs) -> nn.Module`` under ``name``."""
-
-    def decorate(fn: Builder) -> Builder:
-        if name in _BUILDERS:
-            raise ValueError(f"architecture {name!r} is registered twice")
-        _BUILDERS[name] = fn
-        return fn
-
-    return decorate
-
-
-def names() -> list[str]:
-    """Every registered architecture, sorted."""
-    return sorted(_BUILDERS)
-
-
-def _builder(arch: str) -> Builder:
-    try:
-        return _BUILDERS[arch]
-    except KeyError:
-        raise unknown_name("arch", arch, names()) from None
+#: Register ``fn(num_classes: int = 10, **kwargs) -> nn.Module`` under a name.
+register = _BUILDERS.register
+names = _BUILDERS.names
+_builder = _BUILDERS.get
 
 
 def kwarg_names(arch: str) -> list[str]:
