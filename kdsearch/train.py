@@ -146,15 +146,34 @@ def make_schedule(optimizer: torch.optim.Optimizer, spec: Spec) -> Any:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: DeviceData, images: Images, batch: int = 1024) -> torch.Tensor:
-    """Logits for every image (un-augmented), in eval mode."""
+def predict(
+    model: nn.Module, data: DeviceData, images: Images, batch: int | None = None
+) -> torch.Tensor:
+    """Logits for every image (un-augmented), in eval mode.
+
+    No gradients are kept, so a GPU takes far bigger batches than training does; a batch that
+    runs out of memory is halved and retried.
+    """
+    batch = batch or (8192 if images.x.is_cuda else 1024)
+    try:
+        return _predict(model, data, images, batch)
+    except torch.OutOfMemoryError:
+        if batch <= 64:
+            raise
+        torch.cuda.empty_cache()
+        return predict(model, data, images, batch // 2)
+
+
+def _predict(model: nn.Module, data: DeviceData, images: Images, batch: int) -> torch.Tensor:
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, len(images), batch):
-        with _autocast(images.x.device):
-            out.append(model(data.prepare(images.x[start : start + batch])).float())
-    model.train(was_training)
+    try:
+        for start in range(0, len(images), batch):
+            with _autocast(images.x.device):
+                out.append(model(data.prepare(images.x[start : start + batch])).float())
+    finally:
+        model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, data.num_classes)
 
 
