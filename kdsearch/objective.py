@@ -90,7 +90,8 @@ class Objective:
         root = chain[0] if chain else trial.number
         workdir = study_dir(self.study_name) / f"trial-{root:05d}"
         # A retry on another machine finds the resume state in the artifact store, if any.
-        self.store.pull(trial.study, chain, workdir / "last.pt")
+        if self.store.pull(trial.study, chain, workdir / "last.pt"):
+            self.store.pull(trial.study, chain, workdir / "best.pt")
         log.info("trial %d started: %s", trial.number, params)
 
         def on_resume(history: History) -> None:
@@ -104,6 +105,8 @@ class Objective:
 
         def on_epoch(r: EpochResult, history: History) -> None:
             self.store.push(trial.study, trial._trial_id, workdir / "last.pt")
+            if history.best_epoch == r.epoch:  # best.pt was just rewritten
+                self.store.push(trial.study, trial._trial_id, workdir / "best.pt")
             trial.report(r.val_accuracy, r.epoch)
             log.debug("trial %d epoch %d val %.4f", trial.number, r.epoch + 1, r.val_accuracy)
             if trial.should_prune():
@@ -136,7 +139,7 @@ class Objective:
         h = outcome.history
         (workdir / "last.pt").unlink(missing_ok=True)  # resume state is not needed any more
         self.store.drop(trial._trial_id, "last.pt")
-        self.store.push(trial.study, trial._trial_id, outcome.checkpoint)
+        self.store.push(trial.study, trial._trial_id, outcome.checkpoint)  # with test accuracy
         for number in chain:  # earlier attempts' uploads are superseded by this trial's
             self.store.remove_all(trial.study, _frozen(trial.study, number))
         for key, value in {

@@ -138,7 +138,8 @@ def test_sigkill_mid_trial_resumes_on_sqlite(cli, write_spec, kd_home):
 def test_retry_on_another_machine_resumes_from_the_artifact_store(cli, write_spec, kd_home):
     url = f"sqlite:///{kd_home / 'kd.db'}"
     out = kill_one_of_two(cli, write_spec, kd_home, url, machines=True)
-    assert "downloaded last.pt of trial" in out
+    # Both files: a retry whose epochs do not beat the killed attempt's best needs its best.pt.
+    assert "downloaded last.pt of trial" in out and "downloaded best.pt of trial" in out
     # Only the kept trials' best models remain uploaded; superseded resume states are gone.
     uploaded = [p for p in (kd_home / "shared-artifacts").rglob("*") if p.is_file()]
     assert 1 <= len(uploaded) <= 3
