@@ -12,13 +12,10 @@ trial's configuration is always ``spec.with_overrides(trial.params)``, validated
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import difflib
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from kdsearch.errors import KDSearchError, unknown_name
+from kdsearch.schema import build, in_range, positive
 
 SPEC_VERSION = 1
 
@@ -51,9 +49,9 @@ class DatasetSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
-        _in_range(f"{path}.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
-        _in_range(f"{path}.subset_fraction", self.subset_fraction, 0.0, 1.0, low_open=True)
-        _in_range(f"{path}.labeled_fraction", self.labeled_fraction, 0.0, 1.0, low_open=True)
+        in_range(f"{path}.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        in_range(f"{path}.subset_fraction", self.subset_fraction, 0.0, 1.0, low_open=True)
+        in_range(f"{path}.labeled_fraction", self.labeled_fraction, 0.0, 1.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -72,9 +70,9 @@ class OptimizerSpec:
     nesterov: bool = False
 
     def check(self, path: str) -> None:
-        _positive(f"{path}.lr", self.lr)
-        _in_range(f"{path}.momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _in_range(f"{path}.weight_decay", self.weight_decay, 0.0, math.inf)
+        positive(f"{path}.lr", self.lr)
+        in_range(f"{path}.momentum", self.momentum, 0.0, 1.0, high_open=True)
+        in_range(f"{path}.weight_decay", self.weight_decay, 0.0, math.inf)
 
 
 @dataclass(frozen=True)
@@ -84,8 +82,8 @@ class ScheduleSpec:
     gamma: float = 0.1
 
     def check(self, path: str) -> None:
-        _positive(f"{path}.step_size", self.step_size)
-        _in_range(f"{path}.gamma", self.gamma, 0.0, 1.0, low_open=True)
+        positive(f"{path}.step_size", self.step_size)
+        in_range(f"{path}.gamma", self.gamma, 0.0, 1.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -100,8 +98,8 @@ class TrainSpec:
     tensorboard: bool = False
 
     def check(self, path: str) -> None:
-        _positive(f"{path}.epochs", self.epochs)
-        _positive(f"{path}.batch_size", self.batch_size)
+        positive(f"{path}.epochs", self.epochs)
+        positive(f"{path}.batch_size", self.batch_size)
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise KDSearchError(
                 f"{path}.device: {self.device!r} is not a device (use auto, cpu, cuda or cuda:N)"
@@ -118,8 +116,8 @@ class DistillSpec:
     teacher_cache: str = "all_views"
 
     def check(self, path: str) -> None:
-        _positive(f"{path}.temperature", self.temperature)
-        _in_range(f"{path}.alpha", self.alpha, 0.0, 1.0)
+        positive(f"{path}.temperature", self.temperature)
+        in_range(f"{path}.alpha", self.alpha, 0.0, 1.0)
         self.cache_views()
 
     def cache_views(self) -> int | None:
@@ -177,15 +175,15 @@ class SearchSpec:
     artifact_store: str | None = None
 
     def check(self, path: str) -> None:
-        _positive(f"{path}.n_trials", self.n_trials)
-        _positive(f"{path}.heartbeat_interval", self.heartbeat_interval)
+        positive(f"{path}.n_trials", self.n_trials)
+        positive(f"{path}.heartbeat_interval", self.heartbeat_interval)
         if self.grace_period <= self.heartbeat_interval:
             raise KDSearchError(
                 f"{path}.grace_period: {self.grace_period} must exceed heartbeat_interval "
                 f"({self.heartbeat_interval})"
             )
-        _in_range(f"{path}.max_retries", self.max_retries, 0, math.inf)
-        _in_range(f"{path}.keep_checkpoints", self.keep_checkpoints, 0, math.inf)
+        in_range(f"{path}.max_retries", self.max_retries, 0, math.inf)
+        in_range(f"{path}.keep_checkpoints", self.keep_checkpoints, 0, math.inf)
         for key in ("sampler", "pruner"):
             if "name" not in getattr(self, key):
                 raise KDSearchError(f"{path}.{key}: needs a name, e.g. {{name: tpe}}")
@@ -239,30 +237,6 @@ class Spec:
         return from_dict(data)
 
 
-def _in_range(
-    path: str,
-    value: float,
-    low: float,
-    high: float,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    below = value <= low if low_open else value < low
-    above = value >= high if high_open else value > high
-    if below or above or (isinstance(value, float) and math.isnan(value)):
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise KDSearchError(f"{path}: {value} is outside {left}{_num(low)}, {_num(high)}{right}")
-
-
-def _positive(path: str, value: float) -> None:
-    if not 0 < value < math.inf:
-        raise KDSearchError(f"{path}: {value} must be a finite number > 0")
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if x == int(x) else str(x) if math.isfinite(x) else "inf"
-
-
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Deep merge: mappings merge key by key, anything else in ``over`` replaces.
 
@@ -296,95 +270,6 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    """Check ``value`` against the type hint ``tp``; build nested dataclasses."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(arg, value, path)
-            except KDSearchError as err:
-                errors.append(err)
-        raise errors[0]
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise KDSearchError(
-                f"{path}: {value!r} is not allowed (choose from {', '.join(map(str, allowed))})"
-            )
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise KDSearchError(f"{path}: expected a mapping, got {value!r}")
-        _, vtype = typing.get_args(tp)
-        return {str(k): _convert(vtype, v, f"{path}.{k}") for k, v in value.items()}
-    if origin is list:
-        if not isinstance(value, list):
-            raise KDSearchError(f"{path}: expected a list, got {value!r}")
-        return list(value)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise KDSearchError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise KDSearchError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-3" as a string; accept it as the number it means.
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise KDSearchError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise KDSearchError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"spec field type {tp!r} is not supported")  # a bug, not user input
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    where = path or "spec"
-    if not isinstance(data, dict):
-        raise KDSearchError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            allowed = ", ".join(fields)
-            raise KDSearchError(f"{_join(path, key)}: unknown key{hint} (allowed here: {allowed})")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], _join(path, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise KDSearchError(f"{_join(path, name)}: missing (this key is required)")
-    obj = cls(**kwargs)
-    for name in fields:
-        value = getattr(obj, name)
-        if dataclasses.is_dataclass(value) and name not in data and hasattr(value, "check"):
-            value.check(_join(path, name))
-    if hasattr(obj, "check"):
-        obj.check(where)
-    return obj
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
 def _check_space(spec: Spec) -> None:
     valid_targets = _numeric_paths(spec.to_dict())
     for key, param in spec.search.space.items():
@@ -403,9 +288,9 @@ def _check_space(spec: Spec) -> None:
             )
         if target in ("distill.alpha", "student.kwargs.dropout") and param.type != "categorical":
             for bound in ("low", "high"):
-                _in_range(f"search.space.{key}.{bound}", getattr(param, bound), 0.0, 1.0)
+                in_range(f"search.space.{key}.{bound}", getattr(param, bound), 0.0, 1.0)
         if target == "distill.temperature" and param.type != "categorical":
-            _positive(f"search.space.{key}.low", param.low)
+            positive(f"search.space.{key}.low", param.low)
 
 
 def _numeric_paths(data: dict[str, Any], prefix: str = "") -> set[str]:
@@ -447,7 +332,7 @@ def _check_registries(spec: Spec) -> None:
 
 def from_dict(data: dict[str, Any]) -> Spec:
     """Validate plain data into a :class:`Spec` (the form stored on a study, too)."""
-    spec = _build(Spec, data, "")
+    spec = build(Spec, data, "")
     _check_registries(spec)
     if spec.version > SPEC_VERSION:
         raise KDSearchError(
