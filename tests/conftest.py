@@ -95,6 +95,31 @@ def cli(kd_home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return call
 
 
+def start_worker(home: Path, study: str, url: str, n: int = 1) -> subprocess.Popen[str]:
+    """`kdsearch worker` in the background, with ``home`` as its KDSEARCH_HOME."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kdsearch",
+            "worker",
+            "--study",
+            study,
+            "--storage",
+            url,
+            "--n-workers",
+            str(n),
+            "--devices",
+            "cpu",
+        ],
+        cwd=home,
+        env={**os.environ, "KDSEARCH_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def teacher_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cnn5 teacher trained once per session on the synthetic data set."""

@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import start_worker
 
 from kdsearch.storage import open_storage
 
@@ -28,30 +27,6 @@ SLOW_TRIALS = {
     "train": {"epochs": 6},
     "search": {"pruner": {"name": "none"}},
 }
-
-
-def start_worker(home: Path, study: str, url: str, n: int = 1) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kdsearch",
-            "worker",
-            "--study",
-            study,
-            "--storage",
-            url,
-            "--n-workers",
-            str(n),
-            "--devices",
-            "cpu",
-        ],
-        cwd=home,
-        env={**os.environ, "KDSEARCH_HOME": str(home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def wait_for(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import start_worker
 
 from kdsearch.storage import open_storage
 
@@ -94,26 +94,7 @@ def test_postgres_restart_during_a_study(cli, write_spec, kd_home, cluster):
         }
     )
     assert cli("create-study", str(spec), "--storage", url).returncode == 0
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kdsearch",
-            "worker",
-            "--study",
-            "synth",
-            "--storage",
-            url,
-            "--n-workers",
-            "2",
-            "--devices",
-            "cpu",
-        ],
-        cwd=kd_home,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    worker = start_worker(kd_home, "synth", url, n=2)
     storage = open_storage(url)
 
     def finished() -> int:
