@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="file to write (format from its suffix)")
     p.add_argument("--format", choices=["csv", "markdown", "json", "latex", "parquet"])
     p.add_argument("--top", type=int, help="only the best K trials")
+    p.add_argument("--columns", metavar="A,B,...", help="only these columns, in this order")
     p.add_argument("--state", choices=["complete", "pruned", "all"], default="all")
     p.add_argument(
         "--pivot",

@@ -59,7 +59,9 @@ def main() -> int:
         )
     )
     optuna.load_study(study_name=study, storage=STORAGE).set_user_attr("baseline", baseline)
-    sh("kdsearch", "export-table", "--study", study, "--top", "10")
+    columns = ["number", "state", "val_accuracy", "test_accuracy", *spec.search.space]
+    columns += ["epochs_run", "duration_s"]
+    sh("kdsearch", "export-table", "--study", study, "--top", "10", "--columns", ",".join(columns))
     Path("results").mkdir(exist_ok=True)
     sh("kdsearch", "export-table", "--study", study, "-o", f"results/{study}.csv")
 

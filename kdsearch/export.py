@@ -180,13 +180,17 @@ def partial_table(storage: Any, names: list[str]) -> pd.DataFrame:
 
 def write(df: pd.DataFrame, output: str | None, fmt: str | None, index: bool = False) -> None:
     if output is None:
-        print(
-            df.to_markdown(index=index, floatfmt=".4f")
-            if fmt in (None, "markdown")
-            else (
-                df.to_csv(index=index) if fmt == "csv" else df.to_json(orient="records", indent=1)
-            )
-        )
+        if fmt in (None, "markdown"):
+            text = df.to_markdown(index=index, floatfmt=".4f")
+        elif fmt == "csv":
+            text = df.to_csv(index=index).rstrip("\n")
+        elif fmt == "json":
+            text = df.to_json(orient="records", indent=1)
+        elif fmt == "latex":
+            text = df.to_latex(index=index, float_format="%.4f")
+        else:
+            raise KDSearchError(f"--format {fmt}: a binary format; write it to a file with -o FILE")
+        print(text)
         return
     fmt = fmt or SUFFIXES.get(Path(output).suffix)
     if fmt is None:
@@ -218,5 +222,13 @@ def main(a: argparse.Namespace) -> int:
         return 0
     if a.top:
         df = df.head(a.top)
+    if a.columns:
+        wanted = [c.strip() for c in a.columns.split(",")]
+        missing = [c for c in wanted if c not in df.columns]
+        if missing:
+            raise KDSearchError(
+                f"--columns: no column {missing[0]!r} (have: {', '.join(df.columns)})"
+            )
+        df = df[wanted]
     write(df, a.output, a.format)
     return 0

@@ -113,6 +113,26 @@ def test_export_table_matches_the_study(cli, write_spec, kd_home):
     )
     assert [r["number"] for r in json.loads(top.stdout)] == list(df["number"][:2])
 
+    parquet = cli(
+        "export-table", "--study", "synth", "--storage", "sqlite:///kd.db", "-o", "t.parquet"
+    )
+    assert parquet.returncode == 0, parquet.stderr
+    assert pd.read_parquet(kd_home / "t.parquet")["number"].tolist() == df["number"].tolist()
+
+    narrow = cli(
+        "export-table",
+        "--study",
+        "synth",
+        "--storage",
+        "sqlite:///kd.db",
+        "--columns",
+        "number,alpha",
+        "--format",
+        "csv",
+    )
+    assert narrow.stdout.splitlines()[0] == "number,alpha"
+    assert len(narrow.stdout.splitlines()) == len(trials) + 1
+
 
 @pytest.mark.slow
 def test_dashboard_serves_the_study(cli, write_spec, kd_home):
