@@ -30,6 +30,14 @@ from kdsearch.paths import resolve
 log = logging.getLogger(__name__)
 
 
+def trial_by_number(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """One trial, read from storage without loading the whole study."""
+    storage = study._storage
+    return storage.get_trial(
+        storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    )
+
+
 class CheckpointStore:
     """Uploads and downloads of trial files; a no-op when no artifact store is configured."""
 
@@ -80,8 +88,7 @@ class CheckpointStore:
         if self.store is None or path.exists():
             return False
         for number in reversed(trial_numbers):
-            tid = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-            frozen = study._storage.get_trial(tid)
+            frozen = trial_by_number(study, number)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 metas = get_all_artifact_meta(frozen, storage=study._storage)

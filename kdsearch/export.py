@@ -38,12 +38,12 @@ ATTRS = (
     "prune_reason",
     "checkpoint",
 )
-WRITERS = {
-    "csv": lambda df, f: df.to_csv(f, index=False),
-    "json": lambda df, f: df.to_json(f, orient="records", indent=1),
-    "parquet": lambda df, f: df.to_parquet(f, index=False),
-    "latex": lambda df, f: Path(f).write_text(df.to_latex(index=False, float_format="%.4f")),
-    "markdown": lambda df, f: Path(f).write_text(df.to_markdown(index=False) + "\n"),
+#: Text formats, rendered the same for stdout and files; parquet is binary, files only.
+RENDERERS = {
+    "markdown": lambda df, index: df.to_markdown(index=index, floatfmt=".4f"),
+    "csv": lambda df, index: df.to_csv(index=index).rstrip("\n"),
+    "json": lambda df, index: df.to_json(orient="records", indent=1),
+    "latex": lambda df, index: df.to_latex(index=index, float_format="%.4f").rstrip("\n"),
 }
 SUFFIXES = {
     ".csv": "csv",
@@ -179,27 +179,23 @@ def partial_table(storage: Any, names: list[str]) -> pd.DataFrame:
 
 
 def write(df: pd.DataFrame, output: str | None, fmt: str | None, index: bool = False) -> None:
-    if output is None:
-        if fmt in (None, "markdown"):
-            text = df.to_markdown(index=index, floatfmt=".4f")
-        elif fmt == "csv":
-            text = df.to_csv(index=index).rstrip("\n")
-        elif fmt == "json":
-            text = df.to_json(orient="records", indent=1)
-        elif fmt == "latex":
-            text = df.to_latex(index=index, float_format="%.4f")
+    """Print (markdown by default) or write a file in ``fmt``, else the file's suffix's format."""
+    if output is not None:
+        fmt = fmt or SUFFIXES.get(Path(output).suffix)
+        if fmt is None:
+            raise KDSearchError(
+                f"-o {output}: cannot tell the format from the suffix; pass --format "
+                f"({', '.join([*RENDERERS, 'parquet'])})"
+            )
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "parquet":
+            df.to_parquet(output, index=index)
         else:
-            raise KDSearchError(f"--format {fmt}: a binary format; write it to a file with -o FILE")
-        print(text)
+            Path(output).write_text(RENDERERS[fmt](df, index) + "\n")
         return
-    fmt = fmt or SUFFIXES.get(Path(output).suffix)
-    if fmt is None:
-        raise KDSearchError(
-            f"-o {output}: cannot tell the format from the suffix; pass --format "
-            f"({', '.join(WRITERS)})"
-        )
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    WRITERS[fmt](df, output)
+    if fmt == "parquet":
+        raise KDSearchError("--format parquet: a binary format; write it to a file with -o FILE")
+    print(RENDERERS[fmt or "markdown"](df, index))
 
 
 def main(a: argparse.Namespace) -> int:

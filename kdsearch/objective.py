@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from kdsearch.checkpoints import CheckpointStore
+from kdsearch.checkpoints import CheckpointStore, trial_by_number
 from kdsearch.experiment import Context, train_student
 from kdsearch.paths import models_dir
 from kdsearch.spec import ParamSpec, Spec
@@ -56,13 +56,6 @@ def retry_chain(trial: optuna.Trial) -> list[int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return list(RetryHeartbeatStaleTrialCallback.retry_history(frozen))
-
-
-def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
-    storage = study._storage
-    return storage.get_trial(
-        storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    )
 
 
 class Objective:
@@ -141,7 +134,7 @@ class Objective:
         self.store.drop(trial._trial_id, "last.pt")
         self.store.push(trial.study, trial._trial_id, outcome.checkpoint)  # with test accuracy
         for number in chain:  # earlier attempts' uploads are superseded by this trial's
-            self.store.remove_all(trial.study, _frozen(trial.study, number))
+            self.store.remove_all(trial.study, trial_by_number(trial.study, number))
         for key, value in {
             "val_accuracy": outcome.val_accuracy,
             "best_epoch": h.best_epoch + 1,

@@ -13,6 +13,7 @@ Optuna objective reports and prunes. A run resumes from that state bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -232,102 +233,98 @@ def fit(run: Run) -> History:
         if run.on_resume is not None:
             run.on_resume(history)
     step = torch.compile(model) if spec.train.compile else model
-    writer = _tensorboard(run.tensorboard_dir)
-    bar = _progress_bar(spec, len(history.epochs), run.progress)
-    try:
-        _epochs(run, model, step, optimizer, schedule, gen, history, writer, bar)
-    finally:  # pruned, stopped and diverged runs too: a worker runs many trials
-        bar.close()
+    n = len(data.train)
+    labeled = int((data.train.y != UNLABELED).sum())
+    with contextlib.ExitStack() as cleanup:  # pruned, stopped and diverged runs close them too
+        bar = cleanup.enter_context(_progress_bar(spec, len(history.epochs), run.progress))
+        writer = _tensorboard(run.tensorboard_dir)
         if writer is not None:
-            writer.close()
+            cleanup.callback(writer.close)
+        for epoch in range(len(history.epochs), spec.train.epochs):
+            start = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            train_loss, correct, used = _train_epoch(run, step, optimizer, gen, epoch)
+            schedule.step()
+            val_loss, val_acc = evaluate(model, data, data.val)
+            result = EpochResult(
+                epoch=epoch,
+                train_loss=train_loss,
+                train_accuracy=correct / max(1, labeled),
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                lr=lr,
+                seconds=time.perf_counter() - start,
+                images=used,
+            )
+            history.epochs.append(result)
+            # Without a validation split (final retrain on train+val) the last epoch is the model.
+            improved = val_acc > history.best_val or math.isnan(val_acc)
+            if improved:
+                history.best_val, history.best_epoch = val_acc, epoch
+            if improved and run.on_best is not None:
+                run.on_best(model, result)
+            if run.workdir is not None:
+                _save_state(run.workdir, model, optimizer, schedule, gen, history)
+            if writer is not None:
+                _log_scalars(writer, result)
+            bar.set_postfix_str(
+                f"loss {train_loss:.3f} val {val_acc:.4f} best {history.best_val:.4f} "
+                f"{n / result.seconds:,.0f} img/s",
+                refresh=False,
+            )
+            bar.update()
+            if run.on_epoch is not None:
+                run.on_epoch(result, history)
     return history
 
 
-def _epochs(
+def _train_epoch(
     run: Run,
-    model: nn.Module,
     step: Callable[[torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
-    schedule: Any,
     gen: torch.Generator,
-    history: History,
-    writer: Any,
-    bar: Any,
-) -> None:
+    epoch: int,
+) -> tuple[float, int, int]:
+    """One pass over the shuffled training set: (mean loss, correct labeled, images used)."""
     spec, data = run.spec, run.data
     device = data.train.x.device
     loss_fn = losses.get(spec.distill.loss)
     distill = run.teacher is not None and spec.distill.alpha > 0
-    n = len(data.train)
-    bs = spec.train.batch_size
-    for epoch in range(len(history.epochs), spec.train.epochs):
-        start = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, device=device, generator=gen)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        # A last batch of one image would break batch norm in training mode; that image is
-        # simply seen in the other epochs, where the shuffle places it elsewhere.
-        used = n - 1 if n % bs == 1 and n > 1 else n
-        for first in range(0, used, bs):
-            if run.should_stop():
-                raise StopRequested(f"stop requested during epoch {epoch + 1}")
-            idx = order[first : first + bs]
-            if distill:
-                view_idx, token = run.teacher.draw_views(idx, gen)
-            else:
-                pick = torch.randint(len(data.view_set), (len(idx),), device=device, generator=gen)
-                view_idx, token = data.view_set[pick], None
-            x = data.prepare(views.apply(data.train.x[idx], view_idx))
-            y = data.train.y[idx]
-            with _autocast(device):
-                out = step(x)
-                target = run.teacher.logits(idx, token, x) if distill else None
-                loss = loss_fn(out.float(), target, y, spec.distill.temperature, spec.distill.alpha)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += ((out.argmax(1) == y) & (y != UNLABELED)).sum()
-        train_loss = loss_sum.item() / used
-        if not math.isfinite(train_loss):
-            raise NonFiniteLoss(
-                f"training loss became {train_loss} in epoch {epoch + 1} "
-                f"(lr {optimizer.param_groups[0]['lr']:g}); lower the learning rate"
-            )
-        lr = optimizer.param_groups[0]["lr"]
-        schedule.step()
-        val_loss, val_acc = evaluate(model, data, data.val)
-        labeled = int((data.train.y != UNLABELED).sum())
-        result = EpochResult(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_accuracy=correct.item() / max(1, labeled),
-            val_loss=val_loss,
-            val_accuracy=val_acc,
-            lr=lr,
-            seconds=time.perf_counter() - start,
-            images=used,
+    n, bs = len(data.train), spec.train.batch_size
+    order = torch.randperm(n, device=device, generator=gen)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    # A last batch of one image would break batch norm in training mode; that image is
+    # simply seen in the other epochs, where the shuffle places it elsewhere.
+    used = n - 1 if n % bs == 1 and n > 1 else n
+    run.model.train()
+    for first in range(0, used, bs):
+        if run.should_stop():
+            raise StopRequested(f"stop requested during epoch {epoch + 1}")
+        idx = order[first : first + bs]
+        if distill:
+            view_idx, token = run.teacher.draw_views(idx, gen)
+        else:
+            pick = torch.randint(len(data.view_set), (len(idx),), device=device, generator=gen)
+            view_idx, token = data.view_set[pick], None
+        x = data.prepare(views.apply(data.train.x[idx], view_idx))
+        y = data.train.y[idx]
+        with _autocast(device):
+            out = step(x)
+            target = run.teacher.logits(idx, token, x) if distill else None
+            loss = loss_fn(out.float(), target, y, spec.distill.temperature, spec.distill.alpha)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += ((out.argmax(1) == y) & (y != UNLABELED)).sum()
+    train_loss = loss_sum.item() / used
+    if not math.isfinite(train_loss):
+        raise NonFiniteLoss(
+            f"training loss became {train_loss} in epoch {epoch + 1} "
+            f"(lr {optimizer.param_groups[0]['lr']:g}); lower the learning rate"
         )
-        history.epochs.append(result)
-        # Without a validation split (final retrain on train+val) the last epoch is the model.
-        improved = val_acc > history.best_val or math.isnan(val_acc)
-        if improved:
-            history.best_val, history.best_epoch = val_acc, epoch
-        if improved and run.on_best is not None:
-            run.on_best(model, result)
-        if run.workdir is not None:
-            _save_state(run.workdir, model, optimizer, schedule, gen, history)
-        if writer is not None:
-            _log_scalars(writer, result)
-        bar.set_postfix_str(
-            f"loss {train_loss:.3f} val {val_acc:.4f} best {history.best_val:.4f} "
-            f"{n / result.seconds:,.0f} img/s",
-            refresh=False,
-        )
-        bar.update()
-        if run.on_epoch is not None:
-            run.on_epoch(result, history)
+    return train_loss, int(correct.item()), used
 
 
 def _save_state(
