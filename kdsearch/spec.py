@@ -235,7 +235,8 @@ class Spec:
         data["dataset"].update(subset_fraction=1.0, labeled_fraction=1.0)
         data["search"]["space"] = {}
         data["teacher"] = None
-        data["distill"]["alpha"] = 0.0
+        # No distillation: the default method, none of the students' method options.
+        data["distill"].update(alpha=0.0, loss="hinton", kwargs={})
         data["train"] = merge(data["train"], self.teacher_train)
         return from_dict(data)
 
