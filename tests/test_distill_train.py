@@ -98,6 +98,23 @@ def test_cached_and_online_teachers_give_the_same_dkd_terms() -> None:
         assert a.terms == pytest.approx(b.terms, rel=1e-2)
 
 
+def test_the_loop_passes_the_epoch_for_dkd_warmup() -> None:
+    """With a frozen student (lr ~ 0, one full batch, no augmentation) the DKD terms of epoch 2
+    are exactly twice epoch 1's: warm-up weights 1/2 then 2/2."""
+    spec = _spec(
+        {
+            "distill": {"loss": "dkd", "kwargs": {"warmup": 2}},
+            "train": {"batch_size": 128, "optimizer": {"lr": 1e-12}},
+            "dataset": {"augment": False},
+        }
+    )
+    history, _ = _run(spec, online=True)
+    first, second = (e.terms for e in history.epochs)
+    assert second["ce"] == pytest.approx(first["ce"], rel=1e-5)
+    for name in ("tckd", "nckd"):
+        assert second[name] == pytest.approx(2 * first[name], rel=1e-4)
+
+
 def test_alpha_zero_is_the_baseline_for_every_method() -> None:
     for method in ("hinton", "dkd"):
         spec = _spec({"distill": {"loss": method, "alpha": 0.0}})
@@ -185,6 +202,20 @@ def test_searched_loss_accepts_each_choices_kwargs_and_checks_them() -> None:
     assert "did you mean 'dkd'" in _error({"search": {"space": bad}})
     bad = {"distill.loss": {"type": "float", "low": 0, "high": 1}}
     assert "searched as a categorical" in _error({"search": {"space": bad}})
+
+
+def test_teacher_spec_drops_the_students_method() -> None:
+    """train-teacher trains without distillation: no method options leak into its spec."""
+    space = {"distill.loss": {"type": "categorical", "choices": ["hinton", "fitnets"]}}
+    spec = _spec(
+        {"distill": {"kwargs": FITNETS, "teacher_cache": "none"}, "search": {"space": space}}
+    )
+    teacher = spec.teacher_spec()
+    assert (teacher.distill.loss, teacher.distill.kwargs, teacher.distill.alpha) == (
+        "hinton",
+        {},
+        0,
+    )
 
 
 def test_validate_prints_one_line_for_a_bad_kwarg(
