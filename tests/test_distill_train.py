@@ -252,6 +252,16 @@ def test_cost_matches_an_independent_count(channels: int) -> None:
     assert cost.latency_device == "cpu"
 
 
+@pytest.mark.parametrize(("budget_s", "calls"), [(float("inf"), 1 + 5), (0.0, 1 + 1)])
+def test_latency_warms_up_then_times_runs_within_a_budget(budget_s: float, calls: int) -> None:
+    """One warm-up pass, then 5 timed passes, or only one when the time budget is spent."""
+    model = nets.create("cnn5", num_classes=10, num_channels=2).eval()
+    seen: list[int] = []
+    model.register_forward_hook(lambda m, a, o: seen.append(len(o)))
+    ms = nets.cost.latency_ms(model, (8, 3, 32, 32), CPU, runs=5, warmup=1, budget_s=budget_s)
+    assert ms > 0 and seen == [8] * calls
+
+
 def test_every_trial_stores_its_cost_and_loss_terms(kd_home: Path) -> None:
     """A trial's user attributes hold params, FLOPs, both latencies and the per-epoch terms."""
     space = {"student.kwargs.num_channels": {"type": "categorical", "choices": [2, 6]}}

@@ -8,6 +8,7 @@ asynchronously.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +20,8 @@ from kdsearch.nets.flops import count_parameters, forward_flops
 
 #: The batch sizes latency is measured at.
 LATENCY_BATCHES = (1, 256)
+#: Seconds of timed runs per batch size on a CPU, after which the median is taken.
+CPU_BUDGET_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,17 @@ class Cost:
 
 @torch.no_grad()
 def latency_ms(
-    model: nn.Module, shape: tuple[int, ...], device: torch.device, runs: int, warmup: int
+    model: nn.Module,
+    shape: tuple[int, ...],
+    device: torch.device,
+    runs: int,
+    warmup: int,
+    budget_s: float = math.inf,
 ) -> float:
-    """Median milliseconds of one forward pass of a zero batch of ``shape`` on ``device``."""
+    """Median milliseconds of one forward pass of a zero batch of ``shape`` on ``device``.
+
+    Timed runs stop early once they have used ``budget_s`` seconds (after at least one).
+    """
     x = torch.zeros(shape, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
@@ -51,6 +62,8 @@ def latency_ms(
         model(x)
         sync()
         times.append((time.perf_counter() - start) * 1e3)
+        if sum(times) >= budget_s * 1e3:
+            break
     return statistics.median(times)
 
 
@@ -63,8 +76,9 @@ def measure(
     """Parameters, FLOPs of one image and latency of ``model`` for ``(C, H, W)`` images.
 
     ``runs`` defaults to 20 timed passes (3 warm-up) on a GPU and 3 (1 warm-up) on a CPU,
-    where a batch of 256 is slow and trials should stay fast. The model is left in eval mode
-    on ``device``.
+    where a batch of 256 is slow and trials should stay fast: there the timed runs also stop
+    after 2 seconds (a ResNet-18 at batch 256 takes seconds per pass on a CPU). The model is
+    left in eval mode on ``device``.
     """
     channels, height, width = image_shape
     if height != width:
@@ -72,9 +86,10 @@ def measure(
     model = model.to(device).eval()
     gpu = device.type == "cuda"
     runs = runs or (20 if gpu else 3)
-    warmup = 3 if gpu else 1
+    warmup, budget_s = (3, math.inf) if gpu else (1, CPU_BUDGET_S)
     b1, b256 = (
-        latency_ms(model, (batch, *image_shape), device, runs, warmup) for batch in LATENCY_BATCHES
+        latency_ms(model, (batch, *image_shape), device, runs, warmup, budget_s)
+        for batch in LATENCY_BATCHES
     )
     name = torch.cuda.get_device_name(device) if gpu else "cpu"
     return Cost(
