@@ -34,6 +34,9 @@ ATTRS = (
     "train_seconds",
     "images_per_second",
     "student_params",
+    "student_flops",
+    "latency_ms_b1",
+    "latency_ms_b256",
     "resumed_from_epoch",
     "prune_reason",
     "checkpoint",
@@ -73,7 +76,13 @@ def trials_table(study: optuna.Study, state: str = "all") -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    for col in ("epochs_run", "best_epoch", "student_params", "resumed_from_epoch"):
+    for col in (
+        "epochs_run",
+        "best_epoch",
+        "student_params",
+        "student_flops",
+        "resumed_from_epoch",
+    ):
         if col in df:  # integers, with gaps where a trial has no value (pruned, say)
             df[col] = df[col].astype("Int64")
     ascending = study.direction == optuna.study.StudyDirection.MINIMIZE

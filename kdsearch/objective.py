@@ -1,5 +1,9 @@
 """The Optuna objective: one trial = one distilled student, reported and pruned per epoch.
 
+Before training, the student's cost (parameters, FLOPs, latency on the worker's device; see
+:mod:`kdsearch.nets.cost`) is stored as trial user attributes; after each epoch, the mean of
+each named loss term so far (``loss_terms``: name → one value per epoch).
+
 A trial samples ``search.space``, applies the values as spec overrides, and trains with the
 worker's :class:`~kdsearch.experiment.Context`. Its value is the best validation accuracy
 over its epochs. Each epoch's state is checkpointed under the trial chain's folder, so a
@@ -21,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from kdsearch import nets
 from kdsearch.checkpoints import CheckpointStore, trial_by_number
 from kdsearch.experiment import Context, train_student
 from kdsearch.paths import models_dir
@@ -86,6 +91,8 @@ class Objective:
         if self.store.pull(trial.study, chain, workdir / "last.pt"):
             self.store.pull(trial.study, chain, workdir / "best.pt")
         log.info("trial %d started: %s", trial.number, params)
+        for key, value in self._cost(spec).as_attrs().items():
+            trial.set_user_attr(key, value)
 
         def on_resume(history: History) -> None:
             # Re-report the epochs the killed attempt finished, so the pruner sees the curve.
@@ -101,6 +108,9 @@ class Objective:
             if history.best_epoch == r.epoch:  # best.pt was just rewritten
                 self.store.push(trial.study, trial._trial_id, workdir / "best.pt")
             trial.report(r.val_accuracy, r.epoch)
+            names = dict.fromkeys(name for e in history.epochs for name in e.terms)
+            terms = {name: [e.terms.get(name) for e in history.epochs] for name in names}
+            trial.set_user_attr("loss_terms", terms)
             log.debug("trial %d epoch %d val %.4f", trial.number, r.epoch + 1, r.val_accuracy)
             if trial.should_prune():
                 trial.set_user_attr("epochs_run", len(history.epochs))
@@ -141,12 +151,19 @@ class Objective:
             "epochs_run": len(h.epochs),
             "train_seconds": round(h.train_seconds, 3),
             "images_per_second": round(h.images_per_second, 1),
-            "student_params": outcome.parameters,
             "checkpoint": str(outcome.checkpoint),
             "test_accuracy": outcome.test_accuracy,
         }.items():
             trial.set_user_attr(key, value)
         return outcome.val_accuracy
+
+    def _cost(self, spec: Spec) -> nets.Cost:
+        """The trial's student, freshly built, measured on the worker's device."""
+        model = nets.create(
+            spec.student.arch, num_classes=self.ctx.num_classes, **spec.student.kwargs
+        )
+        shape = tuple(self.ctx.data.train.x.shape[1:])
+        return nets.measure(model, shape, self.ctx.device)
 
     def _discard(self, trial: optuna.Trial, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)

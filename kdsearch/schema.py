@@ -40,7 +40,9 @@ def positive(path: str, value: float) -> None:
 
 
 def _num(x: float) -> str:
-    return str(int(x)) if x == int(x) else str(x) if math.isfinite(x) else "inf"
+    if not math.isfinite(x):
+        return "inf" if x > 0 else "-inf"
+    return str(int(x)) if x == int(x) else str(x)
 
 
 def convert(tp: Any, value: Any, path: str) -> Any:

@@ -114,6 +114,9 @@ class DistillSpec:
     #: ``all_views`` (exact, every crop/flip view), ``sampled:K`` (K seeded views per image)
     #: or ``none`` (online teacher, for augmentations that cannot be enumerated).
     teacher_cache: str = "all_views"
+    #: The method's own options (``beta`` for dkd, ...), validated per method; see
+    #: :func:`kdsearch.distill.check_options`.
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
         positive(f"{path}.temperature", self.temperature)
@@ -232,7 +235,8 @@ class Spec:
         data["dataset"].update(subset_fraction=1.0, labeled_fraction=1.0)
         data["search"]["space"] = {}
         data["teacher"] = None
-        data["distill"]["alpha"] = 0.0
+        # No distillation: the default method, none of the students' method options.
+        data["distill"].update(alpha=0.0, loss="hinton", kwargs={})
         data["train"] = merge(data["train"], self.teacher_train)
         return from_dict(data)
 
@@ -274,6 +278,8 @@ def _check_space(spec: Spec) -> None:
     valid_targets = _numeric_paths(spec.to_dict())
     for key, param in spec.search.space.items():
         target = ALIASES.get(key, key)
+        if target == "distill.loss" or target.startswith("distill.kwargs."):
+            continue  # checked with the methods, in _check_methods
         if target.startswith(("dataset.", "teacher.", "search.")):
             raise KDSearchError(
                 f"search.space.{key}: {target} cannot be searched (data, teacher and search "
@@ -306,7 +312,7 @@ def _numeric_paths(data: dict[str, Any], prefix: str = "") -> set[str]:
 
 def _check_registries(spec: Spec) -> None:
     """Names that must exist in the registries: architectures, their arguments, data, loss."""
-    from kdsearch import data, losses, nets
+    from kdsearch import data, nets
 
     for key, net in (("student", spec.student), ("teacher", spec.teacher)):
         if net is None:
@@ -327,7 +333,49 @@ def _check_registries(spec: Spec) -> None:
                 )
     if spec.dataset.name not in data.names():
         raise unknown_name("dataset.name", spec.dataset.name, data.names())
-    losses.get(spec.distill.loss)
+    _check_methods(spec)
+
+
+def _check_methods(spec: Spec) -> None:
+    """``distill.loss`` (fixed or searched) and ``distill.kwargs`` (set or searched).
+
+    Every method the study may run must exist; each kwarg must belong to one of them (the
+    others ignore it) and hold a valid value for it, at both ends of a searched range.
+    """
+    from kdsearch import distill
+
+    methods = [spec.distill.loss]
+    searched: dict[str, ParamSpec] = {}
+    for key, param in spec.search.space.items():
+        target = ALIASES.get(key, key)
+        if target == "distill.loss":
+            if param.type != "categorical":
+                raise KDSearchError(
+                    f"search.space.{key}: distill.loss is searched as a categorical, e.g. "
+                    "{type: categorical, choices: [hinton, dkd]}"
+                )
+            methods += param.choices or []
+        elif target.startswith("distill.kwargs."):
+            searched[target.removeprefix("distill.kwargs.")] = param
+    for method in methods:
+        if method not in distill.names():
+            raise unknown_name("distill.loss", method, distill.names())
+    distill.check_options(spec.distill.kwargs, methods)
+    for name, param in searched.items():
+        if param.type == "categorical":
+            values = param.choices or []
+        else:
+            cast = int if param.type == "int" else float
+            values = [cast(param.low), cast(param.high)]
+        for value in values:
+            distill.check_options({**spec.distill.kwargs, name: value}, methods)
+    online = [m for m in methods if distill.get(m).needs_online_teacher]
+    if online and spec.distill.cache_views() != 0:
+        raise KDSearchError(
+            f"distill.loss: {online[0]} reads the teacher's intermediate features, which the "
+            f"logit cache (teacher_cache: {spec.distill.teacher_cache}) does not hold; "
+            "set distill.teacher_cache: none"
+        )
 
 
 def from_dict(data: dict[str, Any]) -> Spec:

@@ -70,6 +70,9 @@ def load_teacher(spec: Spec, num_classes: int) -> nn.Module:
 class CachedTeacher:
     """Teacher logits looked up per (image, view) from a precomputed table on the device."""
 
+    #: No network runs, so no intermediate features exist (methods that need them are refused).
+    model = None
+
     def __init__(self, logits: torch.Tensor, view_ids: torch.Tensor) -> None:
         # logits: N×V×C fp16; view_ids: N×V, the view each slot holds.
         self.table = logits

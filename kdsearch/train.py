@@ -4,7 +4,10 @@ Data lives on the training device as uint8 tensors; each epoch shuffles with ``r
 the device, draws one augmentation view per image, and crops, flips and normalizes the batch
 with tensor ops (no DataLoader). The teacher is a :class:`~kdsearch.teacher.TeacherLogits`
 (cached or online) or ``None``; with alpha = 0 it is never asked, so the baseline is the same
-loop with the distillation term off.
+loop with the distillation term off. The method ``distill.loss`` names
+(:mod:`kdsearch.distill`) turns each batch into named loss terms, which the loop sums and logs
+per epoch; its own parameters (a FitNets regressor) train and resume with the student's, and
+the features it asks for are read by forward hooks on the student and the online teacher.
 
 After every epoch the loop evaluates validation accuracy over all validation images, saves a
 resumable state (model, optimizer, scheduler, RNG, history) and calls ``on_epoch``, where the
@@ -16,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from kdsearch import losses, views
+from kdsearch import distill, views
 from kdsearch.checkpoint import atomic_save, safe_load
 from kdsearch.data import UNLABELED, Images, Splits
 from kdsearch.errors import KDSearchError
@@ -41,6 +44,9 @@ class StopRequested(Exception):
 
 class TeacherLogits(Protocol):
     """Where distillation targets come from: a cache of every view, or the teacher itself."""
+
+    #: The teacher network when it runs on every batch (hooks can read its features), or None.
+    model: nn.Module | None
 
     def draw_views(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
         """A view index per image (and a token ``logits`` needs to find them)."""
@@ -103,6 +109,8 @@ class EpochResult:
     lr: float
     seconds: float
     images: int
+    #: Mean of each named loss term over the epoch's images (they sum to ``train_loss``).
+    terms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,17 +132,18 @@ class History:
         return sum(e.images for e in self.epochs) / seconds if seconds else 0.0
 
 
-def make_optimizer(model: nn.Module, spec: Spec) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[nn.Parameter], spec: Spec) -> torch.optim.Optimizer:
     opt = spec.train.optimizer
+    params = list(params)
     if opt.name == "sgd":
         return torch.optim.SGD(
-            model.parameters(),
+            params,
             lr=opt.lr,
             momentum=opt.momentum,
             weight_decay=opt.weight_decay,
             nesterov=opt.nesterov,
         )
-    return torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, spec: Spec) -> Any:
@@ -224,18 +233,25 @@ def fit(run: Run) -> History:
         model = model.to(device, memory_format=torch.channels_last)
     else:
         model = model.to(device)
-    optimizer = make_optimizer(model, spec)
+    d = spec.distill
+    method = distill.create(d.loss, d.temperature, d.alpha, d.kwargs)
+    distilling = run.teacher is not None and d.alpha > 0
+    hooks = _attach_hooks(method, model, run.teacher, data) if distilling else None
+    method.to(device)
+    optimizer = make_optimizer([*model.parameters(), *method.parameters()], spec)
     schedule = make_schedule(optimizer, spec)
     gen = torch.Generator(device=device).manual_seed(spec.train.seed)
     history = History()
     if run.workdir is not None and (run.workdir / "last.pt").is_file():
-        history = _restore(run.workdir / "last.pt", model, optimizer, schedule, gen)
+        history = _restore(run.workdir / "last.pt", model, method, optimizer, schedule, gen)
         if run.on_resume is not None:
             run.on_resume(history)
     step = torch.compile(model) if spec.train.compile else model
     n = len(data.train)
     labeled = int((data.train.y != UNLABELED).sum())
     with contextlib.ExitStack() as cleanup:  # pruned, stopped and diverged runs close them too
+        for h in hooks or ():
+            cleanup.callback(h.remove)
         bar = cleanup.enter_context(_progress_bar(spec, len(history.epochs), run.progress))
         writer = _tensorboard(run.tensorboard_dir)
         if writer is not None:
@@ -243,7 +259,9 @@ def fit(run: Run) -> History:
         for epoch in range(len(history.epochs), spec.train.epochs):
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, correct, used = _train_epoch(run, step, optimizer, gen, epoch)
+            train_loss, terms, correct, used = _train_epoch(
+                run, step, method, hooks, optimizer, gen, epoch
+            )
             schedule.step()
             val_loss, val_acc = evaluate(model, data, data.val)
             result = EpochResult(
@@ -255,6 +273,7 @@ def fit(run: Run) -> History:
                 lr=lr,
                 seconds=time.perf_counter() - start,
                 images=used,
+                terms=terms,
             )
             history.epochs.append(result)
             # Without a validation split (final retrain on train+val) the last epoch is the model.
@@ -264,7 +283,7 @@ def fit(run: Run) -> History:
             if improved and run.on_best is not None:
                 run.on_best(model, result)
             if run.workdir is not None:
-                _save_state(run.workdir, model, optimizer, schedule, gen, history)
+                _save_state(run.workdir, model, method, optimizer, schedule, gen, history)
             if writer is not None:
                 _log_scalars(writer, result)
             bar.set_postfix_str(
@@ -278,21 +297,50 @@ def fit(run: Run) -> History:
     return history
 
 
+def _attach_hooks(
+    method: distill.Method, model: nn.Module, teacher: TeacherLogits, data: DeviceData
+) -> tuple[distill.FeatureHooks, distill.FeatureHooks] | None:
+    """Forward hooks on the layers ``method`` reads, and its modules built from one probe.
+
+    The probe runs both nets in eval mode without gradients on two training images, so it
+    changes no batch-norm statistics and draws no random numbers.
+    """
+    if not method.student_layers() and not method.teacher_layers():
+        return None
+    student = distill.FeatureHooks(model, method.student_layers(), "student")
+    teacher_net = teacher.model if teacher.model is not None else nn.Identity()
+    hooks = (student, distill.FeatureHooks(teacher_net, method.teacher_layers(), "teacher"))
+    probe = data.prepare(data.train.x[:2])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(probe)
+        teacher_net(probe)
+    model.train(was_training)
+    method.build(hooks[0].take(), hooks[1].take())
+    return hooks
+
+
 def _train_epoch(
     run: Run,
     step: Callable[[torch.Tensor], torch.Tensor],
+    method: distill.Method,
+    hooks: tuple[distill.FeatureHooks, distill.FeatureHooks] | None,
     optimizer: torch.optim.Optimizer,
     gen: torch.Generator,
     epoch: int,
-) -> tuple[float, int, int]:
-    """One pass over the shuffled training set: (mean loss, correct labeled, images used)."""
+) -> tuple[float, dict[str, float], int, int]:
+    """One pass over the shuffled training set.
+
+    Returns (mean loss, mean of each named term, correct labeled, images used).
+    """
     spec, data = run.spec, run.data
     device = data.train.x.device
-    loss_fn = losses.get(spec.distill.loss)
-    distill = run.teacher is not None and spec.distill.alpha > 0
+    distilling = run.teacher is not None and spec.distill.alpha > 0
     n, bs = len(data.train), spec.train.batch_size
     order = torch.randperm(n, device=device, generator=gen)
     loss_sum = torch.zeros((), device=device)
+    term_sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
     # A last batch of one image would break batch norm in training mode; that image is
     # simply seen in the other epochs, where the shuffle places it elsewhere.
@@ -302,7 +350,7 @@ def _train_epoch(
         if run.should_stop():
             raise StopRequested(f"stop requested during epoch {epoch + 1}")
         idx = order[first : first + bs]
-        if distill:
+        if distilling:
             view_idx, token = run.teacher.draw_views(idx, gen)
         else:
             pick = torch.randint(len(data.view_set), (len(idx),), device=device, generator=gen)
@@ -311,12 +359,18 @@ def _train_epoch(
         y = data.train.y[idx]
         with _autocast(device):
             out = step(x)
-            target = run.teacher.logits(idx, token, x) if distill else None
-            loss = loss_fn(out.float(), target, y, spec.distill.temperature, spec.distill.alpha)
+            target = run.teacher.logits(idx, token, x) if distilling else None
+            batch = distill.Batch(out.float(), target, y)
+            if hooks is not None:
+                batch.student_features, batch.teacher_features = hooks[0].take(), hooks[1].take()
+            terms = method(batch, epoch)
+            loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach() * len(idx)
+        for name, term in terms.items():
+            term_sums[name] = term_sums.get(name, 0) + term.detach() * len(idx)
         correct += ((out.argmax(1) == y) & (y != UNLABELED)).sum()
     train_loss = loss_sum.item() / used
     if not math.isfinite(train_loss):
@@ -324,12 +378,14 @@ def _train_epoch(
             f"training loss became {train_loss} in epoch {epoch + 1} "
             f"(lr {optimizer.param_groups[0]['lr']:g}); lower the learning rate"
         )
-    return train_loss, int(correct.item()), used
+    terms_mean = {name: total.item() / used for name, total in term_sums.items()}
+    return train_loss, terms_mean, int(correct.item()), used
 
 
 def _save_state(
     workdir: Path,
     model: nn.Module,
+    method: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: Any,
     gen: torch.Generator,
@@ -337,6 +393,7 @@ def _save_state(
 ) -> None:
     state = {
         "model": model.state_dict(),
+        "method": method.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "generator": gen.get_state(),
@@ -351,12 +408,14 @@ def _save_state(
 def _restore(
     path: Path,
     model: nn.Module,
+    method: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: Any,
     gen: torch.Generator,
 ) -> History:
     state = safe_load(path, "resume state")
     model.load_state_dict(state["model"])
+    method.load_state_dict(state.get("method", {}))
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     gen.set_state(state["generator"])
@@ -380,6 +439,7 @@ def _log_scalars(writer: Any, r: EpochResult) -> None:
         ("val/loss", r.val_loss),
         ("val/accuracy", r.val_accuracy),
         ("lr", r.lr),
+        *((f"train/{name}", value) for name, value in r.terms.items()),
         ("images_per_second", r.images / r.seconds if r.seconds else 0.0),
     ):
         writer.add_scalar(name, value, r.epoch + 1)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from kdsearch import losses
 from kdsearch.data import UNLABELED
+from kdsearch.distill import Batch
 from kdsearch.losses import kd_loss
 
 TEMPERATURES = [1.0, 2.0, 4.0, 20.0]
@@ -73,8 +74,12 @@ def test_float64_inputs_match_to_rounding(temperature: float) -> None:
 
 
 def test_registry_serves_kd_loss() -> None:
-    """``distill.loss: hinton`` is this function."""
-    assert losses.get("hinton") is kd_loss
+    """``distill.loss: hinton`` is the method whose terms sum to this function."""
+    student, teacher, labels = _batch(seed=8)
+    method = losses.get("hinton")(4.0, 0.7, losses.get("hinton").Options())
+    terms = method(Batch(student, teacher, labels), epoch=0)
+    assert set(terms) == {"ce", "kd"}
+    torch.testing.assert_close(sum(terms.values()), kd_loss(student, teacher, labels, 4.0, 0.7))
 
 
 def test_alpha_zero_is_cross_entropy() -> None:
