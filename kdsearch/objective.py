@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from kdsearch import progress
 from kdsearch.checkpoints import CheckpointStore, trial_by_number
 from kdsearch.experiment import Context, train_student
 from kdsearch.paths import models_dir
@@ -85,7 +86,7 @@ class Objective:
         # A retry on another machine finds the resume state in the artifact store, if any.
         if self.store.pull(trial.study, chain, workdir / "last.pt"):
             self.store.pull(trial.study, chain, workdir / "best.pt")
-        log.info("trial %d started: %s", trial.number, params)
+        log.info("trial %d started: %s", trial.number, progress.fmt_params(params))
 
         def on_resume(history: History) -> None:
             # Re-report the epochs the killed attempt finished, so the pruner sees the curve.
@@ -101,7 +102,9 @@ class Objective:
             if history.best_epoch == r.epoch:  # best.pt was just rewritten
                 self.store.push(trial.study, trial._trial_id, workdir / "best.pt")
             trial.report(r.val_accuracy, r.epoch)
-            log.debug("trial %d epoch %d val %.4f", trial.number, r.epoch + 1, r.val_accuracy)
+            rate = r.images / r.seconds if r.seconds else 0.0
+            epochs, best = self.spec.train.epochs, history.best_val
+            progress.epoch_done(trial.number, r.epoch, epochs, r.val_accuracy, best, rate)
             if trial.should_prune():
                 trial.set_user_attr("epochs_run", len(history.epochs))
                 raise optuna.TrialPruned(
@@ -119,7 +122,7 @@ class Objective:
                 on_epoch=on_epoch,
                 on_resume=on_resume,
                 should_stop=self.should_stop,
-                progress=False,
+                progress=progress.show_bar(),
                 tensorboard_dir=tb if spec.train.tensorboard else None,
             )
         except NonFiniteLoss as err:
@@ -165,3 +168,20 @@ def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) ->
         if path and Path(path).parent.is_dir():
             shutil.rmtree(Path(path).parent, ignore_errors=True)
         store.remove_all(study, t)
+
+
+def delete_study(storage: Any, name: str) -> Path | None:
+    """Delete study ``name``, its uploads and its folder (the shared teacher cache stays);
+    returns the folder if it existed."""
+    from kdsearch.study import load_spec
+
+    store = CheckpointStore(load_spec(storage, name).search.artifact_store)
+    study = optuna.load_study(study_name=name, storage=storage)
+    for t in study.get_trials(deepcopy=False):
+        store.remove_all(study, t)
+    optuna.delete_study(study_name=name, storage=storage)
+    folder = study_dir(name)
+    if not folder.is_dir():
+        return None
+    shutil.rmtree(folder)
+    return folder
