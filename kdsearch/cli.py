@@ -184,6 +184,7 @@ def cmd_extend(a: argparse.Namespace) -> int:
 def cmd_delete(a: argparse.Namespace) -> int:
     from kdsearch import storage, study
     from kdsearch.errors import KDSearchError
+    from kdsearch.objective import delete_study
 
     url = storage.resolve_url(a.storage)
     store = storage.open_storage(url)
@@ -195,7 +196,7 @@ def cmd_delete(a: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    removed = study.delete(store, a.study)
+    removed = delete_study(store, a.study)
     print(f"deleted study {a.study}" + (f" and {removed}" if removed else ""))
     return 0
 

@@ -115,19 +115,19 @@ def test_two_workers_under_a_terminal_and_status(cli, kd_home):
 
 @pytest.mark.slow
 def test_extend_then_delete(cli, write_spec, kd_home):
-    spec = write_spec({"search": {"n_trials": 2}})
+    spec = write_spec({"search": {"n_trials": 1}, "train": {"epochs": 2}})
     url = f"sqlite:///{kd_home}/s.db"
     assert cli("create-study", str(spec), "--storage", url).returncode == 0
     assert cli("worker", "--study", "synth", "--storage", url).returncode == 0
-    assert status_json(cli, url)[0]["finished"] == 2
+    assert status_json(cli, url)[0]["finished"] == 1
     again = cli("worker", "--study", "synth", "--storage", url)
     assert "reached its budget" in again.stderr  # a finished study runs nothing more
 
-    grown = cli("extend", "--study", "synth", "--storage", url, "--n-trials", "4")
-    assert grown.returncode == 0 and "2 -> 4" in grown.stdout, grown.stderr
+    grown = cli("extend", "--study", "synth", "--storage", url, "--n-trials", "2")
+    assert grown.returncode == 0 and "1 -> 2" in grown.stdout, grown.stderr
     assert cli("worker", "--study", "synth", "--storage", url).returncode == 0
     (row,) = status_json(cli, url)
-    assert row["n_trials"] == 4 and row["finished"] == 4
+    assert row["n_trials"] == 2 and row["finished"] == 2
 
     folder = study_dir("synth")
     assert folder.is_dir()
