@@ -210,3 +210,55 @@ def test_quiet_worker_prints_no_progress(cli, write_spec, kd_home):
     assert quiet.returncode == 0, quiet.stderr
     assert "epoch 1/1" not in quiet.stderr and "summary" not in quiet.stderr
     assert Path(kd_home / "s.db").exists()
+
+
+def test_status_counts_rate_and_time_left():
+    """Rate = epochs reported / wall time since the first start; time left from the mean
+    epochs of finished trials (hand-built trials, so every number is known)."""
+    import datetime as dt
+
+    import optuna
+
+    from kdsearch.status import study_status
+    from kdsearch.study import SPEC_ATTR
+
+    storage = optuna.storages.RDBStorage("sqlite:///:memory:")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.set_user_attr(SPEC_ATTR, {"search": {"n_trials": 4}, "train": {"epochs": 2}})
+    t0 = dt.datetime(2026, 1, 1, 12, 0, 0)
+    dist = {"alpha": optuna.distributions.FloatDistribution(0, 1)}
+    for i, value in enumerate((0.5, 0.75)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                params={"alpha": 0.1 * (i + 1)},
+                distributions=dist,
+                intermediate_values={0: value / 2, 1: value},
+                user_attrs={"test_accuracy": value - 0.01},
+            )
+        )
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.RUNNING,
+            params={"alpha": 0.3},
+            distributions=dist,
+            intermediate_values={0: 0.2},
+            user_attrs={"worker": "host:1"},
+        )
+    )
+    with storage.scoped_session() as session:  # place the trials on a known clock
+        from optuna.storages._rdb import models
+
+        for row in session.query(models.TrialModel).all():
+            row.datetime_start = t0 + dt.timedelta(seconds=10 * row.number)
+            if row.state == optuna.trial.TrialState.COMPLETE:
+                row.datetime_complete = row.datetime_start + dt.timedelta(seconds=10)
+        session.commit()
+    s = study_status(storage, "s", now=t0 + dt.timedelta(seconds=25))
+    assert s["states"]["complete"] == 2 and s["states"]["running"] == 1 and s["finished"] == 2
+    best = {"number": 1, "value": 0.75, "params": {"alpha": 0.2}, "test_accuracy": 0.74}
+    assert s["best"] == best
+    assert s["workers"] == [{"trial": 2, "worker": "host:1", "epoch": 1, "epochs": 2}]
+    assert s["epochs_per_second"] == pytest.approx(5 / 25)
+    # one trial still to start (4 - 2 finished - 1 running) x 2 epochs + 1 epoch left, at 0.2/s
+    assert s["seconds_left"] == pytest.approx(15)
