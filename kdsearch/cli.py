@@ -65,7 +65,10 @@ def cmd_validate(a: argparse.Namespace) -> int:
     if a.json:
         _print_json(spec.to_dict())
     else:
-        print(f"{a.spec}: ok (study {spec.name}, {len(spec.search.space)} searched parameters)")
+        import yaml
+
+        print(yaml.safe_dump(json.loads(json.dumps(spec.to_dict())), sort_keys=False), end="")
+        print(f"# {a.spec}: ok (study {spec.name}, {len(spec.search.space)} searched parameters)")
     return 0
 
 
@@ -137,16 +140,65 @@ def cmd_create_study(a: argparse.Namespace) -> int:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from kdsearch import storage, study, worker
+    from kdsearch import status, storage, study, worker
+    from kdsearch.errors import KDSearchError
 
+    if a.n_trials is not None and a.n_trials < 1:
+        raise KDSearchError("--n-trials must be >= 1 (leave it out to run until the budget)")
     url = storage.resolve_url(a.storage)
     # Fail fast, in the parent, on an unreachable database or an unknown study.
     study.load_spec(storage.open_storage(url), a.study)
     devices = a.devices.split(",") if a.devices else worker.default_devices()
     if a.n_workers == 1:  # no child process: this process is the worker (and gets the signals)
         worker.configure_logging(0)
-        return worker.run(a.study, 0, devices[0], a.n_trials, a.timeout, url)
-    return worker.spawn(a.study, url, a.n_workers, devices, a.n_trials, a.timeout)
+        code = worker.run(a.study, 0, devices[0], a.n_trials, a.timeout, url)
+    else:
+        code = worker.spawn(a.study, url, a.n_workers, devices, a.n_trials, a.timeout)
+    if a.verbosity >= 0:
+        summary = status.format_status(status.study_status(storage.open_storage(url), a.study))
+        print(f"summary of study {summary}", file=sys.stderr)
+    return code
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from kdsearch import status, storage
+
+    rows = status.all_statuses(storage.open_storage(storage.resolve_url(a.storage)), a.study)
+    if a.json:
+        _print_json(rows)
+    else:
+        print("\n".join(status.format_status(r) for r in rows) or "no studies in this storage")
+    return 0
+
+
+def cmd_extend(a: argparse.Namespace) -> int:
+    from kdsearch import storage, study
+
+    url = storage.resolve_url(a.storage)
+    old = study.extend(storage.open_storage(url), a.study, a.n_trials)
+    print(f"study {a.study}: budget {old} -> {a.n_trials} trials")
+    print(f"next: kdsearch worker --study {a.study} --storage '{storage.mask(url)}'")
+    return 0
+
+
+def cmd_delete(a: argparse.Namespace) -> int:
+    from kdsearch import storage, study
+    from kdsearch.errors import KDSearchError
+    from kdsearch.objective import delete_study
+
+    url = storage.resolve_url(a.storage)
+    store = storage.open_storage(url)
+    study.load_spec(store, a.study)  # an unknown study fails before the prompt
+    if not a.yes:
+        if not sys.stdin.isatty():
+            raise KDSearchError(f"delete {a.study}: no terminal to confirm on; pass --yes")
+        answer = input(f"delete study {a.study} and its checkpoints in {storage.mask(url)}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    removed = delete_study(store, a.study)
+    print(f"deleted study {a.study}" + (f" and {removed}" if removed else ""))
+    return 0
 
 
 def cmd_export_table(a: argparse.Namespace) -> int:
@@ -253,6 +305,42 @@ def cmd_bench(a: argparse.Namespace) -> int:
 # --- parser -------------------------------------------------------------------------------
 
 
+#: ``kdsearch --help`` lists the commands in the order a user runs them.
+WORKFLOW = (
+    "validate",
+    "train-teacher",
+    "import-checkpoint",
+    "create-study",
+    "worker",
+    "status",
+    "extend",
+    "export-table",
+    "best",
+    "report",
+    "dashboard",
+    "delete",
+    "train",
+    "evaluate",
+    "nets",
+    "cache-teacher",
+    "storage-proxy",
+    "bench",
+)
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help when it has a real default not already named."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "(default" in text or default in (None, False, argparse.SUPPRESS) or default == []:
+            return text
+        if action.option_strings or action.nargs in ("?", "*"):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
 def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
@@ -261,30 +349,57 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _study_arg(p: argparse.ArgumentParser, required: bool = True, what: str = "") -> None:
+    p.add_argument("--study", required=required, metavar="NAME", help=f"study name{what}")
+
+
+def _json_arg(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the spec's train.device)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kdsearch")
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdsearch",
         description="Hyperparameter search for knowledge distillation, on PyTorch and Optuna.",
     )
+    parser.add_argument("--version", action="version", version=f"kdsearch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> Any:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            formatter_class=_DefaultsFormatter,
+        )
         p.set_defaults(fn=fn)
         return p
 
-    p = add("validate", cmd_validate, "check a study spec and print it resolved")
-    p.add_argument("spec")
-    p.add_argument("--json", action="store_true", help="print the validated spec as JSON")
+    p = add("validate", cmd_validate, "check a study spec and print it resolved (YAML)")
+    p.add_argument("spec", help="study spec (YAML)")
+    _json_arg(p, "the resolved spec")
 
     p = add("train-teacher", cmd_train_teacher, "train the spec's teacher")
-    p.add_argument("spec")
-    p.add_argument("--out", help="checkpoint path (default: teacher.checkpoint)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the spec's train.device)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("spec", help="study spec (YAML)")
+    p.add_argument("--out", help="checkpoint path (default: the spec's teacher.checkpoint)")
+    _device_arg(p)
+    _json_arg(p)
 
     p = add("train", cmd_train, "train one student with fixed hyperparameters")
-    p.add_argument("spec")
+    p.add_argument("spec", help="study spec (YAML)")
     p.add_argument(
         "--set",
         action="append",
@@ -293,43 +408,93 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec key, e.g. distill.alpha=0 for the baseline",
     )
     p.add_argument("--out", help="checkpoint path (default: models/<name>-student.pt)")
-    p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
+    _device_arg(p)
+    _json_arg(p)
 
     p = add("evaluate", cmd_evaluate, "test accuracy, per-class accuracy and size of a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a kdsearch checkpoint (.pt)")
     p.add_argument("--spec", help="spec whose data set to test on (default: the checkpoint's)")
-    p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
+    _device_arg(p)
+    _json_arg(p, "the report")
 
     p = add("create-study", cmd_create_study, "create the Optuna study for a spec")
-    p.add_argument("spec")
+    p.add_argument("spec", help="study spec (YAML)")
     _storage_arg(p)
-    p.add_argument("--study-name", help="default: the spec's name")
+    p.add_argument("--study-name", help="study name (default: the spec's name)")
     p.add_argument(
         "--load-if-exists",
         action="store_true",
-        help="reuse an existing study if its stored spec equals this one",
+        help="reuse an existing study if its stored spec equals this one "
+        "(a larger search.n_trials: use `kdsearch extend`)",
     )
 
     p = add("worker", cmd_worker, "run trials of a study in parallel worker processes")
-    p.add_argument("--study", required=True)
+    _study_arg(p)
     _storage_arg(p)
-    p.add_argument("--n-workers", type=int, default=1)
+    p.add_argument(
+        "--n-workers", type=int, default=1, help="worker processes, round-robin over --devices"
+    )
     p.add_argument(
         "--devices", help="comma list: cpu or cuda:0,cuda:1 (default: all GPUs, else cpu)"
     )
-    p.add_argument("--n-trials", type=int, help="at most this many trials per worker")
-    p.add_argument("--timeout", type=float, help="stop taking trials after this many seconds")
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        help="at most this many trials per worker, >= 1 (default: until the study's budget)",
+    )
+    p.add_argument(
+        "--timeout", type=float, help="stop taking trials after this many seconds (default: none)"
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=-1,
+        default=0,
+        help="warnings and errors only: no epoch or trial lines, no bar, no summary "
+        "(default: one line per epoch and per trial, and a summary)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
+        help="debug lines too, and Optuna's own per-trial lines",
+    )
+
+    p = add("status", cmd_status, "trials by state, best, live workers and time left")
+    _study_arg(p, required=False, what=" (default: every study in the storage)")
+    _storage_arg(p)
+    _json_arg(p, "a list with one object per study (keys: README, `kdsearch status`)")
+
+    p = add("extend", cmd_extend, "raise a study's trial budget (search.n_trials)")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument(
+        "--n-trials", type=int, required=True, help="the new budget, larger than the current one"
+    )
+
+    p = add("delete", cmd_delete, "delete a study, its checkpoints and TensorBoard logs")
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     p = add("export-table", cmd_export_table, "the study's trials as a table")
-    p.add_argument("--study", help="study name")
+    _study_arg(p, required=False, what=" (required unless --compare)")
     _storage_arg(p)
     p.add_argument("-o", "--output", help="file to write (format from its suffix)")
-    p.add_argument("--format", choices=["csv", "markdown", "json", "latex", "parquet"])
-    p.add_argument("--top", type=int, help="only the best K trials")
+    p.add_argument(
+        "--format",
+        choices=["csv", "markdown", "json", "latex", "parquet"],
+        help="table format (default: from --output's suffix, else markdown)",
+    )
+    p.add_argument("--top", type=int, help="only the best K trials (default: all)")
     p.add_argument("--columns", metavar="A,B,...", help="only these columns, in this order")
-    p.add_argument("--state", choices=["complete", "pruned", "all"], default="all")
+    p.add_argument(
+        "--state", choices=["complete", "pruned", "all"], default="all", help="which trials"
+    )
     p.add_argument(
         "--pivot",
         metavar="ROW,COL",
@@ -344,33 +509,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dashboard", cmd_dashboard, "serve optuna-dashboard on the study database")
     _storage_arg(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
 
     p = add("nets", cmd_nets, "list the architectures with parameter counts and FLOPs")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--num-classes", type=int, default=10, help="output classes of each net")
+    _json_arg(p, "the list")
 
     p = add(
         "import-checkpoint",
         cmd_import_checkpoint,
         "convert a reference best.pth.tar or state dict into a kdsearch checkpoint",
     )
-    p.add_argument("path")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("path", help="the reference checkpoint")
+    p.add_argument("--arch", required=True, help="kdsearch architecture (see `kdsearch nets`)")
+    p.add_argument("--num-classes", type=int, default=10, help="output classes of the net")
     p.add_argument("--dataset", default="cifar10", help="whose normalization the net expects")
-    p.add_argument("--kwarg", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture argument, repeatable, e.g. num_channels=32",
+    )
+    p.add_argument("--out", required=True, help="kdsearch checkpoint to write")
 
     p = add("cache-teacher", cmd_cache_teacher, "precompute the teacher's logits for every view")
-    p.add_argument("spec", nargs="?")
-    p.add_argument("--study")
+    p.add_argument("spec", nargs="?", help="study spec (YAML), or give --study")
+    _study_arg(p, required=False, what=" whose stored spec to use")
     _storage_arg(p)
-    p.add_argument("--device")
+    _device_arg(p)
 
     p = add("best", cmd_best, "test the best trial's checkpoint, or retrain it over seeds")
-    p.add_argument("--study", required=True)
+    _study_arg(p)
     _storage_arg(p)
     p.add_argument(
         "--retrain",
@@ -378,11 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain the best parameters on train+val for each seed",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds for --retrain")
-    p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
+    _device_arg(p)
+    _json_arg(p)
 
     p = add("report", cmd_report, "plots and a report.md for a study")
-    p.add_argument("--study", required=True)
+    _study_arg(p)
     _storage_arg(p)
     p.add_argument("-o", "--output", help="folder (default: reports/<study>)")
 
@@ -392,21 +563,22 @@ def build_parser() -> argparse.ArgumentParser:
         "serve the storage through Optuna's gRPC proxy (for very many workers)",
     )
     _storage_arg(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=13000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
+    p.add_argument("--port", type=int, default=13000, help="port to listen on")
 
     p = add("bench", cmd_bench, "time a reference-style KD loop against kdsearch's")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--images", type=int, help="synthetic training images (default by device)")
-    p.add_argument("--json", action="store_true")
+    _json_arg(p, "the timings")
+    sub._choices_actions.sort(key=lambda action: WORKFLOW.index(action.dest))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import logging
+    from kdsearch import progress
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    progress.configure(getattr(args, "verbosity", 0))
     return report_errors(lambda: args.fn(args))
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from kdsearch import nets
+from kdsearch import nets, progress
 from kdsearch.checkpoints import CheckpointStore, trial_by_number
 from kdsearch.experiment import Context, train_student
 from kdsearch.paths import models_dir
@@ -90,7 +90,7 @@ class Objective:
         # A retry on another machine finds the resume state in the artifact store, if any.
         if self.store.pull(trial.study, chain, workdir / "last.pt"):
             self.store.pull(trial.study, chain, workdir / "best.pt")
-        log.info("trial %d started: %s", trial.number, params)
+        log.info("trial %d started: %s", trial.number, progress.fmt_params(params))
         for key, value in self._cost(spec).as_attrs().items():
             trial.set_user_attr(key, value)
 
@@ -111,7 +111,9 @@ class Objective:
             names = dict.fromkeys(name for e in history.epochs for name in e.terms)
             terms = {name: [e.terms.get(name) for e in history.epochs] for name in names}
             trial.set_user_attr("loss_terms", terms)
-            log.debug("trial %d epoch %d val %.4f", trial.number, r.epoch + 1, r.val_accuracy)
+            rate = r.images / r.seconds if r.seconds else 0.0
+            epochs, best = self.spec.train.epochs, history.best_val
+            progress.epoch_done(trial.number, r.epoch, epochs, r.val_accuracy, best, rate)
             if trial.should_prune():
                 trial.set_user_attr("epochs_run", len(history.epochs))
                 raise optuna.TrialPruned(
@@ -129,7 +131,7 @@ class Objective:
                 on_epoch=on_epoch,
                 on_resume=on_resume,
                 should_stop=self.should_stop,
-                progress=False,
+                progress=progress.show_bar(),
                 tensorboard_dir=tb if spec.train.tensorboard else None,
             )
         except NonFiniteLoss as err:
@@ -182,3 +184,20 @@ def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) ->
         if path and Path(path).parent.is_dir():
             shutil.rmtree(Path(path).parent, ignore_errors=True)
         store.remove_all(study, t)
+
+
+def delete_study(storage: Any, name: str) -> Path | None:
+    """Delete study ``name``, its uploads and its folder (the shared teacher cache stays);
+    returns the folder if it existed."""
+    from kdsearch.study import load_spec
+
+    store = CheckpointStore(load_spec(storage, name).search.artifact_store)
+    study = optuna.load_study(study_name=name, storage=storage)
+    for t in study.get_trials(deepcopy=False):
+        store.remove_all(study, t)
+    optuna.delete_study(study_name=name, storage=storage)
+    folder = study_dir(name)
+    if not folder.is_dir():
+        return None
+    shutil.rmtree(folder)
+    return folder

@@ -128,6 +128,11 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
             )
         study = optuna.load_study(study_name=name, storage=storage)
         diff = spec_diff(study.user_attrs.get(SPEC_ATTR, {}), stored)
+        if diff and all(d.startswith("search.n_trials:") for d in diff):
+            raise KDSearchError(
+                f"study {name!r} exists with a different budget ({diff[0]}); raise it with "
+                f"`kdsearch extend --study {name} --n-trials {spec.search.n_trials}`"
+            )
         if diff:
             raise KDSearchError(
                 f"study {name!r} exists with a different spec ({'; '.join(diff[:3])}); "
@@ -163,3 +168,24 @@ def load_spec(storage: Any, name: str) -> Spec:
             f"this one reads {specs.SPEC_VERSION}); use a matching kdsearch or create a new study"
         )
     return specs.from_dict(study.user_attrs[SPEC_ATTR])
+
+
+def extend(storage: Any, name: str, n_trials: int) -> int:
+    """Raise study ``name``'s budget (``search.n_trials``) to ``n_trials``; returns the old one.
+
+    Only raising is allowed: a lower budget would not undo trials already run, and every other
+    spec key is fixed for the life of a study (trials must stay comparable).
+    """
+    import optuna
+
+    load_spec(storage, name)  # an unknown or foreign study fails here
+    study = optuna.load_study(study_name=name, storage=storage)
+    stored = study.user_attrs[SPEC_ATTR]
+    old = stored["search"]["n_trials"]
+    if n_trials <= old:
+        raise KDSearchError(
+            f"extend {name}: --n-trials {n_trials} must be larger than the current budget {old}"
+        )
+    stored["search"]["n_trials"] = n_trials
+    study.set_user_attr(SPEC_ATTR, stored)
+    return old

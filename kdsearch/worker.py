@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
+from kdsearch import progress
 from kdsearch.storage import ENV as STORAGE_ENV
 
 log = logging.getLogger("kdsearch.worker")
@@ -174,6 +175,7 @@ def run(
                 callbacks=[
                     optuna.study.MaxTrialsCallback(s.n_trials, states=finished),
                     after_trial,
+                    progress.trial_done,
                 ],
                 catch=(torch.OutOfMemoryError,),
             )
@@ -232,12 +234,7 @@ def _requeue(study: Any, objective: Any, max_retries: int, err: Exception) -> No
 
 
 def configure_logging(index: int) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s worker{index} %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
+    progress.configure(worker=index)
 
 
 def _main(argv: list[str]) -> int:

@@ -1,0 +1,139 @@
+"""How the studies in a storage stand: trials by state, budget, best, live workers, time left.
+
+Everything is read from the storage, so ``kdsearch status`` works from any machine that
+reaches the database. A worker is live while its RUNNING trial's heartbeat is fresher than
+the spec's grace period (without heartbeats, e.g. through the gRPC proxy, every RUNNING trial
+counts). The rate is epochs reported per second of wall time since the study's first trial
+started, all workers together; the time left assumes the remaining trials run as many epochs
+as the finished ones did on average.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from kdsearch.progress import fmt_params, fmt_seconds
+from kdsearch.study import SPEC_ATTR
+
+
+def _spec_search(study: Any) -> dict[str, Any]:
+    return study.user_attrs.get(SPEC_ATTR, {}).get("search", {})
+
+
+def _live_trial_ids(storage: Any, study: Any, grace_period: int | None) -> set[int] | None:
+    """Trial ids of RUNNING trials whose heartbeat is fresh; None when heartbeats are off."""
+    import optuna
+
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return None
+    probe = optuna.storages.RDBStorage.__new__(optuna.storages.RDBStorage)
+    probe.__dict__.update(storage.__dict__)
+    search = _spec_search(study)
+    probe.heartbeat_interval = search.get("heartbeat_interval") or 60
+    probe.grace_period = grace_period or search.get("grace_period")
+    stale = set(probe._get_stale_trial_ids(study._study_id))
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return {t._trial_id for t in running} - stale
+
+
+def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The status of one study as a JSON-ready dict (keys documented in README, `status`)."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    search = _spec_search(study)
+    epochs_per_trial = study.user_attrs.get(SPEC_ATTR, {}).get("train", {}).get("epochs")
+    counts = {s.name.lower(): 0 for s in optuna.trial.TrialState}
+    for t in trials:
+        counts[t.state.name.lower()] += 1
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = [t for t in trials if t.state in finished_states]
+    running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    live_ids = _live_trial_ids(storage, study, None)
+    live = [t for t in running if live_ids is None or t._trial_id in live_ids]
+
+    best = None
+    if counts["complete"]:
+        b = study.best_trial
+        best = {
+            "number": b.number,
+            "value": b.value,
+            "params": b.params,
+            "test_accuracy": b.user_attrs.get("test_accuracy"),
+        }
+
+    now = now or dt.datetime.now()
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    last = now if running else max(ends, default=now)
+    elapsed = (last - min(starts)).total_seconds() if starts else 0.0
+    epochs_done = sum(len(t.intermediate_values) for t in trials)
+    rate = epochs_done / elapsed if elapsed > 0 else None
+
+    budget = search.get("n_trials")
+    left = None
+    if budget is not None and rate:
+        per_trial = (
+            sum(len(t.intermediate_values) for t in finished) / len(finished)
+            if finished
+            else epochs_per_trial or 1
+        )
+        to_start = max(0, budget - len(finished) - len(live))
+        running_left = sum(max(0.0, per_trial - len(t.intermediate_values)) for t in live)
+        left = (to_start * per_trial + running_left) / rate
+    return {
+        "study": name,
+        "direction": study.direction.name.lower(),
+        "n_trials": budget,
+        "finished": len(finished),
+        "states": counts,
+        "best": best,
+        "workers": [
+            {
+                "trial": t.number,
+                "worker": t.user_attrs.get("worker"),
+                "epoch": len(t.intermediate_values),
+                "epochs": epochs_per_trial,
+            }
+            for t in live
+        ],
+        "epochs_per_second": rate,
+        "seconds_left": left if (running or len(finished) < (budget or 0)) else 0.0,
+    }
+
+
+def all_statuses(storage: Any, name: str | None = None) -> list[dict[str, Any]]:
+    """Every study in ``storage`` (or just ``name``), in creation order."""
+    import optuna
+
+    from kdsearch.errors import unknown_name
+
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if name is not None:
+        if name not in names:
+            raise unknown_name("study", name, names or ["(no studies: run create-study)"])
+        names = [name]
+    return [study_status(storage, n) for n in names]
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """A few lines for a person: the same facts as the JSON."""
+    states = ", ".join(f"{n} {k}" for k, n in s["states"].items() if n)
+    budget = s["n_trials"] if s["n_trials"] is not None else "?"
+    lines = [f"{s['study']}: {s['finished']}/{budget} trials finished ({states or 'no trials'})"]
+    b = s["best"]
+    if b:
+        test = b["test_accuracy"]
+        test_text = f", test {test:.4f}" if test is not None else ""
+        params = fmt_params(b["params"])
+        lines.append(f"  best: trial {b['number']} val {b['value']:.4f}{test_text} ({params})")
+    for w in s["workers"]:
+        of = f"/{w['epochs']}" if w["epochs"] else ""
+        lines.append(f"  running: trial {w['trial']} epoch {w['epoch']}{of} on {w['worker']}")
+    if s["epochs_per_second"]:
+        left = s["seconds_left"]
+        eta = "done" if not left else f"about {fmt_seconds(left)} left"
+        lines.append(f"  {s['epochs_per_second']:.3g} epochs/s, {eta}")
+    return "\n".join(lines)
