@@ -125,9 +125,10 @@ def kill_one_of_two(
 
 @pytest.mark.slow
 def test_sigkill_mid_trial_resumes_on_sqlite(cli, write_spec, kd_home):
-    """Default heartbeat, and a budget the survivor meets before the grace period ends."""
+    """Default heartbeat, and a budget (one trial) the survivor meets with the trial it is in,
+    long before the grace period ends: it must wait, fail the killed trial and retry it."""
     out = kill_one_of_two(
-        cli, write_spec, kd_home, "sqlite:///kd.db", n_trials=2, heartbeat=DEFAULT_HEARTBEAT
+        cli, write_spec, kd_home, "sqlite:///kd.db", n_trials=1, heartbeat=DEFAULT_HEARTBEAT
     )
     assert "running the retry of a trial whose worker died" in out
 
@@ -152,7 +153,7 @@ def test_retry_on_another_machine_resumes_from_the_artifact_store(cli, write_spe
 @pytest.mark.postgres
 def test_sigkill_mid_trial_resumes_on_postgres(cli, write_spec, kd_home, pg_url):
     """As on SQLite: default heartbeat, budget met before the grace period ends."""
-    out = kill_one_of_two(cli, write_spec, kd_home, pg_url, n_trials=2, heartbeat=DEFAULT_HEARTBEAT)
+    out = kill_one_of_two(cli, write_spec, kd_home, pg_url, n_trials=1, heartbeat=DEFAULT_HEARTBEAT)
     assert "running the retry of a trial whose worker died" in out
 
 

@@ -18,6 +18,9 @@ from test_crash import SLOW_TRIALS, running_after, trials, wait_for
 
 from kdsearch import study as studies
 from kdsearch.checkpoint import load_checkpoint
+from kdsearch.experiment import Context, train_student
+from kdsearch.objective import Objective
+from kdsearch.spec import load
 from kdsearch.storage import open_storage
 
 S = optuna.trial.TrialState
@@ -71,3 +74,31 @@ def test_studies_of_one_name_keep_their_own_files(cli, write_spec, kd_home, pg_u
     for url in (SQLITE, pg_url):
         assert_own_files(url)
         assert not [t for t in trials(url) if t.state == S.RUNNING]
+
+
+def test_a_trial_resumes_only_state_written_for_it(write_spec, kd_home, caplog, one_torch_thread):
+    """In process: a resume state in the trial's folder is resumed only if it was written for
+    this study and these parameters; otherwise the trial starts fresh with a warning."""
+    spec = load(write_spec({"train": {"epochs": 2}}))
+    study = studies.create(spec, open_storage(f"sqlite:///{kd_home / 'kd.db'}"), "synth", False)
+    ctx = Context.load(spec, "cpu")
+    params = {"temperature": 2.0, "alpha": 0.5, "lr": 0.003}
+    one_epoch = spec.with_overrides({"train.epochs": 1, **params})
+    for number, (change, resumes) in enumerate(
+        [
+            ({"study_id": "0123abcd"}, False),
+            ({"params": {**params, "lr": 0.001}}, False),
+            ({}, True),
+        ]
+    ):
+        mine = {"study_id": studies.study_id(study), "trial": number, "params": params}
+        tag = {**mine, **change}
+        workdir = studies.folder(study) / f"trial-{number:05d}"
+        train_student(ctx, one_epoch, kd_home / "x.pt", workdir=workdir, resume_tag=tag)
+        caplog.clear()
+        study.enqueue_trial(params)
+        study.optimize(Objective(ctx, study), n_trials=1)
+        trial = study.get_trials()[number]
+        assert trial.state == S.COMPLETE and trial.params == params
+        assert trial.user_attrs.get("resumed_from_epoch") == (1 if resumes else None), tag
+        assert ("starting from epoch 0" in caplog.text) != resumes, caplog.text
