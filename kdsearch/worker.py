@@ -8,8 +8,8 @@ the spec from the study, the data and the teacher once, and runs Optuna's ``opti
 Budget: the spec's ``search.n_trials`` counts finished trials (complete or pruned) across all
 workers; Optuna's ``MaxTrialsCallback`` stops a worker after a trial once it is reached. A
 worker that started a trial before the last one finished still completes it, so a study ends
-with at most ``n_trials + workers - 1`` finished trials (plus, rarely, one when two workers
-race for the last retry, see :func:`finish_orphans`).
+with at most ``n_trials + workers - 1`` finished trials, plus the retries of trials whose
+worker died near the end, which the last workers run before leaving (:func:`finish_orphans`).
 
 Failures: a failed trial does not count toward the budget, so a failure that repeats (a value
 that cannot be computed, out of memory on every trial) would loop for ever: a worker whose
@@ -181,10 +181,11 @@ def run(
         if stop.is_set():
             st.stop()
 
+    catch = (torch.OutOfMemoryError,)
+
     def run_retry() -> None:
         study.optimize(objective, n_trials=1, callbacks=[after_trial], catch=catch)
 
-    catch = (torch.OutOfMemoryError,)
     started = time.monotonic()
     ran = 0
     while not stop.is_set() and (not n_trials or ran < n_trials):
