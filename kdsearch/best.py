@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,7 +24,6 @@ from kdsearch import study as studies
 from kdsearch.checkpoint import load_model
 from kdsearch.errors import KDSearchError
 from kdsearch.experiment import Context, train_student
-from kdsearch.objective import study_dir
 from kdsearch.spec import Spec
 from kdsearch.train import evaluate
 
@@ -67,7 +67,7 @@ def checkpoint_accuracy(spec: Spec, trial: optuna.trial.FrozenTrial, device: str
 
 
 def retrain(
-    spec: Spec, study_name: str, seeds: list[int], device: str | None
+    spec: Spec, folder: Path, seeds: list[int], device: str | None
 ) -> tuple[list[float], list[str]]:
     """Test accuracy (and checkpoint) per seed of ``spec`` retrained on train+val.
 
@@ -80,7 +80,7 @@ def retrain(
     ctx = Context.load(final, device, with_teacher=final.distills)
     accuracies, checkpoints = [], []
     for seed in seeds:
-        out = study_dir(study_name) / "final" / f"seed-{seed}.pt"
+        out = folder / "final" / f"seed-{seed}.pt"
         outcome = train_student(ctx, final.with_overrides({"train.seed": seed}), out)
         accuracies.append(outcome.test_accuracy)
         checkpoints.append(str(out))
@@ -101,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
         "val_accuracy": trial.value,
     }
     if args.retrain:
-        accuracies, checkpoints = retrain(trial_spec, args.study, seeds, args.device)
+        accuracies, checkpoints = retrain(trial_spec, studies.folder(study), seeds, args.device)
         result.update(mode="retrain", seeds=seeds, checkpoints=checkpoints)
     else:
         accuracies = [checkpoint_accuracy(trial_spec, trial, args.device)]

@@ -1,11 +1,13 @@
 """The checkpoint store: where a trial's resume state and best model live beyond one machine.
 
-Every trial trains in a local folder (``models/studies/<study>/trial-NNNNN``). When workers
+Every trial trains in a local folder (``models/studies/<study>-<id>/trial-NNNNN``). When workers
 span machines, a retry may run on another machine than the attempt it resumes, so with
 ``search.artifact_store`` set (a shared folder, or ``s3://bucket``) each epoch's resume state
 and the best model are also uploaded with Optuna's artifact API and attached to the trial;
 a retry downloads the newest resume state of its retry chain before it starts. Only the newest
-upload per file is kept, and pruned or no-longer-best trials' uploads are removed.
+upload per file is kept, and pruned or no-longer-best trials' uploads are removed. In a shared
+folder each study's uploads sit in a subfolder named like its local folder (``<study>-<id>``);
+in S3 they are keyed by Optuna's unique artifact ids, which only that study's trials record.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def trial_by_number(study: optuna.Study, number: int) -> optuna.trial.FrozenTria
 class CheckpointStore:
     """Uploads and downloads of trial files; a no-op when no artifact store is configured."""
 
-    def __init__(self, location: str | None) -> None:
+    def __init__(self, location: str | None, study_folder: str = "") -> None:
         self.store: Any = None
         self._latest: dict[tuple[int, str], str] = {}
         if not location:
@@ -54,7 +56,7 @@ class CheckpointStore:
                     "search.artifact_store: s3:// needs boto3; pip install boto3"
                 ) from None
         else:
-            path = resolve(location.removeprefix("file://"))
+            path = resolve(location.removeprefix("file://")) / study_folder
             path.mkdir(parents=True, exist_ok=True)
             self.store = FileSystemArtifactStore(path)
 

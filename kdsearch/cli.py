@@ -60,8 +60,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
     from kdsearch import study
 
     spec = _load_spec(a.spec)
-    study.make_sampler(spec)
-    study.make_pruner(spec)
+    study.check(spec)
     if a.json:
         _print_json(spec.to_dict())
     else:
@@ -129,8 +128,7 @@ def cmd_create_study(a: argparse.Namespace) -> int:
     from kdsearch import storage, study
 
     spec = _load_spec(a.spec)
-    study.make_sampler(spec)  # a bad sampler or pruner fails before the database is touched
-    study.make_pruner(spec)
+    study.check(spec)  # an impossible spec fails before the database is touched
     url = storage.resolve_url(a.storage, spec.storage)
     name = a.study_name or spec.name
     study.create(spec, storage.open_storage(url), name, a.load_if_exists)

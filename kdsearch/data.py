@@ -94,6 +94,11 @@ def split(raw: RawDataset, spec: DatasetSpec) -> Splits:
     rng = np.random.default_rng(spec.seed)
     order = rng.permutation(len(raw.train))
     n_val = round(len(order) * spec.val_fraction)
+    if spec.val_fraction > 0 and n_val == 0:
+        raise KDSearchError(
+            f"dataset.val_fraction: {spec.val_fraction} of {len(order)} training images is "
+            f"0 validation images; raise it to at least {1 / len(order):.2g}"
+        )
     val, rest = order[:n_val], order[n_val:]
     rest = rest[: max(1, round(len(rest) * spec.subset_fraction))]
     train = raw.train.subset(np.sort(rest))

@@ -6,14 +6,17 @@ each named loss term so far (``loss_terms``: name → one value per epoch).
 
 A trial samples ``search.space``, applies the values as spec overrides, and trains with the
 worker's :class:`~kdsearch.experiment.Context`. Its value is the best validation accuracy
-over its epochs. Each epoch's state is checkpointed under the trial chain's folder, so a
-retry of a killed trial (Optuna's heartbeat re-queues it with the same parameters) resumes
-from the last finished epoch instead of starting over.
+over its epochs. Each epoch's state is checkpointed under the trial chain's folder in the
+study's folder (:func:`kdsearch.study.folder`), so a retry of a killed trial (Optuna's
+heartbeat re-queues it with the same parameters) resumes from the last finished epoch instead
+of starting over. The state records the study id, the chain and the parameters it was written
+for, and only a run with the same three resumes it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import socket
@@ -26,9 +29,9 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from kdsearch import nets, progress
+from kdsearch import study as studies
 from kdsearch.checkpoints import CheckpointStore, trial_by_number
 from kdsearch.experiment import Context, train_student
-from kdsearch.paths import models_dir
 from kdsearch.spec import ParamSpec, Spec
 from kdsearch.train import EpochResult, History, NonFiniteLoss
 
@@ -49,11 +52,6 @@ def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
     return out
 
 
-def study_dir(study_name: str) -> Path:
-    """Where a study's checkpoints and TensorBoard logs live."""
-    return models_dir() / "studies" / study_name
-
-
 def retry_chain(trial: optuna.Trial) -> list[int]:
     """Numbers of the earlier attempts this trial retries, first one first (empty if none)."""
     # A live Trial has no system_attrs in Optuna 5; the FrozenTrial from storage does.
@@ -67,26 +65,42 @@ class Objective:
     """Callable for ``study.optimize``; holds the worker's context across trials."""
 
     def __init__(
-        self, ctx: Context, study_name: str, should_stop: Callable[[], bool] = lambda: False
+        self, ctx: Context, study: optuna.Study, should_stop: Callable[[], bool] = lambda: False
     ) -> None:
         self.ctx = ctx
         self.spec: Spec = ctx.spec
-        self.study_name = study_name
+        self.study_id = studies.study_id(study)
+        self.folder = studies.folder(study)
         self.should_stop = should_stop
-        self.store = CheckpointStore(ctx.spec.search.artifact_store)
+        self.store = CheckpointStore(ctx.spec.search.artifact_store, self.folder.name)
         #: The trial in progress (so a worker can re-queue it when interrupted).
         self.current: optuna.Trial | None = None
         self.trials_started = 0
+        #: Why the last trial failed (None if it did not), for the worker's repeat check.
+        self.last_failure: str | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial
         self.trials_started += 1
+        self.last_failure = None
+        try:
+            value = self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            self.last_failure = f"{type(err).__name__}: {err}"
+            raise
+        if not math.isfinite(value):  # Optuna fails the trial; say why in the worker's terms
+            self.last_failure = f"validation accuracy is {value}"
+        return value
+
+    def _run(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = suggest(trial, self.spec.search.space)
         spec = self.spec.with_overrides(params)
         chain = retry_chain(trial)
         root = chain[0] if chain else trial.number
-        workdir = study_dir(self.study_name) / f"trial-{root:05d}"
+        workdir = self.folder / f"trial-{root:05d}"
         # A retry on another machine finds the resume state in the artifact store, if any.
         if self.store.pull(trial.study, chain, workdir / "last.pt"):
             self.store.pull(trial.study, chain, workdir / "best.pt")
@@ -121,7 +135,7 @@ class Objective:
                 )
 
         # One TensorBoard run per retry chain, so a resumed trial continues its own curves.
-        tb = study_dir(self.study_name) / "tensorboard" / f"trial-{root:05d}"
+        tb = self.folder / "tensorboard" / f"trial-{root:05d}"
         try:
             outcome = train_student(
                 self.ctx,
@@ -130,6 +144,7 @@ class Objective:
                 workdir=workdir,
                 on_epoch=on_epoch,
                 on_resume=on_resume,
+                resume_tag={"study_id": self.study_id, "trial": root, "params": params},
                 should_stop=self.should_stop,
                 progress=progress.show_bar(),
                 tensorboard_dir=tb if spec.train.tensorboard else None,
@@ -189,14 +204,13 @@ def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) ->
 def delete_study(storage: Any, name: str) -> Path | None:
     """Delete study ``name``, its uploads and its folder (the shared teacher cache stays);
     returns the folder if it existed."""
-    from kdsearch.study import load_spec
-
-    store = CheckpointStore(load_spec(storage, name).search.artifact_store)
+    spec = studies.load_spec(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
+    folder = studies.folder(study)
+    store = CheckpointStore(spec.search.artifact_store, folder.name)
     for t in study.get_trials(deepcopy=False):
         store.remove_all(study, t)
     optuna.delete_study(study_name=name, storage=storage)
-    folder = study_dir(name)
     if not folder.is_dir():
         return None
     shutil.rmtree(folder)

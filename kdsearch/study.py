@@ -3,6 +3,10 @@
 ``create-study`` validates the spec once and stores it on the study (user attribute
 ``kdsearch_spec``), so a worker on any machine needs only the storage URL and the study name.
 Samplers and pruners are Optuna's own, named in the spec with Optuna's argument names.
+
+Each study also gets a random id at creation (user attribute ``kdsearch_study_id``), and every
+file of the study lives under ``models/studies/<name>-<id>/`` (:func:`folder`): a study deleted
+and created again, or one of the same name on another database, never finds the other's files.
 """
 
 from __future__ import annotations
@@ -11,14 +15,35 @@ import hashlib
 import json
 import os
 import socket
+import uuid
+from pathlib import Path
 from typing import Any
 
 from kdsearch import spec as specs
 from kdsearch.errors import KDSearchError, unknown_name
+from kdsearch.paths import models_dir
 from kdsearch.spec import ParamSpec, Spec
 
 SPEC_ATTR = "kdsearch_spec"
 VERSION_ATTR = "kdsearch_spec_version"
+ID_ATTR = "kdsearch_study_id"
+
+
+def study_id(study: Any) -> str | None:
+    """The id ``create-study`` gave the study; None for a study created before ids existed."""
+    return study.user_attrs.get(ID_ATTR)
+
+
+def folder(study: Any) -> Path:
+    """Where a study's files live: trial checkpoints, TensorBoard runs, final retrains.
+
+    The one place a path is derived from a study. A study created before ids existed keeps
+    its old folder, ``models/studies/<name>``, so its recorded checkpoints stay valid; such a
+    study shares that folder with any other study of its name (create it again to get an id).
+    """
+    sid = study_id(study)
+    name = f"{study.study_name}-{sid}" if sid else study.study_name
+    return models_dir() / "studies" / name
 
 
 def _samplers() -> dict[str, Any]:
@@ -102,6 +127,22 @@ def make_pruner(spec: Spec) -> Any:
         raise KDSearchError(f"search.pruner: {err} (Optuna's argument names apply)") from None
 
 
+def check(spec: Spec) -> None:
+    """Refuse a spec whose trials could never produce a value (``validate``, ``create-study``).
+
+    Such a study would not fail once: a failed trial does not count toward the budget, so
+    workers would train and fail trial after trial. Settings a plain ``train`` may use (no
+    validation split: keep the last epoch) are impossible for a search, which ranks by it.
+    """
+    make_sampler(spec)
+    make_pruner(spec)
+    if spec.dataset.val_fraction == 0:
+        raise KDSearchError(
+            "dataset.val_fraction: 0 leaves no validation images, and a search ranks trials "
+            "by validation accuracy; set it above 0, e.g. 0.1"
+        )
+
+
 def spec_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two stored specs."""
     out = []
@@ -144,6 +185,7 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
     )
     study.set_user_attr(SPEC_ATTR, stored)
     study.set_user_attr(VERSION_ATTR, specs.SPEC_VERSION)
+    study.set_user_attr(ID_ATTR, uuid.uuid4().hex[:8])
     return study
 
 

@@ -17,6 +17,7 @@ Optuna objective reports and prunes. A run resumes from that state bit for bit.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,8 @@ from kdsearch.checkpoint import atomic_save, safe_load
 from kdsearch.data import UNLABELED, Images, Splits
 from kdsearch.errors import KDSearchError
 from kdsearch.spec import Spec
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(Exception):
@@ -216,6 +219,9 @@ class Run:
     on_epoch: Callable[[EpochResult, History], None] | None = None
     #: Called with the restored history when a run resumes from ``workdir/last.pt``.
     on_resume: Callable[[History], None] | None = None
+    #: What the resume state must have been written for (a trial's study id and parameters):
+    #: state saved with another tag, or none, is not resumed and the run starts fresh.
+    resume_tag: dict[str, Any] | None = None
     #: Called with the model whenever validation accuracy improves (writes ``best.pt``).
     on_best: Callable[[nn.Module, EpochResult], None] | None = None
     should_stop: Callable[[], bool] = lambda: False
@@ -242,8 +248,9 @@ def fit(run: Run) -> History:
     schedule = make_schedule(optimizer, spec)
     gen = torch.Generator(device=device).manual_seed(spec.train.seed)
     history = History()
-    if run.workdir is not None and (run.workdir / "last.pt").is_file():
-        history = _restore(run.workdir / "last.pt", model, method, optimizer, schedule, gen)
+    state = _resume_state(run)
+    if state is not None:
+        history = _restore(state, model, method, optimizer, schedule, gen)
         if run.on_resume is not None:
             run.on_resume(history)
     step = torch.compile(model) if spec.train.compile else model
@@ -283,7 +290,7 @@ def fit(run: Run) -> History:
             if improved and run.on_best is not None:
                 run.on_best(model, result)
             if run.workdir is not None:
-                _save_state(run.workdir, model, method, optimizer, schedule, gen, history)
+                _save_state(run, model, method, optimizer, schedule, gen, history)
             if writer is not None:
                 _log_scalars(writer, result)
             bar.set_postfix_str(
@@ -383,7 +390,7 @@ def _train_epoch(
 
 
 def _save_state(
-    workdir: Path,
+    run: Run,
     model: nn.Module,
     method: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -401,19 +408,42 @@ def _save_state(
         "epochs": [vars(e) for e in history.epochs],
         "best_val": history.best_val,
         "best_epoch": history.best_epoch,
+        "tag": run.resume_tag,
     }
-    atomic_save(state, workdir / "last.pt")
+    assert run.workdir is not None
+    atomic_save(state, run.workdir / "last.pt")
+
+
+def _resume_state(run: Run) -> dict[str, Any] | None:
+    """The resume state in ``workdir/last.pt`` if it was written for this run, else None.
+
+    A state written for other parameters or another study (a folder reused after a study was
+    deleted and created again) would continue someone else's weights and curve: the run
+    starts from epoch 0 with a warning instead, and its first epoch overwrites that state.
+    """
+    path = run.workdir / "last.pt" if run.workdir is not None else None
+    if path is None or not path.is_file():
+        return None
+    state = safe_load(path, "resume state")
+    if state.get("tag") == run.resume_tag:
+        return state
+    log.warning(
+        "%s was written for %s, not for this run (%s); starting from epoch 0",
+        path,
+        state.get("tag", "an unknown run"),
+        run.resume_tag,
+    )
+    return None
 
 
 def _restore(
-    path: Path,
+    state: dict[str, Any],
     model: nn.Module,
     method: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: Any,
     gen: torch.Generator,
 ) -> History:
-    state = safe_load(path, "resume state")
     model.load_state_dict(state["model"])
     method.load_state_dict(state.get("method", {}))
     optimizer.load_state_dict(state["optimizer"])

@@ -8,7 +8,13 @@ the spec from the study, the data and the teacher once, and runs Optuna's ``opti
 Budget: the spec's ``search.n_trials`` counts finished trials (complete or pruned) across all
 workers; Optuna's ``MaxTrialsCallback`` stops a worker after a trial once it is reached. A
 worker that started a trial before the last one finished still completes it, so a study ends
-with at most ``n_trials + workers - 1`` finished trials.
+with at most ``n_trials + workers - 1`` finished trials, plus the retries of trials whose
+worker died near the end, which the last workers run before leaving (:func:`finish_orphans`).
+
+Failures: a failed trial does not count toward the budget, so a failure that repeats (a value
+that cannot be computed, out of memory on every trial) would loop for ever: a worker whose
+``REPEATED_FAILURES`` last trials failed with the same error stops with that error on one line
+and exit code 2.
 
 Stopping: SIGTERM or SIGINT makes a worker stop between two batches; its trial is marked
 failed and re-queued with the same parameters, and the retry resumes from the last epoch
@@ -27,17 +33,20 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
 from kdsearch import progress
+from kdsearch.errors import KDSearchError
 from kdsearch.storage import ENV as STORAGE_ENV
 
 log = logging.getLogger("kdsearch.worker")
 
 #: How long the parent waits for workers after forwarding a stop signal before killing them.
 STOP_GRACE_S = 25
+#: Trials in a row, in one worker, that fail with one error before the worker gives up.
+REPEATED_FAILURES = 3
 
 
 def default_devices() -> list[str]:
@@ -149,16 +158,36 @@ def run(
         pruner=studies.make_pruner(spec),
     )
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    if len(study.get_trials(deepcopy=False, states=finished)) >= s.n_trials:
+
+    def budget_met() -> bool:
+        return len(study.get_trials(deepcopy=False, states=finished)) >= s.n_trials
+
+    if budget_met() and not _orphans(study, storage):
         log.info("study %s has reached its budget of %d trials", study_name, s.n_trials)
         return 0
+    if studies.study_id(study) is None:
+        log.warning(
+            "study %s was created before study ids: its files share models/studies/%s with "
+            "any other study of that name; create it again for a folder of its own",
+            study_name,
+            study_name,
+        )
     ctx = Context.load(spec, device)
-    objective = Objective(ctx, study_name, should_stop=stop.is_set)
+    objective = Objective(ctx, study, should_stop=stop.is_set)
+    failures: list[str] = []
 
     def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         prune_checkpoints(st, s.keep_checkpoints, objective.store)
+        _count_failure(failures, trial, objective.last_failure)
         if stop.is_set():
             st.stop()
+
+    catch = (torch.OutOfMemoryError,)
+
+    def run_retry() -> None:
+        study.optimize(
+            objective, n_trials=1, callbacks=[after_trial, progress.trial_done], catch=catch
+        )
 
     started = time.monotonic()
     ran = 0
@@ -168,17 +197,20 @@ def run(
             break
         try:
             before = objective.trials_started
-            study.optimize(
-                objective,
-                n_trials=(n_trials - ran) if n_trials else None,
-                timeout=left,
-                callbacks=[
-                    optuna.study.MaxTrialsCallback(s.n_trials, states=finished),
-                    after_trial,
-                    progress.trial_done,
-                ],
-                catch=(torch.OutOfMemoryError,),
-            )
+            if not budget_met():
+                study.optimize(
+                    objective,
+                    n_trials=(n_trials - ran) if n_trials else None,
+                    timeout=left,
+                    callbacks=[
+                        optuna.study.MaxTrialsCallback(s.n_trials, states=finished),
+                        after_trial,
+                        progress.trial_done,
+                    ],
+                    catch=catch,
+                )
+            if budget_met():
+                finish_orphans(study, storage, run_retry, stop.is_set)
             break
         except Exception as err:
             ran += objective.trials_started - before
@@ -186,6 +218,79 @@ def run(
                 raise
             _requeue(study, objective, s.max_retries, err)
     return 0
+
+
+def _count_failure(streak: list[str], trial: Any, reason: str | None) -> None:
+    """Track this worker's run of identical failures; raise once it is too long."""
+    if trial.state.name != "FAIL":
+        streak.clear()
+        return
+    reason = reason or "unknown error"
+    if streak and streak[-1] != reason:
+        streak.clear()
+    streak.append(reason)
+    if len(streak) >= REPEATED_FAILURES:
+        raise KDSearchError(
+            f"{len(streak)} trials in a row failed with the same error ({reason}); "
+            "this worker stops: fix the spec or its cause, then start the worker again"
+        )
+
+
+def _silent_trials(storage: Any, study_id: int, seconds: float) -> list[int]:
+    """RUNNING trials whose heartbeat has been silent for over ``seconds``.
+
+    Optuna's own staleness query with a shorter limit than the grace period: a live worker
+    beats every interval, so a trial silent for two intervals has lost its worker.
+    """
+    from types import SimpleNamespace
+
+    from optuna.storages import RDBStorage
+
+    if not isinstance(storage, RDBStorage) or not storage.heartbeat_interval:
+        return []  # no heartbeats (gRPC proxy): nothing can tell a dead worker
+    view = SimpleNamespace(
+        heartbeat_interval=storage.heartbeat_interval,
+        grace_period=seconds,
+        scoped_session=storage.scoped_session,
+    )
+    return RDBStorage._get_stale_trial_ids(view, study_id)  # type: ignore[arg-type]
+
+
+def _orphans(study: Any, storage: Any) -> bool:
+    """Whether a trial needs this worker although the budget is met: a queued retry, or a
+    RUNNING trial whose worker has died."""
+    import optuna
+
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    if any("failed_trial" in t.system_attrs for t in waiting):
+        return True
+    interval = getattr(storage, "heartbeat_interval", None) or 0
+    return bool(_silent_trials(storage, study._study_id, 2 * interval))
+
+
+def finish_orphans(
+    study: Any, storage: Any, run_retry: Callable[[], None], stopping: Callable[[], bool]
+) -> None:
+    """Before leaving a study whose budget is met, fail and retry trials whose worker died.
+
+    Optuna fails a trial whose heartbeat stopped only when a worker asks for a new trial after
+    the grace period, and workers stop asking once the budget is met: a worker killed near the
+    end would leave its trial RUNNING for ever, its epochs lost. So while a RUNNING trial's
+    heartbeat is silent, wait out the grace period; Optuna's ``fail_stale_trials`` then fails
+    it and its ``RetryHeartbeatStaleTrialCallback`` queues the retry, which runs here and
+    resumes from the epoch checkpoint. Trials whose heartbeat is alive belong to live
+    workers, which finish them: then the worker leaves.
+    """
+    import optuna
+
+    while not stopping() and _orphans(study, storage):
+        optuna.storages.fail_stale_trials(study)
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if any("failed_trial" in t.system_attrs for t in waiting):
+            log.info("budget met; running the retry of a trial whose worker died")
+            run_retry()
+        else:
+            time.sleep(1)
 
 
 def _survivable(err: Exception, stopping: bool) -> bool:

@@ -18,6 +18,7 @@ import optuna
 import pytest
 import torch
 
+from kdsearch import study as studies
 from kdsearch.checkpoint import load_checkpoint
 
 CLI = Callable[..., CompletedProcess[str]]
@@ -70,6 +71,9 @@ def test_best_retrain_trains_one_final_model_per_seed(
     assert result["mode"] == "retrain"
     assert result["seeds"] == [0, 1]
     assert result["params"] == searched.best_trial.params
+    # Final models live in the study's own folder, named by its id, not by its bare name.
+    sid = studies.study_id(searched)
+    assert sid and all(f"synth-{sid}/final/seed-" in p for p in result["checkpoints"])
     accuracies = result["test_accuracies"]
     assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
     assert math.isclose(result["mean"], statistics.fmean(accuracies))

@@ -270,7 +270,7 @@ def test_every_trial_stores_its_cost_and_loss_terms(kd_home: Path) -> None:
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"student.kwargs.num_channels": 2})
     study.enqueue_trial({"student.kwargs.num_channels": 6})
-    study.optimize(Objective(ctx, "cost"), n_trials=2)
+    study.optimize(Objective(ctx, study), n_trials=2)
     for trial, c in zip(study.trials, (2, 6), strict=True):
         attrs = trial.user_attrs
         assert attrs["student_params"] == _cnn5_params(c, 4)

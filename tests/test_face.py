@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from kdsearch.objective import study_dir
+from kdsearch import study as studies
 from kdsearch.progress import fmt, fmt_params
 
 STATUS_KEYS = {
@@ -129,7 +129,7 @@ def test_extend_then_delete(cli, write_spec, kd_home):
     (row,) = status_json(cli, url)
     assert row["n_trials"] == 2 and row["finished"] == 2
 
-    folder = study_dir("synth")
+    folder = studies.folder(optuna.load_study(study_name="synth", storage=url))
     assert folder.is_dir()
     caches = list((kd_home / "models" / "cache").iterdir())
     no_tty = cli("delete", "--study", "synth", "--storage", url)

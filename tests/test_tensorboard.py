@@ -1,7 +1,7 @@
 """``train.tensorboard: true``: each trial writes its own TensorBoard run, read back here.
 
 One worker process runs a short real search; the event files under
-``models/studies/<study>/tensorboard/trial-NNNNN`` must hold one point per epoch the trial ran
+``models/studies/<study>-<id>/tensorboard/trial-NNNNN`` must hold one point per epoch the trial ran
 for each scalar, and the validation curve must equal what the trial reported to Optuna.
 """
 
@@ -14,6 +14,8 @@ from typing import Any
 import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kdsearch import study as studies
 
 STORAGE = "sqlite:///kd.db"
 SCALARS = {"val/accuracy", "train/loss", "lr"}
@@ -31,9 +33,11 @@ def test_each_trial_writes_its_scalars(
         proc = cli(*args)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    trials = optuna.load_study(study_name="synth", storage=STORAGE).get_trials(deepcopy=False)
+    study = optuna.load_study(study_name="synth", storage=STORAGE)
+    trials = study.get_trials(deepcopy=False)
     assert len(trials) >= 3
-    root = kd_home / "models" / "studies" / "synth" / "tensorboard"
+    root = studies.folder(study) / "tensorboard"
+    assert root.parent.name == f"synth-{studies.study_id(study)}"
     runs = sorted(p.name for p in root.glob("trial-*"))
     assert runs == [f"trial-{t.number:05d}" for t in trials]
     for t in trials:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from conftest import SYNTHETIC_SPEC
 
 from kdsearch import data, nets
+from kdsearch.checkpoint import safe_load
 from kdsearch.data import Images
 from kdsearch.spec import Spec, from_dict, merge
 from kdsearch.train import (
@@ -230,3 +232,39 @@ def test_a_last_batch_of_one_image_is_skipped() -> None:
     assert len(d.train) == 257
     history = fit(Run(spec, _model(spec, d), d, progress=False))
     assert history.epochs[0].images == 256 and math.isfinite(history.epochs[0].train_loss)
+
+
+def test_resume_state_written_for_another_run_is_not_resumed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resume state is resumed only by a run with the tag it was written for: another study's
+    id, other parameters or no tag at all (an older kdsearch) start fresh with a warning."""
+    spec, d = _setup({**RESUME, "train": {**RESUME["train"], "epochs": 1}})
+    tag = {"study_id": "0a1b2c3d", "trial": 0, "params": {"lr": 0.01}}
+    first = tmp_path / "first"
+    fit(Run(spec, _model(spec, d), d, workdir=first, resume_tag=tag, progress=False))
+    others = [{**tag, "study_id": "ffffffff"}, {**tag, "params": {"lr": 0.02}}, None]
+    for i, other in enumerate(others):
+        workdir = tmp_path / f"other{i}"
+        workdir.mkdir()
+        shutil.copy(first / "last.pt", workdir / "last.pt")
+        caplog.clear()
+        resumed: list[History] = []
+        history = fit(
+            Run(
+                spec,
+                _model(spec, d),
+                d,
+                workdir=workdir,
+                resume_tag=other,
+                on_resume=resumed.append,
+                progress=False,
+            )
+        )
+        assert resumed == [] and history.resumed_from_epoch is None, other
+        assert len(history.epochs) == 1, "trained from epoch 0"
+        assert "starting from epoch 0" in caplog.text
+        assert safe_load(workdir / "last.pt")["tag"] == other, "its own state replaced it"
+    # The run it was written for resumes it (nothing left to train).
+    same = fit(Run(spec, _model(spec, d), d, workdir=first, resume_tag=dict(tag), progress=False))
+    assert same.resumed_from_epoch == 1
