@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from conftest import run_cli
