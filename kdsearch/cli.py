@@ -327,13 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("-o", "--output", help="file to write (format from its suffix)")
     p.add_argument("--format", choices=["csv", "markdown", "json", "latex", "parquet"])
-    p.add_argument("--top", type=int, help="only the best K trials")
+    p.add_argument("--top", type=int, metavar="K", help="only the best K trials (K >= 1)")
     p.add_argument("--columns", metavar="A,B,...", help="only these columns, in this order")
     p.add_argument("--state", choices=["complete", "pruned", "all"], default="all")
     p.add_argument(
         "--pivot",
         metavar="ROW,COL",
-        help="best validation accuracy over two parameters, e.g. alpha,temperature",
+        help="best validation accuracy over two parameters, e.g. alpha,temperature; "
+        "a continuous one is cut into --bins quantile ranges",
+    )
+    p.add_argument(
+        "--bins",
+        type=int,
+        default=4,
+        metavar="K",
+        help="ranges per parameter for --pivot (default: 4)",
     )
     p.add_argument(
         "--compare",
