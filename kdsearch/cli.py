@@ -123,14 +123,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_create_study(a: argparse.Namespace) -> int:
-    from kdsearch import storage, study
+    from kdsearch import dashboard, storage, study
 
     spec = _load_spec(a.spec)
     study.make_sampler(spec)  # a bad sampler or pruner fails before the database is touched
     study.make_pruner(spec)
     url = storage.resolve_url(a.storage, spec.storage)
     name = a.study_name or spec.name
-    study.create(spec, storage.open_storage(url), name, a.load_if_exists)
+    created = study.create(spec, storage.open_storage(url), name, a.load_if_exists)
+    dashboard.describe(created, spec)
+    if spec.search.artifact_store:
+        dashboard.attach(
+            created, spec.search.artifact_store, {"spec.yaml": dashboard.spec_yaml(spec).encode()}
+        )
     print(f"study {name} in {storage.mask(url)}")
     print(f"next: kdsearch worker --study {name} --storage '{storage.mask(url)}'")
     return 0
@@ -158,11 +163,19 @@ def cmd_export_table(a: argparse.Namespace) -> int:
 def cmd_dashboard(a: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from kdsearch import storage
+    from kdsearch import dashboard, storage
 
     url = storage.resolve_url(a.storage)
-    print(f"optuna-dashboard on http://{a.host}:{a.port} for {storage.mask(url)}", flush=True)
-    optuna_dashboard.run_server(storage.open_storage(url), host=a.host, port=a.port)
+    opened = storage.open_storage(url)
+    location = a.artifact_store or dashboard.artifact_location(opened)
+    files = f", artifacts in {location}" if location else ""
+    print(
+        f"optuna-dashboard on http://{a.host}:{a.port}/dashboard for {storage.mask(url)}{files}",
+        flush=True,
+    )
+    optuna_dashboard.run_server(
+        opened, host=a.host, port=a.port, artifact_store=dashboard.artifact_store(location)
+    )
     return 0
 
 
@@ -354,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--artifact-store",
+        help="folder or s3://bucket whose files (report figures, spec) the dashboard shows "
+        "(default: the one the studies' specs name)",
+    )
 
     p = add("nets", cmd_nets, "list the architectures with parameter counts and FLOPs")
     p.add_argument("--num-classes", type=int, default=10)
@@ -386,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain the best parameters on train+val for each seed",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds for --retrain")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also the alpha = 0 student with the best trial's other hyperparameters and seed "
+        "(trained once, then stored on the study)",
+    )
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
 
@@ -393,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True)
     _storage_arg(p)
     p.add_argument("-o", "--output", help="folder (default: reports/<study>)")
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="do not train the alpha = 0 baseline if the study has none (it is trained once)",
+    )
+    p.add_argument("--device", help="for training the baseline (default: the spec's)")
 
     p = add(
         "storage-proxy",
