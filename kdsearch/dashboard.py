@@ -65,7 +65,9 @@ def describe(study: optuna.Study, spec: Spec) -> None:
     """Name the metric, write the spec note and the teacher attributes (idempotent)."""
     from optuna_dashboard import save_note
 
-    study.set_metric_names([METRIC])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC])
     for key, value in teacher_attrs(spec).items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)

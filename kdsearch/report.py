@@ -97,6 +97,10 @@ def _fmt(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else "n/a" if v is None else str(v)
 
 
+def _acc(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def _spec_lines(spec: Spec) -> list[str]:
     s, t = spec.search, spec.train
     lines = [
@@ -129,7 +133,7 @@ def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
         md += [f"- `{k}` = {_fmt(v)}" for k, v in best.params.items()] + [""]
         rows, _ = compare_rows(study, spec)
         md += ["## Against the teacher and the baseline", "", "| | val accuracy | test accuracy |"]
-        md += ["|---|---|---|", *(f"| {k} | {' | '.join(map(_fmt, v))} |" for k, v in rows.items())]
+        md += ["|---|---|---|", *(f"| {k} | {' | '.join(map(_acc, v))} |" for k, v in rows.items())]
         md += ["", *extra, ""]
     md += ["## Figures", "", *(f"![{n}]({n}.png)\n" for n in drawn)]
     md += ["Skipped:", "", *skipped, ""] if skipped else [""]

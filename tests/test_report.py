@@ -79,7 +79,7 @@ def test_report_of_a_finished_search(cli: Cli, write_spec: Callable[..., Path]) 
         0,
     )
     assert Path(base["checkpoint"]).is_file()
-    row = f"| baseline, alpha = 0 (trial {best.number}'s settings) | {base['val_accuracy']:.6g} |"
+    row = f"| baseline, alpha = 0 (trial {best.number}'s settings) | {base['val_accuracy']:.4f} |"
     assert row in md
     assert "| teacher (cnn5) |" in md and f"| best distilled (trial {best.number}) |" in md
     assert "cnn5 {'num_channels': 4}" in md and "`temperature`: float [1, 10] log" in md
@@ -130,8 +130,8 @@ def test_report_skips_what_it_cannot_draw(cli: Cli, write_spec: Callable[..., Pa
     assert check_report(Path("one"), out) == FIGURES - {"param_importances"}
     md = Path("one/report.md").read_text()
     assert "- param_importances: skipped, needs at least 10 complete trials to rank" in md
-    assert "| baseline, alpha = 0 (stored) | 0.25 | 0.125 |" in md
-    assert "| best distilled (trial 0) | 0.5 | n/a |" in md
+    assert "| baseline, alpha = 0 (stored) | 0.2500 | 0.1250 |" in md
+    assert "| best distilled (trial 0) | 0.5000 | n/a |" in md
     assert "| teacher (cnn5) |" in md
 
 
