@@ -8,6 +8,7 @@ to check that a figure that cannot be drawn is skipped with a note instead of a 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +80,13 @@ def test_report_of_a_finished_search(cli: Cli, write_spec: Callable[..., Path]) 
         0,
     )
     assert Path(base["checkpoint"]).is_file()
+    # It is exactly the plain student a user would train by hand with those settings.
+    sets = [f"--set={k}={v!r}" for k, v in others.items()]
+    by_hand = json.loads(ok(cli("train", str(spec), "--set=distill.alpha=0", *sets, "--json")))
+    assert (by_hand["val_accuracy"], by_hand["test_accuracy"]) == (
+        base["val_accuracy"],
+        base["test_accuracy"],
+    )
     row = f"| baseline, alpha = 0 (trial {best.number}'s settings) | {base['val_accuracy']:.4f} |"
     assert row in md
     assert "| teacher (cnn5) |" in md and f"| best distilled (trial {best.number}) |" in md
@@ -101,6 +109,10 @@ def test_report_of_a_finished_search(cli: Cli, write_spec: Callable[..., Path]) 
     assert "training" not in again
     assert dashboard.study_artifacts(study) == attached
     assert optuna.load_study(study_name="synth", storage=STORAGE).user_attrs["baseline"] == base
+    shown = json.loads(
+        ok(cli("best", "--study", "synth", "--storage", STORAGE, "--baseline", "--json"))
+    )
+    assert shown["baseline"] == base  # `best --baseline` reuses it too
 
 
 def test_report_skips_what_it_cannot_draw(cli: Cli, write_spec: Callable[..., Path]) -> None:
