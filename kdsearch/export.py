@@ -45,7 +45,9 @@ ATTRS = (
 #: Tables for people (markdown, LaTeX) get per-column digits (:func:`readable`); tables for
 #: programs (csv, json, parquet) keep every digit.
 RENDERERS = {
-    "markdown": lambda df, index: readable(df).to_markdown(index=index, disable_numparse=True),
+    "markdown": lambda df, index: readable(df).to_markdown(
+        index=index, disable_numparse=True, colalign=_alignment(df, index)
+    ),
     "csv": lambda df, index: df.to_csv(index=index).rstrip("\n"),
     "json": lambda df, index: df.to_json(orient="records", indent=1),
     "latex": lambda df, index: readable(df).to_latex(index=index).rstrip("\n"),
@@ -116,6 +118,15 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         fmt = column_format(str(name), col)
         out[name] = [fmt(v) if pd.notna(v) else "" for v in col]
     return out
+
+
+def _alignment(df: pd.DataFrame, index: bool) -> list[str]:
+    """Numbers right-aligned (digits line up), text left, for tabulate's ``colalign``."""
+    numeric = [
+        pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+        for c in df.columns
+    ]
+    return ["left"] * index + ["right" if n else "left" for n in numeric]
 
 
 def quantile_bins(values: pd.Series, bins: int) -> pd.Series:

@@ -93,7 +93,7 @@ def test_report_of_a_finished_search(cli: Cli, write_spec: Callable[..., Path]) 
     assert "cnn5 {'num_channels': 4}" in md and "`temperature`: float [1, 10] log" in md
     table = md.split("## Trials (best 20)", 1)[1]
     assert "| number |" in re.sub(r" +", " ", table)
-    assert len([ln for ln in table.splitlines() if re.match(r"\|\s*\d+ \|", ln)]) == len(trials)
+    assert len([ln for ln in table.splitlines() if re.match(r"\|\s*\d+\s+\|", ln)]) == len(trials)
     states = {t.state.name.lower() for t in trials}
     assert all(s in md.splitlines()[2] for s in states)
 
