@@ -105,6 +105,7 @@ def test_report_of_a_finished_search(cli: Cli, write_spec: Callable[..., Path]) 
     }
     stored = Path("artifacts") / attached["baseline.png"]
     assert stored.read_bytes() == (rep / "baseline.png").read_bytes()
+    trained = Path(base["checkpoint"]).stat().st_mtime_ns
     again = ok(cli("report", "--study", "synth", "--storage", STORAGE, "-o", "rep"))
     assert "training" not in again
     assert dashboard.study_artifacts(study) == attached
@@ -113,6 +114,7 @@ def test_report_of_a_finished_search(cli: Cli, write_spec: Callable[..., Path]) 
         ok(cli("best", "--study", "synth", "--storage", STORAGE, "--baseline", "--json"))
     )
     assert shown["baseline"] == base  # `best --baseline` reuses it too
+    assert Path(base["checkpoint"]).stat().st_mtime_ns == trained  # never trained again
 
 
 def test_report_skips_what_it_cannot_draw(cli: Cli, write_spec: Callable[..., Path]) -> None:
