@@ -24,10 +24,12 @@ from kdsearch import study as studies
 from kdsearch.checkpoint import load_model
 from kdsearch.errors import KDSearchError
 from kdsearch.experiment import Context, train_student
-from kdsearch.spec import Spec
+from kdsearch.spec import ALIASES, Spec
 from kdsearch.train import evaluate
 
 FINAL_ATTR = "final"
+#: The no-distillation student trained with the best trial's other hyperparameters and seed.
+BASELINE_ATTR = "baseline"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -87,6 +89,43 @@ def retrain(
     return accuracies, checkpoints
 
 
+def ensure_baseline(study: optuna.Study, spec: Spec, device: str | None) -> dict[str, Any] | None:
+    """The alpha = 0 student beside the best trial, trained once and stored on the study.
+
+    It gets the best trial's other hyperparameters and its seed, so the only difference is
+    the distillation term. A stored baseline is reused while the best trial's other
+    hyperparameters are the ones it was trained with (a baseline without them, as older
+    kdsearch's demo stored, is reused as it is). None for a study without a teacher.
+    """
+    if spec.teacher is None:
+        return None
+    trial = best_trial(study)
+    others = {k: v for k, v in trial.params.items() if ALIASES.get(k, k) != "distill.alpha"}
+    stored = study.user_attrs.get(BASELINE_ATTR)
+    if isinstance(stored, dict) and stored.get("params", others) == others:
+        return stored
+    base = spec.with_overrides(trial.params).with_overrides({"distill.alpha": 0.0})
+    result: dict[str, Any] = {"from_trial": trial.number, "params": others, "alpha": 0.0}
+    result["seed"] = base.train.seed
+    if not spec.with_overrides(trial.params).distills:  # the best trial is itself the baseline
+        attrs = trial.user_attrs
+        result.update(val_accuracy=trial.value, test_accuracy=attrs.get("test_accuracy"))
+        result.update(parameters=attrs.get("student_params"), checkpoint=attrs.get("checkpoint"))
+    else:
+        out = studies.folder(study) / "baseline" / "best.pt"
+        ctx = Context.load(base, device, with_teacher=False)
+        outcome = train_student(ctx, base, out, progress=False)
+        result.update(
+            val_accuracy=outcome.val_accuracy,
+            test_accuracy=outcome.test_accuracy,
+            parameters=outcome.parameters,
+            checkpoint=str(out),
+            best_epoch=outcome.history.best_epoch + 1,
+        )
+    study.set_user_attr(BASELINE_ATTR, result)
+    return result
+
+
 def main(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.retrain else []  # a typo fails before any work
     storage = storages.open_storage(storages.resolve_url(args.storage))
@@ -116,6 +155,8 @@ def main(args: argparse.Namespace) -> int:
         std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
     )
     study.set_user_attr(FINAL_ATTR, result)
+    if args.baseline:
+        result["baseline"] = ensure_baseline(study, spec, args.device)
     if args.json:
         print(json.dumps(result))
     else:
@@ -138,4 +179,12 @@ def _format(r: dict[str, Any]) -> str:
             f"test accuracy {r['mean']:.4f} ± {r['std']:.4f} over seeds "
             f"{','.join(map(str, r['seeds']))} retrained on train+val ({each})"
         )
+    base = r.get("baseline")
+    if base:
+        lines.append(
+            f"baseline      val {base['val_accuracy']:.4f}, test {base['test_accuracy']:.4f} "
+            f"(alpha = 0, trial {base.get('from_trial', '?')}'s other hyperparameters and seed)"
+        )
+    elif "baseline" in r:
+        lines.append("baseline      none: the study has no teacher, so nothing is distilled")
     return "\n".join(lines)

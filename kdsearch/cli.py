@@ -125,13 +125,18 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_create_study(a: argparse.Namespace) -> int:
-    from kdsearch import storage, study
+    from kdsearch import dashboard, storage, study
 
     spec = _load_spec(a.spec)
     study.check(spec)  # an impossible spec fails before the database is touched
     url = storage.resolve_url(a.storage, spec.storage)
     name = a.study_name or spec.name
-    study.create(spec, storage.open_storage(url), name, a.load_if_exists)
+    created = study.create(spec, storage.open_storage(url), name, a.load_if_exists)
+    dashboard.describe(created, spec)
+    if spec.search.artifact_store:
+        dashboard.attach(
+            created, spec.search.artifact_store, {"spec.yaml": dashboard.spec_yaml(spec).encode()}
+        )
     print(f"study {name} in {storage.mask(url)}")
     print(f"next: kdsearch worker --study {name} --storage '{storage.mask(url)}'")
     return 0
@@ -208,11 +213,19 @@ def cmd_export_table(a: argparse.Namespace) -> int:
 def cmd_dashboard(a: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from kdsearch import storage
+    from kdsearch import dashboard, storage
 
     url = storage.resolve_url(a.storage)
-    print(f"optuna-dashboard on http://{a.host}:{a.port} for {storage.mask(url)}", flush=True)
-    optuna_dashboard.run_server(storage.open_storage(url), host=a.host, port=a.port)
+    opened = storage.open_storage(url)
+    location = a.artifact_store or dashboard.artifact_location(opened)
+    files = f", artifacts in {location}" if location else ""
+    print(
+        f"optuna-dashboard on http://{a.host}:{a.port}/dashboard for {storage.mask(url)}{files}",
+        flush=True,
+    )
+    optuna_dashboard.run_server(
+        opened, host=a.host, port=a.port, artifact_store=dashboard.artifact_store(location)
+    )
     return 0
 
 
@@ -488,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["csv", "markdown", "json", "latex", "parquet"],
         help="table format (default: from --output's suffix, else markdown)",
     )
-    p.add_argument("--top", type=int, help="only the best K trials (default: all)")
+    p.add_argument(
+        "--top", type=int, metavar="K", help="only the best K trials, K >= 1 (default: all)"
+    )
     p.add_argument("--columns", metavar="A,B,...", help="only these columns, in this order")
     p.add_argument(
         "--state", choices=["complete", "pruned", "all"], default="all", help="which trials"
@@ -496,7 +511,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pivot",
         metavar="ROW,COL",
-        help="best validation accuracy over two parameters, e.g. alpha,temperature",
+        help="best validation accuracy over two parameters, e.g. alpha,temperature; "
+        "a continuous one is cut into --bins quantile ranges",
+    )
+    p.add_argument(
+        "--bins",
+        type=int,
+        default=4,
+        metavar="K",
+        help="ranges per parameter for --pivot (default: 4)",
     )
     p.add_argument(
         "--compare",
@@ -509,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
+    p.add_argument(
+        "--artifact-store",
+        help="folder or s3://bucket whose files (report figures, spec) the dashboard shows "
+        "(default: the one the studies' specs name)",
+    )
 
     p = add("nets", cmd_nets, "list the architectures with parameter counts and FLOPs")
     p.add_argument("--num-classes", type=int, default=10, help="output classes of each net")
@@ -547,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain the best parameters on train+val for each seed",
     )
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds for --retrain")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also the alpha = 0 student with the best trial's other hyperparameters and seed "
+        "(trained once, then stored on the study)",
+    )
     _device_arg(p)
     _json_arg(p)
 
@@ -554,6 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
     _study_arg(p)
     _storage_arg(p)
     p.add_argument("-o", "--output", help="folder (default: reports/<study>)")
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="do not train the alpha = 0 baseline if the study has none (it is trained once)",
+    )
+    p.add_argument("--device", help="for training the baseline (default: the spec's)")
 
     p = add(
         "storage-proxy",

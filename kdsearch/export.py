@@ -10,7 +10,10 @@ read from the study database, so a table is always exactly what the study holds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +45,18 @@ ATTRS = (
     "checkpoint",
 )
 #: Text formats, rendered the same for stdout and files; parquet is binary, files only.
+#: Tables for people (markdown, LaTeX) get per-column digits (:func:`readable`); tables for
+#: programs (csv, json, parquet) keep every digit.
 RENDERERS = {
-    "markdown": lambda df, index: df.to_markdown(index=index, floatfmt=".4f"),
+    "markdown": lambda df, index: readable(df).to_markdown(
+        index=index, disable_numparse=True, colalign=_alignment(df, index)
+    ),
     "csv": lambda df, index: df.to_csv(index=index).rstrip("\n"),
     "json": lambda df, index: df.to_json(orient="records", indent=1),
-    "latex": lambda df, index: df.to_latex(index=index, float_format="%.4f").rstrip("\n"),
+    "latex": lambda df, index: readable(df).to_latex(index=index).rstrip("\n"),
 }
+#: Columns holding accuracies: always 4 decimals, so they line up and compare by eye.
+ACCURACY = ("accuracy", "best_reported")
 SUFFIXES = {
     ".csv": "csv",
     ".json": "json",
@@ -91,10 +100,60 @@ def trials_table(study: optuna.Study, state: str = "all") -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def pivot(df: pd.DataFrame, row: str, col: str, bins: int = 5) -> pd.DataFrame:
+def column_format(name: str, values: pd.Series) -> Callable[[Any], str]:
+    """How one column's numbers print: integers whole, accuracies with 4 decimals, other
+    floats with 4 significant digits of the column's smallest magnitude, or in scientific
+    notation when that is below 0.001 (a weight decay of 4.43e-05 is not ``0.0000``)."""
+    nums = pd.to_numeric(values, errors="coerce").dropna()
+    if any(key in name for key in ACCURACY):
+        return lambda v: f"{v:.4f}"
+    if nums.empty or (nums == nums.round()).all():
+        return lambda v: f"{int(v)}"
+    smallest = nums[nums != 0].abs().min()
+    if smallest < 1e-3:
+        return lambda v: f"{v:.3g}" if v == 0 else f"{v:.2e}"
+    decimals = int(min(4, max(0, 3 - math.floor(math.log10(smallest)))))
+    return lambda v: f"{v:.{decimals}f}"
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its numeric columns as text in each column's :func:`column_format`; a
+    missing value is blank."""
+    out = df.copy()
+    for name in df.columns:
+        col = df[name]
+        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            continue
+        fmt = column_format(str(name), col)
+        out[name] = [fmt(v) if pd.notna(v) else "" for v in col]
+    return out
+
+
+def _alignment(df: pd.DataFrame, index: bool) -> list[str]:
+    """Numbers right-aligned (digits line up), text left, for tabulate's ``colalign``."""
+    numeric = [
+        pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+        for c in df.columns
+    ]
+    return ["left"] * index + ["right" if n else "left" for n in numeric]
+
+
+def quantile_bins(values: pd.Series, bins: int) -> pd.Series:
+    """``values`` cut into ``bins`` equally filled ranges, labelled ``low–high`` in the
+    column's own digits (a tied edge merges bins rather than failing)."""
+    _, edges = pd.qcut(values, bins, retbins=True, duplicates="drop")
+    fmt = column_format(str(values.name), values)
+    labels = [f"{fmt(lo)}–{fmt(hi)}" for lo, hi in itertools.pairwise(edges)]
+    if len(set(labels)) < len(labels):  # edges closer than the column's digits show
+        labels = [f"{lo:.6g}–{hi:.6g}" for lo, hi in itertools.pairwise(edges)]
+    return pd.cut(values, edges, labels=labels, include_lowest=True)
+
+
+def pivot(df: pd.DataFrame, row: str, col: str, bins: int = 4) -> pd.DataFrame:
     """Best validation accuracy over two parameters (the reference's alpha × temperature).
 
-    A parameter with more distinct values than ``bins`` (a continuous search) is binned.
+    A parameter with more distinct values than ``bins`` (a continuous search) is cut into
+    ``bins`` quantile ranges, so every cell holds about as many trials and the table is dense.
     """
     for name in (row, col):
         if name not in df.columns:
@@ -102,8 +161,8 @@ def pivot(df: pd.DataFrame, row: str, col: str, bins: int = 5) -> pd.DataFrame:
             raise KDSearchError(f"--pivot: no parameter {name!r} (have: {', '.join(params)})")
     data = df.dropna(subset=["val_accuracy"]).copy()
     for name in (row, col):
-        if data[name].nunique() > bins:
-            data[name] = pd.cut(data[name], bins)
+        if data[name].nunique() > bins and pd.api.types.is_numeric_dtype(data[name]):
+            data[name] = quantile_bins(data[name], bins)
     return data.pivot_table(
         index=row, columns=col, values="val_accuracy", aggfunc="max", observed=True
     )
@@ -218,12 +277,24 @@ def main(a: argparse.Namespace) -> int:
         return 0
     if not a.study:
         raise KDSearchError("export-table: give --study NAME (or --compare STUDY ...)")
+    if a.top is not None and a.top < 1:
+        raise KDSearchError("--top must be >= 1")
+    if a.bins < 2:
+        raise KDSearchError("--bins must be >= 2")
     studies.load_spec(storage, a.study)
     study = optuna.load_study(study_name=a.study, storage=storage)
     df = trials_table(study, a.state)
+    if df.empty:
+        # No columns to write either (they come from the trials): say so, write nothing.
+        which = "" if a.state == "all" else f" {a.state}"
+        print(
+            f"kdsearch: study {a.study!r} has no{which} trials yet; nothing written",
+            file=sys.stderr,
+        )
+        return 0
     if a.pivot:
         row, _, col = a.pivot.partition(",")
-        write(pivot(df, row, col).reset_index(), a.output, a.format)
+        write(pivot(df, row, col, a.bins).reset_index(), a.output, a.format)
         return 0
     if a.top:
         df = df.head(a.top)
