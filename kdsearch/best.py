@@ -89,7 +89,7 @@ def retrain(
 
 def main(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.retrain else []  # a typo fails before any work
-    storage = storages.open_storage(storages.resolve_url(args.storage))
+    storage = storages.open_storage(storages.resolve_url(args.storage), existing=True)
     spec = studies.load_spec(storage, args.study)
     study = optuna.load_study(study_name=args.study, storage=storage)
     trial = best_trial(study)
