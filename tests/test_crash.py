@@ -127,7 +127,7 @@ def test_sigkill_mid_trial_resumes_on_postgres(cli, write_spec, kd_home, pg_url)
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_child_and_requeues(cli, write_spec, kd_home):
+def test_ctrl_c_stops_every_child_and_requeues(cli, write_spec, kd_home):
     url = "sqlite:///kd.db"
     spec = write_spec({**SLOW_TRIALS, "name": "sigterm_study"}, name="sigterm_study")
     assert cli("create-study", str(spec), "--storage", url).returncode == 0
@@ -140,10 +140,13 @@ def test_sigterm_stops_every_child_and_requeues(cli, write_spec, kd_home):
     wait_for(both_running, 300, "two running trials", [parent])
     assert len(processes_named("kdsearch.worker sigterm_study")) == 2
     sent = time.monotonic()
-    parent.send_signal(signal.SIGTERM)
+    parent.send_signal(signal.SIGINT)  # Ctrl-C
     out, _ = parent.communicate(timeout=60)
     assert time.monotonic() - sent < 30, out[-3000:]
     assert parent.returncode == 0, out[-3000:]
+    # One line per worker, no tracebacks.
+    assert "Traceback" not in out and "StopRequested" not in out, out[-3000:]
+    assert out.count("stopped: trial") == 2, out[-3000:]
     assert processes_named("kdsearch.worker sigterm_study") == []
     ts = trials(url, "sigterm_study")
     assert not [t for t in ts if t.state == S.RUNNING]
