@@ -208,6 +208,49 @@ def test_export_compare_one_row_per_study(finished, capsys):
     assert rows[1]["val_accuracy"] is None  # NaN in JSON
 
 
+def made_up_study() -> optuna.Study:
+    """In memory: two trials per (lr, wd) cell, test accuracy ranking opposite to validation."""
+    st = optuna.create_study(direction="maximize")
+    dists = {
+        "lr": optuna.distributions.CategoricalDistribution([0.01, 0.1]),
+        "wd": optuna.distributions.CategoricalDistribution([0.0, 0.01]),
+    }
+    for i, (lr, wd) in enumerate([(a, b) for a in (0.01, 0.1) for b in (0.0, 0.01)] * 2):
+        value = 0.5 + 0.05 * i
+        st.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": lr, "wd": wd},
+                distributions=dists,
+                value=value,
+                intermediate_values={0: value - 0.1, 1: value},
+                user_attrs={"test_accuracy": 1.0 - value},
+            )
+        )
+    st.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 0.1, "wd": 0.0},
+            distributions=dists,
+            state=S.PRUNED,
+            intermediate_values={0: 0.99},
+        )
+    )
+    return st
+
+
+def test_trials_table_ranks_by_validation_not_test():
+    df = export.trials_table(made_up_study())
+    assert df["number"].tolist() == [7, 6, 5, 4, 3, 2, 1, 0, 8]
+    assert df["test_accuracy"].iloc[0] == pytest.approx(0.15)
+
+
+def test_pivot_takes_the_best_trial_of_each_cell():
+    table = export.pivot(export.trials_table(made_up_study()), "lr", "wd")
+    # Trials 4..7 are the second, better visit of each cell; the pruned trial is no value.
+    assert table.loc[0.01, 0.0] == pytest.approx(0.70) and table.loc[0.1, 0.01] == pytest.approx(
+        0.85
+    )
+
+
 # --- distillation: cache versus online teacher ---------------------------------------------
 
 
