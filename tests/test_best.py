@@ -71,7 +71,8 @@ def test_best_retrain_trains_one_final_model_per_seed(
     assert result["seeds"] == [0, 1]
     assert result["params"] == searched.best_trial.params
     accuracies = result["test_accuracies"]
-    assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
+    # Each number is its checkpoint's own test accuracy (checked below), and better than chance.
+    assert len(accuracies) == 2 and all(a > 0.4 for a in accuracies)
     assert math.isclose(result["mean"], statistics.fmean(accuracies))
     assert math.isclose(result["std"], statistics.stdev(accuracies))
     ckpts = [load_checkpoint(kd_home / p) for p in result["checkpoints"]]

@@ -10,12 +10,14 @@ import os
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
 from conftest import start_worker
+from optuna.artifacts import get_all_artifact_meta
 
 from kdsearch.storage import open_storage
 
@@ -116,8 +118,16 @@ def test_retry_on_another_machine_resumes_from_the_artifact_store(cli, write_spe
     # Both files: a retry whose epochs do not beat the killed attempt's best needs its best.pt.
     assert "downloaded last.pt of trial" in out and "downloaded best.pt of trial" in out
     # Only the kept trials' best models remain uploaded; superseded resume states are gone.
-    uploaded = [p for p in (kd_home / "shared-artifacts").rglob("*") if p.is_file()]
-    assert 1 <= len(uploaded) <= 3
+    uploaded = {p.name for p in (kd_home / "shared-artifacts").rglob("*") if p.is_file()}
+    st = optuna.load_study(study_name="synth", storage=open_storage(url))
+    done = sorted(st.get_trials(states=(S.COMPLETE,)), key=lambda t: t.value, reverse=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        metas = {t.number: get_all_artifact_meta(t, storage=st._storage) for t in done}
+    kept = [t.number for t in done[:3]]
+    assert all([m.filename for m in metas[n]] == ["best.pt"] for n in kept), metas
+    assert not any(metas[t.number] for t in done[3:]), metas
+    assert uploaded == {m.artifact_id for n in kept for m in metas[n]}
 
 
 @pytest.mark.slow
