@@ -343,3 +343,31 @@ def test_nothing_imports_torch_for_help():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.slow
+def test_interrupted_train_teacher_leaves_nothing(write_spec, kd_home):
+    """Ctrl-C during train-teacher: no checkpoint at --out (a partial model looks finished)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = write_spec({"teacher_train": {"epochs": 50}}, name="long")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdsearch", "train-teacher", str(spec), "--out", "models/new.pt"],
+        cwd=kd_home,
+        env={**os.environ, "KDSEARCH_HOME": str(kd_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    models = kd_home / "models"
+    deadline = time.monotonic() + 120
+    while not list(models.glob("*new.pt*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(models.glob("*new.pt*")), "no epoch finished in time"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert list(models.glob("*new.pt*")) == []
