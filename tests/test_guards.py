@@ -377,3 +377,31 @@ def views_identity() -> int:
     from kdsearch import views
 
     return int(views.view_set(False)[0])
+
+
+# --- reporting and retry glue ---------------------------------------------------------------
+
+
+def test_report_names_the_best_trial(finished, tmp_path):
+    from kdsearch.report import write_report
+
+    _, st = finished
+    written = write_report(st, from_dict(FIXTURE_SPEC), tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert tmp_path / "report.md" in written
+    assert f"trial {st.best_trial.number}" in text and f"{st.best_value:.4f}" in text
+
+
+def test_a_stopped_trial_is_requeued_with_its_parameters(tmp_path):
+    """What a worker does on SIGTERM/SIGINT mid-trial: FAIL the trial, queue the same params."""
+    from types import SimpleNamespace
+
+    from kdsearch.train import StopRequested
+
+    st = optuna.create_study(storage=storage.open_storage(f"sqlite:///{tmp_path / 'kd.db'}"))
+    trial = st.ask()
+    trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    worker._requeue(st, SimpleNamespace(current=trial), 2, StopRequested("stop"))
+    failed, retry = st.get_trials()
+    assert failed.state == S.FAIL and retry.state == S.WAITING
+    assert retry.params == failed.params and retry.system_attrs["failed_trial"] == 0
