@@ -124,10 +124,11 @@ def test_retry_on_another_machine_resumes_from_the_artifact_store(cli, write_spe
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         metas = {t.number: get_all_artifact_meta(t, storage=st._storage) for t in done}
-    kept = [t.number for t in done[:3]]
-    assert all([m.filename for m in metas[n]] == ["best.pt"] for n in kept), metas
-    assert not any(metas[t.number] for t in done[3:]), metas
-    assert uploaded == {m.artifact_id for n in kept for m in metas[n]}
+    # Metadata outlives removed uploads, so look at which of each trial's uploads still exist.
+    alive = {n: [m.filename for m in ms if m.artifact_id in uploaded] for n, ms in metas.items()}
+    kept = min(3, len(done))  # keep_checkpoints
+    assert [alive[t.number] for t in done] == [["best.pt"]] * kept + [[]] * (len(done) - kept)
+    assert uploaded <= {m.artifact_id for ms in metas.values() for m in ms}
 
 
 @pytest.mark.slow
