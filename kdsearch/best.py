@@ -128,7 +128,7 @@ def ensure_baseline(study: optuna.Study, spec: Spec, device: str | None) -> dict
 
 def main(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.retrain else []  # a typo fails before any work
-    storage = storages.open_storage(storages.resolve_url(args.storage))
+    storage = storages.open_storage(storages.resolve_url(args.storage), existing=True)
     spec = studies.load_spec(storage, args.study)
     study = optuna.load_study(study_name=args.study, storage=storage)
     trial = best_trial(study)

@@ -71,11 +71,28 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _train(spec: Any, out: Path, device: str | None, as_json: bool, **extra: Any) -> int:
+def _at_least(option: str, value: int | None, low: int) -> None:
+    from kdsearch.errors import KDSearchError
+
+    if value is not None and value < low:
+        raise KDSearchError(f"{option} {value}: must be >= {low}")
+
+
+def _train(
+    spec: Any, out: Path, device: str | None, as_json: bool, keep: Callable[[Path], None]
+) -> int:
+    """Train to a temporary file beside ``out`` and rename it when finished, so an interrupted
+    run leaves nothing at ``out``; ``keep(tmp)`` may refuse the new file before that."""
     from kdsearch.experiment import Context, train_student
 
     ctx = Context.load(spec, device)
-    outcome = train_student(ctx, spec, out, tensorboard_dir=extra.get("tensorboard_dir"))
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        outcome = train_student(ctx, spec, tmp)
+        keep(tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     result = {
         "checkpoint": str(out),
         "val_accuracy": outcome.val_accuracy,
@@ -96,6 +113,8 @@ def _train(spec: Any, out: Path, device: str | None, as_json: bool, **extra: Any
 
 
 def cmd_train_teacher(a: argparse.Namespace) -> int:
+    from kdsearch.checkpoint import same_weights
+    from kdsearch.errors import KDSearchError
     from kdsearch.paths import resolve
 
     spec = _load_spec(a.spec)
@@ -105,7 +124,17 @@ def cmd_train_teacher(a: argparse.Namespace) -> int:
         if a.out
         else resolve(spec.teacher.checkpoint or f"models/{spec.name}-teacher.pt")
     )
-    return _train(teacher_spec, out, a.device, a.json)
+
+    def keep(new: Path) -> None:
+        # Studies and teacher caches were built on the teacher on disk: replacing it with
+        # another would silently change what they compare against.
+        if out.exists() and not a.force and not same_weights(out, new):
+            raise KDSearchError(
+                f"{out} already holds a different teacher (studies and teacher caches may be "
+                "built on it); pass --force to replace it, or --out to write another file"
+            )
+
+    return _train(teacher_spec, out, a.device, a.json, keep)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -113,7 +142,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     spec = _load_spec(a.spec, a.set)
     out = Path(a.out) if a.out else resolve(f"models/{spec.name}-student.pt")
-    return _train(spec, out, a.device, a.json)
+    return _train(spec, out, a.device, a.json, lambda _: None)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
@@ -129,6 +158,7 @@ def cmd_create_study(a: argparse.Namespace) -> int:
 
     spec = _load_spec(a.spec)
     study.check(spec)  # an impossible spec fails before the database is touched
+    _check_inputs(spec)
     url = storage.resolve_url(a.storage, spec.storage)
     name = a.study_name or spec.name
     created = study.create(spec, storage.open_storage(url), name, a.load_if_exists)
@@ -142,16 +172,40 @@ def cmd_create_study(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(a: argparse.Namespace) -> int:
-    from kdsearch import status, storage, study, worker
+def _check_inputs(spec: Any) -> None:
+    """Open the data and load the teacher, so a study every worker would fail on is never
+    created."""
+    from kdsearch import data as datasets
+    from kdsearch.teacher import load_teacher
+
+    splits = datasets.load(spec.dataset)
+    if spec.teacher is not None:
+        load_teacher(spec, splits.num_classes)
+
+
+def _devices(text: str | None) -> list[str]:
+    from kdsearch import worker
     from kdsearch.errors import KDSearchError
 
-    if a.n_trials is not None and a.n_trials < 1:
-        raise KDSearchError("--n-trials must be >= 1 (leave it out to run until the budget)")
+    if not text:
+        return worker.default_devices()
+    devices = [d.strip() for d in text.split(",")]
+    for d in devices:
+        kind, sep, index = d.partition(":")
+        if not (d in ("cpu", "cuda") or (kind == "cuda" and sep and index.isdigit())):
+            raise KDSearchError(f"--devices: {d!r} is not a device (use cpu, cuda or cuda:N)")
+    return devices
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from kdsearch import status, storage, study, worker
+
+    _at_least("--n-workers", a.n_workers, 1)
+    _at_least("--n-trials", a.n_trials, 1)
+    devices = _devices(a.devices)
     url = storage.resolve_url(a.storage)
     # Fail fast, in the parent, on an unreachable database or an unknown study.
-    study.load_spec(storage.open_storage(url), a.study)
-    devices = a.devices.split(",") if a.devices else worker.default_devices()
+    study.load_spec(storage.open_storage(url, existing=True), a.study)
     if a.n_workers == 1:  # no child process: this process is the worker (and gets the signals)
         worker.configure_logging(0)
         code = worker.run(a.study, 0, devices[0], a.n_trials, a.timeout, url)
@@ -207,6 +261,7 @@ def cmd_delete(a: argparse.Namespace) -> int:
 def cmd_export_table(a: argparse.Namespace) -> int:
     from kdsearch import export
 
+    _at_least("--top", a.top, 1)
     return export.main(a)
 
 
@@ -215,8 +270,9 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
 
     from kdsearch import dashboard, storage
 
+    _check_port(a.host, a.port)
     url = storage.resolve_url(a.storage)
-    opened = storage.open_storage(url)
+    opened = storage.open_storage(url, existing=True)
     location = a.artifact_store or dashboard.artifact_location(opened)
     files = f", artifacts in {location}" if location else ""
     print(
@@ -227,6 +283,24 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
         opened, host=a.host, port=a.port, artifact_store=dashboard.artifact_store(location)
     )
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind once before serving: a busy or impossible port is one line, not a server crash."""
+    import socket
+
+    from kdsearch.errors import KDSearchError
+
+    if not 0 < port < 65536:
+        raise KDSearchError(f"--port {port}: not a TCP port (use 1-65535)")
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise KDSearchError(
+            f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); "
+            "pick another --port"
+        ) from None
 
 
 def cmd_nets(a: argparse.Namespace) -> int:
@@ -269,7 +343,9 @@ def cmd_cache_teacher(a: argparse.Namespace) -> int:
     from kdsearch.teacher import build_or_load, load_teacher
 
     if a.study:
-        spec = study.load_spec(storage.open_storage(storage.resolve_url(a.storage)), a.study)
+        spec = study.load_spec(
+            storage.open_storage(storage.resolve_url(a.storage), existing=True), a.study
+        )
     elif a.spec:
         spec = _load_spec(a.spec)
     else:
@@ -406,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train-teacher", cmd_train_teacher, "train the spec's teacher")
     p.add_argument("spec", help="study spec (YAML)")
     p.add_argument("--out", help="checkpoint path (default: the spec's teacher.checkpoint)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing, different teacher (studies built on it no longer match)",
+    )
     _device_arg(p)
     _json_arg(p)
 

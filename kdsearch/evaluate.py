@@ -14,6 +14,7 @@ import torch
 from kdsearch import data as datasets
 from kdsearch import nets
 from kdsearch.checkpoint import load_checkpoint, load_model
+from kdsearch.errors import KDSearchError
 from kdsearch.spec import DatasetSpec
 from kdsearch.train import DeviceData, predict, resolve_device
 
@@ -31,6 +32,11 @@ def evaluate_checkpoint(
         dataset = DatasetSpec(name=meta.get("name", "cifar10"), options=meta.get("options", {}))
     dev = resolve_device(device or "auto")
     splits = datasets.load(dataset)
+    if ckpt["num_classes"] != splits.num_classes:
+        raise KDSearchError(
+            f"{path}: the model has {ckpt['num_classes']} classes, the data set {dataset.name} "
+            f"has {splits.num_classes}; pass the --spec of the data set it was trained on"
+        )
     data = DeviceData.from_splits(splits, dev, augment=False)
     model = load_model(path).to(dev)
     logits = predict(model, data, data.test)

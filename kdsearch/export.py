@@ -267,7 +267,7 @@ def write(df: pd.DataFrame, output: str | None, fmt: str | None, index: bool = F
 
 
 def main(a: argparse.Namespace) -> int:
-    storage = storages.open_storage(storages.resolve_url(a.storage))
+    storage = storages.open_storage(storages.resolve_url(a.storage), existing=True)
     if a.compare:
         df = compare(storage, a.compare)
         # Partial-data studies (alpha 0 and alpha > 0 on one grid) get both arms' numbers.

@@ -146,7 +146,7 @@ def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
 
 def main(a: argparse.Namespace) -> int:
     """``kdsearch report``: write the report, print each path written."""
-    storage = storages.open_storage(storages.resolve_url(a.storage))
+    storage = storages.open_storage(storages.resolve_url(a.storage), existing=True)
     spec = studies.load_spec(storage, a.study)  # also rejects a study kdsearch did not create
     study = optuna.load_study(study_name=a.study, storage=storage)
     dashboard.describe(study, spec)  # the teacher may have been trained after create-study

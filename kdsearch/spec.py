@@ -160,6 +160,14 @@ class ParamSpec:
             raise KDSearchError(f"{path}.low: {self.low} must be below high ({self.high})")
         if self.log and self.low <= 0:
             raise KDSearchError(f"{path}.low: {self.low} must be > 0 when log: true")
+        if self.type == "int":
+            for bound in ("low", "high", "step"):
+                value = getattr(self, bound)
+                if value is not None and value != int(value):
+                    raise KDSearchError(
+                        f"{path}.{bound}: {value} is not an integer (type: int needs integer "
+                        "bounds and step; use type: float for fractional values)"
+                    )
 
 
 @dataclass(frozen=True)
@@ -391,16 +399,47 @@ def from_dict(data: dict[str, Any]) -> Spec:
     return spec
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the
+    last one silently, so a typo'd copy of a section would override the real one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise KDSearchError(
+                    f"{self.name}: key {key!r} appears twice (lines {seen[key]} and {line}); "
+                    "keep one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Parse a YAML mapping, following ``base:`` (a path relative to the file) recursively."""
     path = Path(path)
     if path.resolve() in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
         raise KDSearchError(f"{_seen[0]}: base: files extend each other in a cycle ({chain})")
+    if path.is_dir():
+        raise KDSearchError(f"{path}: is a folder, not a spec file; name a .yaml file in it")
     if not path.is_file():
         raise KDSearchError(f"{path}: no such spec file (specs live under studies/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise KDSearchError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the spec as UTF-8"
+        ) from None
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

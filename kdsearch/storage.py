@@ -46,16 +46,41 @@ def _where(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 'default port'}"
 
 
-def _prepare_sqlite(url: str) -> None:
+def _sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL; None for other databases and in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
     path = url.split(":///", 1)[-1]
-    if not path or path == ":memory:":
+    return None if not path or path == ":memory:" else path
+
+
+def _prepare_sqlite(url: str) -> None:
+    path = _sqlite_path(url)
+    if path is None:
         return
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise KDSearchError(f"storage: folder {folder} for {mask(url)} does not exist; create it")
-    # WAL is a property of the database file: set once, every later connection uses it.
-    with sqlite3.connect(path, timeout=60) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
+    # WAL is a property of the database file: set once, every later connection uses it. Even a
+    # reader needs write access: WAL keeps its index in files beside the database.
+    try:
+        with sqlite3.connect(path, timeout=60) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as err:
+        raise KDSearchError(
+            f"storage: cannot open SQLite file {path} ({err}); the file and its folder "
+            f"{folder} must be writable (kdsearch needs them even to read a study)"
+        ) from None
+
+
+def require_existing(url: str) -> None:
+    """For commands that only read studies: a SQLite file that does not exist is a typo, and
+    opening it would leave an empty database behind."""
+    path = _sqlite_path(url)
+    if path is not None and not os.path.isfile(path):
+        raise KDSearchError(
+            f"storage: no such database file {path} ({mask(url)}); check --storage / {ENV}"
+        )
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
@@ -75,10 +100,18 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retries: int | None = None,
+    existing: bool = False,
 ) -> Any:
-    """Optuna storage for ``url``; heartbeats and retries on when an interval is given."""
+    """Optuna storage for ``url``; heartbeats and retries on when an interval is given.
+
+    ``existing``: the caller only reads or runs studies already created, so a SQLite file must
+    exist (see :func:`require_existing`).
+    """
     import optuna
     import sqlalchemy.exc
+
+    if existing:
+        require_existing(url)
 
     if url.startswith("grpc://"):
         if heartbeat_interval:

@@ -143,6 +143,8 @@ def run(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # A stop is not a failure worth a traceback: _requeue logs it as one line.
+    logging.getLogger("optuna.study._optimize").addFilter(_not_a_stop)
     if os.environ.get("KDSEARCH_THREADS"):
         torch.set_num_threads(int(os.environ["KDSEARCH_THREADS"]))
     # Heartbeats and their retry callback are marked experimental; they are what we rely on.
@@ -293,6 +295,13 @@ def finish_orphans(
             time.sleep(1)
 
 
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    """Logging filter: drop Optuna's "trial failed" traceback for a requested stop."""
+    from kdsearch.train import StopRequested
+
+    return not (record.exc_info and isinstance(record.exc_info[1], StopRequested))
+
+
 def _survivable(err: Exception, stopping: bool) -> bool:
     """Errors after which the worker goes on (or, when stopping, exits cleanly)."""
     import sqlalchemy.exc
@@ -333,7 +342,8 @@ def _requeue(study: Any, objective: Any, max_retries: int, err: Exception) -> No
             frozen = study._storage.get_trial(frozen._trial_id)
         if frozen.state.name == "FAIL":
             RetryHeartbeatStaleTrialCallback(max_retry=max_retries)(study, frozen)
-            log.info("trial %d re-queued to resume (%s)", frozen.number, type(err).__name__)
+            why = "stopped" if type(err).__name__ == "StopRequested" else type(err).__name__
+            log.info("%s: trial %d re-queued to resume from its last epoch", why, frozen.number)
     except Exception as again:  # the database may still be unreachable
         log.warning("could not re-queue trial (%s); the heartbeat will", type(again).__name__)
 

@@ -75,7 +75,8 @@ def test_best_retrain_trains_one_final_model_per_seed(
     sid = studies.study_id(searched)
     assert sid and all(f"synth-{sid}/final/seed-" in p for p in result["checkpoints"])
     accuracies = result["test_accuracies"]
-    assert len(accuracies) == 2 and all(0.0 <= a <= 1.0 for a in accuracies)
+    # Each number is its checkpoint's own test accuracy (checked below), and better than chance.
+    assert len(accuracies) == 2 and all(a > 0.4 for a in accuracies)
     assert math.isclose(result["mean"], statistics.fmean(accuracies))
     assert math.isclose(result["std"], statistics.stdev(accuracies))
     ckpts = [load_checkpoint(kd_home / p) for p in result["checkpoints"]]

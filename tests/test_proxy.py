@@ -87,4 +87,5 @@ def test_two_workers_finish_a_study_through_the_grpc_proxy(
     done = [t for t in trials if t.state == State.COMPLETE]
     assert done
     for t in done:  # the objective's user attributes travelled through the proxy too
-        assert t.user_attrs["epochs_run"] == 3 and 0 <= t.user_attrs["test_accuracy"] <= 1
+        assert t.user_attrs["epochs_run"] == 3 and t.value == max(t.intermediate_values.values())
+        assert isinstance(t.user_attrs["test_accuracy"], float)

@@ -19,6 +19,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from kdsearch.checkpoint import load_checkpoint
 from kdsearch.storage import open_storage
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -51,10 +52,14 @@ def check_budget(study: optuna.Study, n_workers: int, n_trials: int) -> None:
     assert optuna.trial.TrialState.RUNNING not in states
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     for t in complete:
-        assert 0 <= t.value <= 1
+        assert t.value == max(t.intermediate_values.values())  # best validation epoch
         assert t.user_attrs["epochs_run"] == 4
-        assert Path(t.user_attrs["checkpoint"]).name == "best.pt"
-        assert 0 <= t.user_attrs["test_accuracy"] <= 1
+        path = Path(t.user_attrs["checkpoint"])
+        assert path.name == "best.pt"
+        if path.is_file():  # kept among the best keep_checkpoints
+            metrics = load_checkpoint(path)["metrics"]
+            assert metrics["test_accuracy"] == t.user_attrs["test_accuracy"]
+            assert metrics["val_accuracy"] == t.value
         assert t.user_attrs["student_params"] > 0
 
 
