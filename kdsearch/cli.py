@@ -73,7 +73,9 @@ def _train(spec: Any, out: Path, device: str | None, as_json: bool, **extra: Any
     from kdsearch.experiment import Context, train_student
 
     ctx = Context.load(spec, device)
-    outcome = train_student(ctx, spec, out, tensorboard_dir=extra.get("tensorboard_dir"))
+    outcome = train_student(
+        ctx, spec, out, tensorboard_dir=extra.get("tensorboard_dir"), init=extra.get("init")
+    )
     result = {
         "checkpoint": str(out),
         "val_accuracy": outcome.val_accuracy,
@@ -103,7 +105,8 @@ def cmd_train_teacher(a: argparse.Namespace) -> int:
         if a.out
         else resolve(spec.teacher.checkpoint or f"models/{spec.name}-teacher.pt")
     )
-    return _train(teacher_spec, out, a.device, a.json)
+    init = Path(a.init) if a.init else None
+    return _train(teacher_spec, out, a.device, a.json, init=init)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -195,8 +198,10 @@ def cmd_import_checkpoint(a: argparse.Namespace) -> int:
     from kdsearch import checkpoint
 
     kwargs = dict(_parse_set(k) for k in a.kwarg)
-    checkpoint.import_reference(Path(a.path), a.arch, Path(a.out), a.num_classes, kwargs, a.dataset)
-    print(f"wrote {a.out} ({a.arch}, {a.num_classes} classes)")
+    checkpoint.import_reference(
+        Path(a.path), a.arch, Path(a.out), a.num_classes, kwargs, a.normalization
+    )
+    print(f"wrote {a.out} ({a.arch}, {a.num_classes} classes, {a.normalization} normalization)")
     return 0
 
 
@@ -280,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train-teacher", cmd_train_teacher, "train the spec's teacher")
     p.add_argument("spec")
     p.add_argument("--out", help="checkpoint path (default: teacher.checkpoint)")
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this kdsearch checkpoint (same arch and classes) and keep "
+        "its input normalization",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the spec's train.device)")
     p.add_argument("--json", action="store_true")
 
@@ -359,7 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--arch", required=True)
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--dataset", default="cifar10", help="whose normalization the net expects")
+    p.add_argument(
+        "--normalization",
+        "--dataset",
+        default="cifar10",
+        help="input normalization the net was trained with: cifar10, cifar100, imagenet or "
+        "MEAN,MEAN,MEAN/STD,STD,STD (default: cifar10)",
+    )
     p.add_argument("--kwarg", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)
 

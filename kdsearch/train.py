@@ -45,8 +45,9 @@ class TeacherLogits(Protocol):
     def draw_views(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
         """A view index per image (and a token ``logits`` needs to find them)."""
 
-    def logits(self, idx: torch.Tensor, token: Any, x: torch.Tensor) -> torch.Tensor:
-        """Teacher logits for images ``idx`` under the drawn views (``x``: the student's input)."""
+    def logits(self, idx: torch.Tensor, token: Any, images: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for images ``idx`` under the drawn views (``images``: those views as
+        uint8, which the teacher normalizes with its own constants)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,8 +138,17 @@ def make_optimizer(model: nn.Module, spec: Spec) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, spec: Spec) -> Any:
+def make_schedule(optimizer: torch.optim.Optimizer, spec: Spec, steps_per_epoch: int) -> Any:
+    """The learning-rate schedule; ``onecycle`` counts batches, the others epochs."""
     sched = spec.train.schedule
+    if sched.name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=spec.train.optimizer.lr,
+            epochs=spec.train.epochs,
+            steps_per_epoch=steps_per_epoch,
+            pct_start=sched.pct_start,
+        )
     if sched.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, sched.step_size, sched.gamma)
     if sched.name == "cosine":
@@ -225,7 +235,9 @@ def fit(run: Run) -> History:
     else:
         model = model.to(device)
     optimizer = make_optimizer(model, spec)
-    schedule = make_schedule(optimizer, spec)
+    schedule = make_schedule(
+        optimizer, spec, math.ceil(_used(len(data.train), spec) / spec.train.batch_size)
+    )
     gen = torch.Generator(device=device).manual_seed(spec.train.seed)
     history = History()
     if run.workdir is not None and (run.workdir / "last.pt").is_file():
@@ -243,8 +255,9 @@ def fit(run: Run) -> History:
         for epoch in range(len(history.epochs), spec.train.epochs):
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, correct, used = _train_epoch(run, step, optimizer, gen, epoch)
-            schedule.step()
+            train_loss, correct, used = _train_epoch(run, step, optimizer, schedule, gen, epoch)
+            if not _per_batch(spec):
+                schedule.step()
             val_loss, val_acc = evaluate(model, data, data.val)
             result = EpochResult(
                 epoch=epoch,
@@ -282,6 +295,7 @@ def _train_epoch(
     run: Run,
     step: Callable[[torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
+    schedule: Any,
     gen: torch.Generator,
     epoch: int,
 ) -> tuple[float, int, int]:
@@ -294,9 +308,8 @@ def _train_epoch(
     order = torch.randperm(n, device=device, generator=gen)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
-    # A last batch of one image would break batch norm in training mode; that image is
-    # simply seen in the other epochs, where the shuffle places it elsewhere.
-    used = n - 1 if n % bs == 1 and n > 1 else n
+    used = _used(n, spec)
+    per_batch = _per_batch(spec)
     run.model.train()
     for first in range(0, used, bs):
         if run.should_stop():
@@ -307,15 +320,18 @@ def _train_epoch(
         else:
             pick = torch.randint(len(data.view_set), (len(idx),), device=device, generator=gen)
             view_idx, token = data.view_set[pick], None
-        x = data.prepare(views.apply(data.train.x[idx], view_idx))
+        raw = views.apply(data.train.x[idx], view_idx)
+        x = data.prepare(raw)
         y = data.train.y[idx]
         with _autocast(device):
             out = step(x)
-            target = run.teacher.logits(idx, token, x) if distill else None
+            target = run.teacher.logits(idx, token, raw) if distill else None
             loss = loss_fn(out.float(), target, y, spec.distill.temperature, spec.distill.alpha)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if per_batch:
+            schedule.step()
         loss_sum += loss.detach() * len(idx)
         correct += ((out.argmax(1) == y) & (y != UNLABELED)).sum()
     train_loss = loss_sum.item() / used
@@ -325,6 +341,20 @@ def _train_epoch(
             f"(lr {optimizer.param_groups[0]['lr']:g}); lower the learning rate"
         )
     return train_loss, int(correct.item()), used
+
+
+def _used(n: int, spec: Spec) -> int:
+    """Images an epoch trains on.
+
+    A last batch of one image would break batch norm in training mode; that image is simply
+    seen in the other epochs, where the shuffle places it elsewhere.
+    """
+    return n - 1 if n % spec.train.batch_size == 1 and n > 1 else n
+
+
+def _per_batch(spec: Spec) -> bool:
+    """Whether the schedule steps after every batch (one-cycle) rather than every epoch."""
+    return spec.train.schedule.name == "onecycle"
 
 
 def _save_state(
