@@ -29,7 +29,11 @@ def evaluate_checkpoint(
         dataset = specs.load(spec_path).dataset
     else:
         meta = ckpt.get("dataset", {})
-        dataset = DatasetSpec(name=meta.get("name", "cifar10"), options=meta.get("options", {}))
+        dataset = DatasetSpec(
+            name=meta.get("name", "cifar10"),
+            root=meta.get("root", DatasetSpec.root),
+            options=meta.get("options", {}),
+        )
     dev = resolve_device(device or "auto")
     splits = datasets.load(dataset)
     # The network sees its input normalized as it was trained, whatever the data set's are.
