@@ -86,6 +86,7 @@ def train_student(
     """
     torch.manual_seed(spec.train.seed)  # initial weights follow train.seed too
     data = ctx.data
+    mean, std = tuple(data.mean.flatten().tolist()), tuple(data.std.flatten().tolist())
     if init is None:
         model = nets.create(spec.student.arch, num_classes=ctx.num_classes, **spec.student.kwargs)
     else:
@@ -105,8 +106,8 @@ def train_student(
             kwargs=spec.student.kwargs,
             num_classes=ctx.num_classes,
             dataset=datasets.describe(spec.dataset),
-            mean=tuple(data.mean.flatten().tolist()),
-            std=tuple(data.std.flatten().tolist()),
+            mean=mean,
+            std=std,
             metrics={"val_accuracy": r.val_accuracy, "epoch": r.epoch + 1},
             classes=ctx.classes,
         )
