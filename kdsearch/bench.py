@@ -36,7 +36,7 @@ from kdsearch import nets
 from kdsearch.data import Images, load
 from kdsearch.errors import KDSearchError
 from kdsearch.spec import Spec, from_dict
-from kdsearch.teacher import CachedTeacher, compute_logits, slot_views
+from kdsearch.teacher import CachedTeacher, TeacherNet, compute_logits, slot_views
 from kdsearch.train import DeviceData, Run, fit, resolve_device
 
 BATCH = 128
@@ -161,7 +161,8 @@ def build_cache(
     device = data.train.x.device
     start = time.perf_counter()
     slots = slot_views(data, spec.distill.cache_views(), spec.train.seed)
-    logits = compute_logits(teacher, data, slots)
+    net = TeacherNet(teacher, data.mean.flatten().tolist(), data.std.flatten().tolist())
+    logits = compute_logits(net.to(device), data, slots)
     cache = CachedTeacher(logits.to(device), slots.to(device))
     if device.type == "cuda":
         torch.cuda.synchronize(device)

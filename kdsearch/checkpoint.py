@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdsearch import nets
-from kdsearch.data import NORMALIZATION
-from kdsearch.errors import KDSearchError, unknown_name
+from kdsearch import nets, normalization
+from kdsearch.errors import KDSearchError
 
 FORMAT = "kdsearch-model"
 FORMAT_VERSION = 1
@@ -64,6 +63,7 @@ def save_model(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     metrics: dict[str, Any] | None = None,
+    classes: tuple[str, ...] | None = None,
 ) -> None:
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     atomic_save(
@@ -76,6 +76,7 @@ def save_model(
             "dataset": dataset,
             "normalization": {"mean": list(mean), "std": list(std)},
             "metrics": dict(metrics or {}),
+            "classes": list(classes) if classes else None,
             "state_dict": state,
         },
         path,
@@ -113,10 +114,20 @@ def update_metrics(path: Path, **metrics: Any) -> None:
 
 def load_model(path: str | Path, what: str = "checkpoint") -> nn.Module:
     """The network a kdsearch checkpoint holds, in eval mode on the CPU."""
-    ckpt = load_checkpoint(Path(path), what)
+    return model_of(load_checkpoint(Path(path), what))
+
+
+def model_of(ckpt: dict[str, Any]) -> nn.Module:
+    """The network of a loaded kdsearch checkpoint, in eval mode on the CPU."""
     model = nets.create(ckpt["arch"], num_classes=ckpt["num_classes"], **ckpt["kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def input_normalization(ckpt: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the checkpoint's network expects its input normalized with."""
+    norm = ckpt["normalization"]
+    return tuple(norm["mean"]), tuple(norm["std"])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -133,6 +144,20 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str = "module.") -> dic
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+def fill_batch_counts(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Add the ``num_batches_tracked`` buffers torch < 0.4.1 did not save.
+
+    torch itself loads such files (BatchNorm fills them in ``_load_from_state_dict``); they
+    only matter for ``momentum=None``, which no kdsearch network uses.
+    """
+    missing = {
+        k: torch.zeros((), dtype=torch.long)
+        for k in model.state_dict()
+        if k.endswith("num_batches_tracked") and k not in state
+    }
+    return {**state, **missing}
 
 
 def mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 5) -> str | None:
@@ -159,20 +184,25 @@ def import_reference(
     out: Path,
     num_classes: int = 10,
     kwargs: dict[str, Any] | None = None,
-    dataset: str = "cifar10",
+    normalize: str = "cifar10",
 ) -> nn.Module:
-    """Convert a reference ``best.pth.tar`` (or a plain state dict) into a kdsearch checkpoint.
+    """Convert a saved state dict (plain, or under ``state_dict``) into a kdsearch checkpoint.
 
-    Nothing is written unless every key and shape matches ``arch``.
+    Reads files saved on CUDA, from ``nn.DataParallel`` (``module.`` keys) and by torch < 0.4.1
+    (no ``num_batches_tracked``); other top-level keys (``best_prec1``, ``epoch``,
+    ``optim_dict``) are ignored. ``normalize`` names the input normalization the network was
+    trained with, stored so every later use feeds it the same. Nothing is written unless every
+    key and shape matches ``arch``.
     """
+    mean, std = normalization.parse(normalize, "import-checkpoint --normalization")
     raw = safe_load(path, "import-checkpoint")
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise KDSearchError(
             f"import-checkpoint: {path} holds neither a state dict nor a dict with 'state_dict'"
         )
-    state = strip_prefix(state)
     model = nets.create(arch, num_classes=num_classes, **(kwargs or {}))
+    state = fill_batch_counts(model, strip_prefix(state))
     problem = mismatch(model, state)
     if problem:
         raise KDSearchError(
@@ -180,16 +210,14 @@ def import_reference(
             f"{problem}; check --arch and --num-classes"
         )
     model.load_state_dict(state)
-    if dataset not in NORMALIZATION:
-        raise unknown_name("import-checkpoint --dataset", dataset, NORMALIZATION)
-    mean, std = NORMALIZATION[dataset]
     save_model(
         out,
         model,
         arch=arch,
         kwargs=kwargs or {},
         num_classes=num_classes,
-        dataset={"name": dataset, "options": {}},
+        # What `evaluate` without --spec tests on; the normalization above is what matters.
+        dataset={"name": "cifar100" if num_classes == 100 else "cifar10", "options": {}},
         mean=mean,
         std=std,
         metrics={"imported_from": str(path)},

@@ -79,7 +79,12 @@ def _at_least(option: str, value: int | None, low: int) -> None:
 
 
 def _train(
-    spec: Any, out: Path, device: str | None, as_json: bool, keep: Callable[[Path], None]
+    spec: Any,
+    out: Path,
+    device: str | None,
+    as_json: bool,
+    keep: Callable[[Path], None],
+    init: Path | None = None,
 ) -> int:
     """Train to a temporary file beside ``out`` and rename it when finished, so an interrupted
     run leaves nothing at ``out``; ``keep(tmp)`` may refuse the new file before that."""
@@ -88,7 +93,7 @@ def _train(
     ctx = Context.load(spec, device)
     tmp = out.with_name(f".{out.name}.partial")
     try:
-        outcome = train_student(ctx, spec, tmp)
+        outcome = train_student(ctx, spec, tmp, init=init)
         keep(tmp)
         tmp.replace(out)
     finally:
@@ -134,7 +139,8 @@ def cmd_train_teacher(a: argparse.Namespace) -> int:
                 "built on it); pass --force to replace it, or --out to write another file"
             )
 
-    return _train(teacher_spec, out, a.device, a.json, keep)
+    init = Path(a.init) if a.init else None
+    return _train(teacher_spec, out, a.device, a.json, keep, init)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -332,8 +338,10 @@ def cmd_import_checkpoint(a: argparse.Namespace) -> int:
     from kdsearch import checkpoint
 
     kwargs = dict(_parse_set(k) for k in a.kwarg)
-    checkpoint.import_reference(Path(a.path), a.arch, Path(a.out), a.num_classes, kwargs, a.dataset)
-    print(f"wrote {a.out} ({a.arch}, {a.num_classes} classes)")
+    checkpoint.import_reference(
+        Path(a.path), a.arch, Path(a.out), a.num_classes, kwargs, a.normalization
+    )
+    print(f"wrote {a.out} ({a.arch}, {a.num_classes} classes, {a.normalization} normalization)")
     return 0
 
 
@@ -487,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing, different teacher (studies built on it no longer match)",
     )
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this kdsearch checkpoint (same arch and classes) and keep "
+        "its input normalization",
+    )
     _device_arg(p)
     _json_arg(p)
 
@@ -631,7 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the reference checkpoint")
     p.add_argument("--arch", required=True, help="kdsearch architecture (see `kdsearch nets`)")
     p.add_argument("--num-classes", type=int, default=10, help="output classes of the net")
-    p.add_argument("--dataset", default="cifar10", help="whose normalization the net expects")
+    p.add_argument(
+        "--normalization",
+        "--dataset",
+        default="cifar10",
+        help="input normalization the net was trained with: cifar10, cifar100, imagenet or "
+        "MEAN,MEAN,MEAN/STD,STD,STD (default: cifar10)",
+    )
     p.add_argument(
         "--kwarg",
         action="append",

@@ -6,6 +6,7 @@ checkpoint, on the test set of the data set it was trained on (or of a given spe
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 from kdsearch import data as datasets
 from kdsearch import nets
-from kdsearch.checkpoint import load_checkpoint, load_model
+from kdsearch.checkpoint import input_normalization, load_checkpoint, model_of
 from kdsearch.errors import KDSearchError
 from kdsearch.spec import DatasetSpec
 from kdsearch.train import DeviceData, predict, resolve_device
@@ -29,7 +30,11 @@ def evaluate_checkpoint(
         dataset = specs.load(spec_path).dataset
     else:
         meta = ckpt.get("dataset", {})
-        dataset = DatasetSpec(name=meta.get("name", "cifar10"), options=meta.get("options", {}))
+        dataset = DatasetSpec(
+            name=meta.get("name", "cifar10"),
+            root=meta.get("root", DatasetSpec.root),
+            options=meta.get("options", {}),
+        )
     dev = resolve_device(device or "auto")
     splits = datasets.load(dataset)
     if ckpt["num_classes"] != splits.num_classes:
@@ -37,8 +42,10 @@ def evaluate_checkpoint(
             f"{path}: the model has {ckpt['num_classes']} classes, the data set {dataset.name} "
             f"has {splits.num_classes}; pass the --spec of the data set it was trained on"
         )
-    data = DeviceData.from_splits(splits, dev, augment=False)
-    model = load_model(path).to(dev)
+    # The network sees its input normalized as it was trained, whatever the data set's are.
+    mean, std = input_normalization(ckpt)
+    data = DeviceData.from_splits(replace(splits, mean=mean, std=std), dev, augment=False)
+    model = model_of(ckpt).to(dev)
     logits = predict(model, data, data.test)
     y = data.test.y
     pred = logits.argmax(1)
@@ -56,6 +63,7 @@ def evaluate_checkpoint(
         "dataset": dataset.name,
         "test_images": len(y),
         "test_accuracy": (pred == y).float().mean().item(),
+        "classes": list(splits.classes or ckpt.get("classes") or range(k)),
         "per_class_accuracy": per_class,
         "confusion_matrix": confusion.tolist(),
         "parameters": params,
@@ -70,7 +78,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"test accuracy   {r['test_accuracy']:.4f}",
         f"parameters      {r['parameters']:,} ({r['size_mb']} MB)",
         "per-class accuracy: "
-        + " ".join(f"{i}:{a:.3f}" for i, a in enumerate(r["per_class_accuracy"])),
+        + " ".join(
+            f"{c}:{a:.3f}" for c, a in zip(r["classes"], r["per_class_accuracy"], strict=True)
+        ),
         "confusion matrix (rows: true class, columns: predicted):",
     ]
     lines += [" ".join(f"{v:5d}" for v in row) for row in r["confusion_matrix"]]

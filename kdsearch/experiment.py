@@ -9,7 +9,7 @@ select anything).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,15 @@ import torch
 
 from kdsearch import data as datasets
 from kdsearch import nets
-from kdsearch.checkpoint import load_model, save_model, update_metrics
+from kdsearch.checkpoint import (
+    input_normalization,
+    load_checkpoint,
+    load_model,
+    model_of,
+    save_model,
+    update_metrics,
+)
+from kdsearch.errors import KDSearchError
 from kdsearch.spec import Spec
 from kdsearch.train import DeviceData, EpochResult, History, Run, evaluate, fit, resolve_device
 
@@ -31,6 +39,7 @@ class Context:
     data: DeviceData
     teacher: Any = None
     num_classes: int = 10
+    classes: tuple[str, ...] | None = None
 
     @classmethod
     def load(cls, spec: Spec, device: str | None = None, with_teacher: bool = True) -> Context:
@@ -42,7 +51,7 @@ class Context:
             from kdsearch.teacher import teacher_logits
 
             teacher = teacher_logits(spec, data)
-        return cls(spec, dev, data, teacher, splits.num_classes)
+        return cls(spec, dev, data, teacher, splits.num_classes, splits.classes)
 
 
 @dataclass
@@ -69,10 +78,25 @@ def train_student(
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = True,
     tensorboard_dir: Path | None = None,
+    init: Path | None = None,
 ) -> Outcome:
-    """Train ``spec.student`` (distilled when ``spec.distills``) and write ``out`` (best epoch)."""
+    """Train ``spec.student`` (distilled when ``spec.distills``) and write ``out`` (best epoch).
+
+    With ``init`` (a kdsearch checkpoint of the same arch and classes) training starts from its
+    weights and keeps its input normalization: fine-tuning, e.g. an imported public teacher.
+    """
     torch.manual_seed(spec.train.seed)  # initial weights follow train.seed too
-    model = nets.create(spec.student.arch, num_classes=ctx.num_classes, **spec.student.kwargs)
+    data = ctx.data
+    mean, std = tuple(data.mean.flatten().tolist()), tuple(data.std.flatten().tolist())
+    if init is None:
+        model = nets.create(spec.student.arch, num_classes=ctx.num_classes, **spec.student.kwargs)
+    else:
+        model, mean, std = _initial(init, spec, ctx.num_classes)
+        data = replace(
+            data,
+            mean=torch.tensor(mean, device=ctx.device).view(-1, 1, 1),
+            std=torch.tensor(std, device=ctx.device).view(-1, 1, 1),
+        )
     parameters = nets.count_parameters(model)
 
     def save_best(m: torch.nn.Module, r: EpochResult) -> None:
@@ -83,16 +107,17 @@ def train_student(
             kwargs=spec.student.kwargs,
             num_classes=ctx.num_classes,
             dataset=datasets.describe(spec.dataset),
-            mean=tuple(ctx.data.mean.flatten().tolist()),
-            std=tuple(ctx.data.std.flatten().tolist()),
+            mean=mean,
+            std=std,
             metrics={"val_accuracy": r.val_accuracy, "epoch": r.epoch + 1},
+            classes=ctx.classes,
         )
 
     history = fit(
         Run(
             spec=spec,
             model=model,
-            data=ctx.data,
+            data=data,
             teacher=ctx.teacher if spec.distills else None,
             workdir=workdir,
             on_epoch=on_epoch,
@@ -105,6 +130,25 @@ def train_student(
         )
     )
     best = load_model(out).to(ctx.device)
-    _, test_accuracy = evaluate(best, ctx.data, ctx.data.test)
+    _, test_accuracy = evaluate(best, data, data.test)
     update_metrics(out, test_accuracy=test_accuracy)
     return Outcome(history, out, history.best_val, test_accuracy, parameters)
+
+
+def _initial(
+    path: Path, spec: Spec, num_classes: int
+) -> tuple[torch.nn.Module, tuple[float, ...], tuple[float, ...]]:
+    """The network of checkpoint ``path`` and its normalization, checked against the spec."""
+    ckpt = load_checkpoint(path, "--init")
+    if ckpt["arch"] != spec.student.arch or ckpt["num_classes"] != num_classes:
+        raise KDSearchError(
+            f"--init: {path} holds a {ckpt['arch']} for {ckpt['num_classes']} classes, but "
+            f"this run trains a {spec.student.arch} for {num_classes}; pass a checkpoint of "
+            "the same arch and class count"
+        )
+    if ckpt["kwargs"] != dict(spec.student.kwargs):
+        raise KDSearchError(
+            f"--init: {path} was built with {ckpt['kwargs']}, this run with "
+            f"{dict(spec.student.kwargs)}; make the spec's kwargs match"
+        )
+    return model_of(ckpt).train(), *input_normalization(ckpt)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from kdsearch import normalization
 from kdsearch.errors import KDSearchError, unknown_name
 from kdsearch.schema import build, in_range, positive
 
@@ -46,9 +47,15 @@ class DatasetSpec:
     labeled_fraction: float = 1.0
     augment: bool = True
     seed: int = 0
+    #: The student's input normalization: the data set's own constants when unset, else
+    #: ``cifar10``, ``cifar100``, ``imagenet`` or ``MEAN,MEAN,MEAN/STD,STD,STD``. A teacher
+    #: always uses the constants stored in its checkpoint.
+    normalization: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
+        if self.normalization is not None:
+            normalization.parse(self.normalization, f"{path}.normalization")
         in_range(f"{path}.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
         in_range(f"{path}.subset_fraction", self.subset_fraction, 0.0, 1.0, low_open=True)
         in_range(f"{path}.labeled_fraction", self.labeled_fraction, 0.0, 1.0, low_open=True)
@@ -77,13 +84,17 @@ class OptimizerSpec:
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    name: Literal["none", "step", "cosine"] = "none"
+    #: ``onecycle`` (torch's OneCycleLR, peaking at the optimizer's lr after ``pct_start`` of
+    #: the run) steps every batch, for short fine-tuning runs; the others step every epoch.
+    name: Literal["none", "step", "cosine", "onecycle"] = "none"
     step_size: int = 30
     gamma: float = 0.1
+    pct_start: float = 0.3
 
     def check(self, path: str) -> None:
         positive(f"{path}.step_size", self.step_size)
         in_range(f"{path}.gamma", self.gamma, 0.0, 1.0, low_open=True)
+        in_range(f"{path}.pct_start", self.pct_start, 0.0, 1.0, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from kdsearch import views
-from kdsearch.checkpoint import atomic_save, load_checkpoint
+from kdsearch.checkpoint import atomic_save, input_normalization, load_checkpoint, model_of
 from kdsearch.errors import KDSearchError
 from kdsearch.paths import models_dir, resolve
 from kdsearch.spec import Spec
@@ -33,10 +33,26 @@ from kdsearch.train import DeviceData
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
-def load_teacher(spec: Spec, num_classes: int) -> nn.Module:
+class TeacherNet(nn.Module):
+    """A network that takes uint8 images and normalizes them with its own constants."""
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = views.normalize(x, self.mean, self.std)
+        if out.is_cuda:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return self.net(out)
+
+
+def load_teacher(spec: Spec, num_classes: int) -> TeacherNet:
     """The spec's teacher, checked against the spec's arch and the data's class count."""
     teacher = spec.teacher
     if teacher is None:
@@ -60,11 +76,7 @@ def load_teacher(spec: Spec, num_classes: int) -> nn.Module:
             f"teacher.checkpoint: {path} has {ckpt['num_classes']} classes, the data set "
             f"{spec.dataset.name} has {num_classes}; use a teacher trained on this data set"
         )
-    from kdsearch import nets
-
-    model = nets.create(ckpt["arch"], num_classes=ckpt["num_classes"], **ckpt["kwargs"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    return TeacherNet(model_of(ckpt), *input_normalization(ckpt)).eval()
 
 
 class CachedTeacher:
@@ -82,14 +94,14 @@ class CachedTeacher:
         slot = torch.randint(self.table.shape[1], (len(idx),), device=idx.device, generator=gen)
         return self.view_ids[idx, slot], slot
 
-    def logits(self, idx: torch.Tensor, token: Any, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, idx: torch.Tensor, token: Any, images: torch.Tensor) -> torch.Tensor:
         return self.table[idx, token].float()
 
 
 class OnlineTeacher:
     """The teacher run on every batch: for augmentations that cannot be enumerated."""
 
-    def __init__(self, model: nn.Module, view_set: torch.Tensor) -> None:
+    def __init__(self, model: TeacherNet, view_set: torch.Tensor) -> None:
         self.model = model.eval()
         self.view_set = view_set
 
@@ -98,18 +110,17 @@ class OnlineTeacher:
         return self.view_set[pick], None
 
     @torch.no_grad()
-    def logits(self, idx: torch.Tensor, token: Any, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).float()
+    def logits(self, idx: torch.Tensor, token: Any, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).float()
 
 
-def cache_key(model: nn.Module, data: DeviceData, spec: Spec) -> str:
-    """Hash of teacher weights, training images, normalization and view mode."""
+def cache_key(model: TeacherNet, data: DeviceData, spec: Spec) -> str:
+    """Hash of teacher weights and normalization (its buffers), training images, view mode."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     h.update(data.train.x.cpu().numpy().tobytes())
-    h.update(repr((data.mean.flatten().tolist(), data.std.flatten().tolist())).encode())
     per_image = spec.distill.cache_views()
     seed = spec.train.seed if per_image else None  # only sampled views depend on the seed
     h.update(repr((spec.dataset.augment, per_image, seed)).encode())
@@ -129,7 +140,7 @@ def slot_views(data: DeviceData, per_image: int | None, seed: int) -> torch.Tens
 
 @torch.no_grad()
 def compute_logits(
-    model: nn.Module, data: DeviceData, slot_views: torch.Tensor, batch: int = 1024
+    model: TeacherNet, data: DeviceData, slot_views: torch.Tensor, batch: int = 1024
 ) -> torch.Tensor:
     """Teacher logits (fp16, N×V×C on the CPU) for every image under every slot's view."""
     device = data.train.x.device
@@ -141,7 +152,7 @@ def compute_logits(
     for j in range(v):
         for first in range(0, n, batch):
             idx = torch.arange(first, min(n, first + batch), device=device)
-            x = data.prepare(views.apply(data.train.x[idx], slot_views[idx, j]))
+            x = views.apply(data.train.x[idx], slot_views[idx, j])
             with autocast:
                 out[first : first + len(idx), j] = model(x).float().cpu().half()
     return out
@@ -174,11 +185,11 @@ def _read(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def cache_path(model: nn.Module, data: DeviceData, spec: Spec) -> Path:
+def cache_path(model: TeacherNet, data: DeviceData, spec: Spec) -> Path:
     return models_dir() / "cache" / f"teacher-{cache_key(model, data, spec)}.pt"
 
 
-def build_or_load(model: nn.Module, data: DeviceData, spec: Spec) -> tuple[CachedTeacher, Path]:
+def build_or_load(model: TeacherNet, data: DeviceData, spec: Spec) -> tuple[CachedTeacher, Path]:
     """The study's teacher cache: loaded if valid, else built by exactly one process."""
     from filelock import FileLock
 

@@ -54,8 +54,9 @@ class TeacherLogits(Protocol):
     def draw_views(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
         """A view index per image (and a token ``logits`` needs to find them)."""
 
-    def logits(self, idx: torch.Tensor, token: Any, x: torch.Tensor) -> torch.Tensor:
-        """Teacher logits for images ``idx`` under the drawn views (``x``: the student's input)."""
+    def logits(self, idx: torch.Tensor, token: Any, images: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for images ``idx`` under the drawn views (``images``: those views as
+        uint8, which the teacher normalizes with its own constants)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,8 +150,17 @@ def make_optimizer(params: Iterable[nn.Parameter], spec: Spec) -> torch.optim.Op
     return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, spec: Spec) -> Any:
+def make_schedule(optimizer: torch.optim.Optimizer, spec: Spec, steps_per_epoch: int) -> Any:
+    """The learning-rate schedule; ``onecycle`` counts batches, the others epochs."""
     sched = spec.train.schedule
+    if sched.name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=spec.train.optimizer.lr,
+            epochs=spec.train.epochs,
+            steps_per_epoch=steps_per_epoch,
+            pct_start=sched.pct_start,
+        )
     if sched.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, sched.step_size, sched.gamma)
     if sched.name == "cosine":
@@ -245,7 +255,9 @@ def fit(run: Run) -> History:
     hooks = _attach_hooks(method, model, run.teacher, data) if distilling else None
     method.to(device)
     optimizer = make_optimizer([*model.parameters(), *method.parameters()], spec)
-    schedule = make_schedule(optimizer, spec)
+    schedule = make_schedule(
+        optimizer, spec, math.ceil(_used(len(data.train), spec) / spec.train.batch_size)
+    )
     gen = torch.Generator(device=device).manual_seed(spec.train.seed)
     history = History()
     state = _resume_state(run)
@@ -267,9 +279,10 @@ def fit(run: Run) -> History:
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             train_loss, terms, correct, used = _train_epoch(
-                run, step, method, hooks, optimizer, gen, epoch
+                run, step, method, hooks, optimizer, schedule, gen, epoch
             )
-            schedule.step()
+            if not _per_batch(spec):
+                schedule.step()
             val_loss, val_acc = evaluate(model, data, data.val)
             result = EpochResult(
                 epoch=epoch,
@@ -316,13 +329,15 @@ def _attach_hooks(
         return None
     student = distill.FeatureHooks(model, method.student_layers(), "student")
     teacher_net = teacher.model if teacher.model is not None else nn.Identity()
-    hooks = (student, distill.FeatureHooks(teacher_net, method.teacher_layers(), "teacher"))
-    probe = data.prepare(data.train.x[:2])
+    # Layer names are the architecture's own, not those of the normalizing wrapper around it.
+    named = getattr(teacher_net, "net", teacher_net)
+    hooks = (student, distill.FeatureHooks(named, method.teacher_layers(), "teacher"))
+    raw = data.train.x[:2]  # the teacher normalizes its uint8 input itself
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        model(probe)
-        teacher_net(probe)
+        model(data.prepare(raw))
+        teacher_net(raw)
     model.train(was_training)
     method.build(hooks[0].take(), hooks[1].take())
     return hooks
@@ -334,6 +349,7 @@ def _train_epoch(
     method: distill.Method,
     hooks: tuple[distill.FeatureHooks, distill.FeatureHooks] | None,
     optimizer: torch.optim.Optimizer,
+    schedule: Any,
     gen: torch.Generator,
     epoch: int,
 ) -> tuple[float, dict[str, float], int, int]:
@@ -349,9 +365,8 @@ def _train_epoch(
     loss_sum = torch.zeros((), device=device)
     term_sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
-    # A last batch of one image would break batch norm in training mode; that image is
-    # simply seen in the other epochs, where the shuffle places it elsewhere.
-    used = n - 1 if n % bs == 1 and n > 1 else n
+    used = _used(n, spec)
+    per_batch = _per_batch(spec)
     run.model.train()
     for first in range(0, used, bs):
         if run.should_stop():
@@ -362,11 +377,12 @@ def _train_epoch(
         else:
             pick = torch.randint(len(data.view_set), (len(idx),), device=device, generator=gen)
             view_idx, token = data.view_set[pick], None
-        x = data.prepare(views.apply(data.train.x[idx], view_idx))
+        raw = views.apply(data.train.x[idx], view_idx)
+        x = data.prepare(raw)
         y = data.train.y[idx]
         with _autocast(device):
             out = step(x)
-            target = run.teacher.logits(idx, token, x) if distilling else None
+            target = run.teacher.logits(idx, token, raw) if distilling else None
             batch = distill.Batch(out.float(), target, y)
             if hooks is not None:
                 batch.student_features, batch.teacher_features = hooks[0].take(), hooks[1].take()
@@ -375,6 +391,8 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if per_batch:
+            schedule.step()
         loss_sum += loss.detach() * len(idx)
         for name, term in terms.items():
             term_sums[name] = term_sums.get(name, 0) + term.detach() * len(idx)
@@ -387,6 +405,20 @@ def _train_epoch(
         )
     terms_mean = {name: total.item() / used for name, total in term_sums.items()}
     return train_loss, terms_mean, int(correct.item()), used
+
+
+def _used(n: int, spec: Spec) -> int:
+    """Images an epoch trains on.
+
+    A last batch of one image would break batch norm in training mode; that image is simply
+    seen in the other epochs, where the shuffle places it elsewhere.
+    """
+    return n - 1 if n % spec.train.batch_size == 1 and n > 1 else n
+
+
+def _per_batch(spec: Spec) -> bool:
+    """Whether the schedule steps after every batch (one-cycle) rather than every epoch."""
+    return spec.train.schedule.name == "onecycle"
 
 
 def _save_state(

@@ -24,6 +24,9 @@ RESNET18_DISTILL = sorted(STUDIES.glob("resnet18_distill_*.yaml"))
 #: Grid studies and the grid points they must visit (the whole product of their choices).
 GRIDS = {
     "cnn_distill_grid": 5 * 8,
+    "cnn_distill_grid_dropout": 5 * 5,
+    "cnn_distill_grid_dropout_extra": 2 * 2,
+    "cnn_partial_05_grid": 5 * 9,
     "cnn_partial_05": 2,
     "cnn_partial_20": 2,
     "cnn_partial_100": 2,
@@ -37,6 +40,7 @@ def test_the_studies_exist() -> None:
     names = {p.stem for p in SPECS}
     assert set(GRIDS) <= names
     assert {"base_cnn", "base_cnn_nodropout", "base_resnet18", "cnn_distill"} <= names
+    assert {"cifar10_jpg"} <= names
     assert len(RESNET18_DISTILL) == 4
 
 
@@ -83,10 +87,15 @@ def test_grid_is_one_grid_for_every_worker(name: str) -> None:
     assert len(points) == GRIDS[name], f"{GRIDS[name] - len(points)} grid points never ran"
 
 
-@pytest.mark.parametrize("name", [n for n in GRIDS if "partial" in n])
+@pytest.mark.parametrize("name", [n for n in GRIDS if "partial" in n and "grid" not in n])
 def test_partial_study_compares_baseline_with_distillation_only(name: str) -> None:
     spec = specs.load(STUDIES / f"{name}.yaml")
-    assert spec.search.space["alpha"].choices == [0.0, 0.9]
+    # CIFAR-10: the reference's 5% experiment (alpha 0.95, T 2, 50 epochs, dropout 0).
+    cifar = name.startswith("cnn")
+    assert spec.search.space["alpha"].choices == [0.0, 0.95 if cifar else 0.9]
+    if cifar:
+        assert (spec.distill.temperature, spec.train.epochs) == (2.0, 50)
+        assert spec.student.kwargs["dropout"] == 0.0
     # Anything else in the space (inherited from a TPE base) is pinned to one value.
     assert all(len(p.choices) == 1 for k, p in spec.search.space.items() if k != "alpha")
     fraction = name.rsplit("_", 1)[1]
@@ -109,9 +118,25 @@ def test_resnet18_distill_uses_the_reference_sgd_recipe(path: Path) -> None:
     opt = spec.train.optimizer
     assert (opt.name, opt.lr, opt.momentum, opt.weight_decay) == ("sgd", 0.1, 0.9, 5e-4)
     assert not opt.nesterov
-    assert spec.train.epochs == 200
+    # The reference's epochs per teacher, its step 150 and its fixed point (alpha 0.95, T 6).
+    epochs = {"wrn28_10": 170, "preresnet110": 170, "resnext29_8x64d": 175, "densenet100": 200}
+    assert spec.teacher is not None and spec.train.epochs == epochs[spec.teacher.arch]
+    assert (spec.train.schedule.name, spec.train.schedule.step_size) == ("step", 150)
+    assert (spec.distill.alpha, spec.distill.temperature) == (0.95, 6.0)
     assert spec.student.arch == "resnet18"
     assert spec.teacher is not None
     assert spec.teacher.checkpoint == f"models/{spec.teacher.arch}-cifar10.pt"
     # The recipe is fixed: only distillation is searched.
     assert set(spec.search.space) == {"alpha", "temperature"}
+
+
+def test_reference_settings_that_were_checked() -> None:
+    """The reference's exact settings (params.json, train.py history and logs)."""
+    baseline = specs.load(STUDIES / "base_resnet18.yaml").train.schedule
+    assert (baseline.name, baseline.step_size, baseline.gamma) == ("step", 100, 0.1)
+    assert specs.load(STUDIES / "cnn_distill_grid.yaml").student.kwargs["dropout"] == 0.0
+    dropout = specs.load(STUDIES / "cnn_distill_grid_dropout.yaml")
+    assert dropout.student.kwargs["dropout"] == 0.5
+    assert specs.load(STUDIES / "cnn_distill.yaml").distill.temperature == 20.0
+    wrn = specs.load(STUDIES / "resnet18_distill_wrn.yaml").teacher
+    assert wrn is not None and wrn.kwargs == {"dropout": 0.3}

@@ -17,6 +17,7 @@ from kdsearch import spec as specs
 from kdsearch import teacher, views
 from kdsearch.experiment import Context
 from kdsearch.losses import kd_loss
+from kdsearch.normalization import NAMED
 from kdsearch.teacher import CachedTeacher, OnlineTeacher, build_or_load, compute_logits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,7 +39,7 @@ def _setup(
 def _online(model: torch.nn.Module, ctx: Context, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The teacher run on images ``x`` under views ``v``, as the online path does."""
     online = OnlineTeacher(model, ctx.data.view_set)
-    return online.logits(torch.arange(len(x)), None, ctx.data.prepare(views.apply(x, v)))
+    return online.logits(torch.arange(len(x)), None, views.apply(x, v))
 
 
 def _assert_fp16_close(cached: torch.Tensor, online: torch.Tensor) -> None:
@@ -69,7 +70,7 @@ def test_cached_loss_equals_online_loss(write_spec: Callable[..., Path]) -> None
     idx = torch.randperm(n, generator=gen)[:32]
     view_idx, token = cached.draw_views(idx, gen)
     assert len(set(view_idx.tolist())) > 10  # really different views per image
-    x = d.prepare(views.apply(d.train.x[idx], view_idx))
+    x = views.apply(d.train.x[idx], view_idx)
     from_cache = cached.logits(idx, token, x)
     online = OnlineTeacher(model, d.view_set).logits(idx, None, x)
     _assert_fp16_close(from_cache, online)
@@ -136,8 +137,12 @@ def test_cache_key_depends_on_inputs(write_spec: Callable[..., Path]) -> None:
     all_views = spec.with_overrides({"distill.teacher_cache": "all_views"})
     assert teacher.cache_path(model, ctx.data, all_views) != base
     with torch.no_grad():
-        model.fc2.bias.add_(1e-3)
-    assert teacher.cache_path(model, ctx.data, spec) != base
+        model.net.fc2.bias.add_(1e-3)
+    changed = teacher.cache_path(model, ctx.data, spec)
+    assert changed != base
+    with torch.no_grad():  # the teacher's own normalization is part of the key
+        model.std.mul_(2)
+    assert teacher.cache_path(model, ctx.data, spec) not in (base, changed)
 
 
 def _cache_files(home: Path) -> list[str]:
@@ -239,3 +244,60 @@ def test_cached_teacher_lookup() -> None:
     out = cached.logits(idx, slot, torch.empty(0))
     assert out.dtype == torch.float32
     assert torch.equal(out, table[idx, slot].float())
+
+
+def _with_normalization(path: Path, name: str) -> None:
+    """Rewrite a teacher checkpoint as if it had been trained with other input constants."""
+    ckpt = torch.load(path, weights_only=True)
+    mean, std = NAMED[name]
+    ckpt["normalization"] = {"mean": list(mean), "std": list(std)}
+    torch.save(ckpt, path)
+
+
+def test_teacher_normalizes_with_its_own_constants(
+    kd_home: Path, write_spec: Callable[..., Path]
+) -> None:
+    """Online and cached, the teacher sees its input normalized as its checkpoint says, not as
+    the student's data set is."""
+    _with_normalization(kd_home / "models" / "teacher.pt", "imagenet")
+    spec, ctx, model = _setup(write_spec, {"distill": {"teacher_cache": "sampled:2"}})
+    d = ctx.data
+    mean, std = (torch.tensor(v).view(-1, 1, 1) for v in NAMED["imagenet"])
+    assert not torch.allclose(d.mean, mean)  # the student's constants are the data set's
+    x = views.apply(d.train.x, torch.full((len(d.train),), views.IDENTITY))
+    with torch.no_grad():
+        own = model.net(views.normalize(x, mean, std))
+        students = model.net(d.prepare(x))
+    assert (own - students).abs().max() > 0.1
+    online = OnlineTeacher(model, d.view_set).logits(torch.arange(len(x)), None, x)
+    torch.testing.assert_close(online, own)
+    cached, _ = build_or_load(model, d, spec)
+    for j in range(2):
+        v = cached.view_ids[:, j]
+        with torch.no_grad():
+            expected = model.net(views.normalize(views.apply(d.train.x, v), mean, std))
+        _assert_fp16_close(cached.table[:, j].float(), expected)
+
+
+def test_online_and_cached_distillation_train_the_same_student(
+    kd_home: Path, write_spec: Callable[..., Path]
+) -> None:
+    """Through the training loop: the online teacher gets the same (uint8) views as the cache
+    was built from, so both runs end with the same student (up to fp16 cache rounding)."""
+    from kdsearch.experiment import train_student
+
+    _with_normalization(kd_home / "models" / "teacher.pt", "imagenet")
+    states = []
+    for mode in ("none", "all_views"):
+        spec = specs.load(
+            write_spec({**SMALL, "train": {"epochs": 1}, "distill": {"teacher_cache": mode}})
+        )
+        ctx = Context.load(spec, "cpu")
+        out = kd_home / "models" / f"student-{mode}.pt"
+        train_student(ctx, spec, out, progress=False)
+        states.append(torch.load(out, weights_only=True)["state_dict"])
+    # Weights only: Adam turns the fp16-sized noise on the (BN-cancelled) conv biases into
+    # full-size steps, while a teacher fed the wrong input moves every weight by ~2 lr.
+    weights = [k for k in states[0] if k.endswith("weight")]
+    for key in weights:
+        torch.testing.assert_close(states[1][key], states[0][key], rtol=0, atol=1e-4, msg=key)

@@ -268,3 +268,28 @@ def test_resume_state_written_for_another_run_is_not_resumed(
     # The run it was written for resumes it (nothing left to train).
     same = fit(Run(spec, _model(spec, d), d, workdir=first, resume_tag=dict(tag), progress=False))
     assert same.resumed_from_epoch == 1
+
+
+def test_onecycle_steps_every_batch() -> None:
+    """``onecycle`` follows torch's OneCycleLR batch by batch: 4 batches per epoch here."""
+    spec, d = _setup(
+        {
+            "train": {
+                "epochs": 3,
+                "optimizer": {"name": "sgd", "lr": 0.1, "nesterov": True},
+                "schedule": {"name": "onecycle"},
+            }
+        }
+    )
+    assert len(d.train) == 256 and spec.train.batch_size == 64
+    history = fit(Run(spec, _model(spec, d), d, progress=False))
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+    cycle = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=0.1, total_steps=12)
+    expected = []
+    for _ in range(3):
+        expected.append(reference.param_groups[0]["lr"])
+        for _ in range(4):
+            reference.step()
+            cycle.step()
+    assert [e.lr for e in history.epochs] == pytest.approx(expected)
+    assert expected[0] == pytest.approx(0.1 / 25)
