@@ -23,7 +23,7 @@ from kdsearch.errors import KDSearchError
 from kdsearch.experiment import Context
 from kdsearch.objective import Objective
 from kdsearch.spec import Spec, from_dict, merge
-from kdsearch.teacher import CachedTeacher, OnlineTeacher, compute_logits, slot_views
+from kdsearch.teacher import CachedTeacher, OnlineTeacher, TeacherNet, compute_logits, slot_views
 from kdsearch.train import DeviceData, Run, fit
 
 CPU = torch.device("cpu")
@@ -60,7 +60,10 @@ def _run(
         spec = spec.with_overrides({"train.epochs": epochs})
     d = DeviceData.from_splits(data.load(spec.dataset), CPU, spec.dataset.augment)
     torch.manual_seed(123)
-    teacher_net = nets.create("cnn5", num_classes=d.num_classes, num_channels=8).eval()
+    net = nets.create("cnn5", num_classes=d.num_classes, num_channels=8)
+    # Like a loaded teacher: uint8 in, normalized with its own (here the data's) constants.
+    teacher_net = TeacherNet(net, tuple(d.mean.flatten().tolist()), tuple(d.std.flatten().tolist()))
+    teacher_net.eval()
     if online:
         teacher = OnlineTeacher(teacher_net, d.view_set)
     else:

@@ -28,7 +28,14 @@ from kdsearch.data import Images
 from kdsearch.experiment import Context, train_student
 from kdsearch.objective import suggest
 from kdsearch.spec import from_dict, merge
-from kdsearch.teacher import CachedTeacher, OnlineTeacher, cache_path, compute_logits, slot_views
+from kdsearch.teacher import (
+    CachedTeacher,
+    OnlineTeacher,
+    TeacherNet,
+    cache_path,
+    compute_logits,
+    slot_views,
+)
 from kdsearch.train import DeviceData, make_optimizer, make_schedule
 
 S = optuna.trial.TrialState
@@ -98,7 +105,7 @@ def complete(st: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def export_args(url: str, **over: object) -> argparse.Namespace:
     base = dict(
         study="guarded", storage=url, output=None, format="json", top=None, columns=None,
-        state="all", pivot=None, compare=None,
+        state="all", pivot=None, compare=None, bins=4,
     )  # fmt: skip
     return argparse.Namespace(**{**base, **over})
 
@@ -166,7 +173,13 @@ def test_best_command_tests_the_best_trial(finished, capsys):
     url, st = finished
     capsys.readouterr()
     args = argparse.Namespace(
-        study="guarded", storage=url, retrain=False, seeds="0", device="cpu", json=True
+        study="guarded",
+        storage=url,
+        retrain=False,
+        seeds="0",
+        device="cpu",
+        json=True,
+        baseline=False,
     )
     assert bestcmd.main(args) == 0
     result = json.loads(capsys.readouterr().out)
@@ -285,8 +298,11 @@ def test_all_views_cache_trains_like_the_online_teacher(tmp_path, one_torch_thre
         dataset={"options": {"n_train": 96, "n_test": 32}},
     )
     torch.manual_seed(1)
-    teacher = nets.create("cnn5", num_classes=4, num_channels=8).eval()
+    net = nets.create("cnn5", num_classes=4, num_channels=8)
     ctx = _context(spec, None)
+    # Like a loaded teacher: uint8 views in, normalized with its own (here the data's) constants.
+    mean, std = (tuple(v.flatten().tolist()) for v in (ctx.data.mean, ctx.data.std))
+    teacher = TeacherNet(net, mean, std).eval()
     table = compute_logits(teacher, ctx.data, slot_views(ctx.data, None, 0))
     ctx.teacher = CachedTeacher(table, slot_views(ctx.data, None, 0))
     cached = _student_weights(ctx, spec, tmp_path / "cached.pt")
@@ -325,7 +341,7 @@ def test_optimizer_settings_are_used(name):
     spec = spec_of(
         train={"optimizer": {"name": name, "lr": 0.05, "momentum": 0.7, "weight_decay": 0.003}}
     )
-    group = make_optimizer(torch.nn.Linear(2, 2), spec).param_groups[0]
+    group = make_optimizer(torch.nn.Linear(2, 2).parameters(), spec).param_groups[0]
     assert group["lr"] == 0.05 and group["weight_decay"] == 0.003
     if name == "sgd":
         assert group["momentum"] == 0.7
@@ -333,8 +349,8 @@ def test_optimizer_settings_are_used(name):
 
 def test_cosine_schedule_spans_the_epochs():
     spec = spec_of(train={"epochs": 10, "schedule": {"name": "cosine"}})
-    opt = make_optimizer(torch.nn.Linear(2, 2), spec)
-    sched = make_schedule(opt, spec)
+    opt = make_optimizer(torch.nn.Linear(2, 2).parameters(), spec)
+    sched = make_schedule(opt, spec, 1)
     lrs = []
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])

@@ -150,6 +150,7 @@ def test_report_skips_what_it_cannot_draw(cli: Cli, write_spec: Callable[..., Pa
 
 
 def test_report_of_an_unknown_study_is_one_line(cli: Cli, kd_home: Path) -> None:
+    optuna.create_study(study_name="other", storage=f"sqlite:///{kd_home / 'kd.db'}")
     proc = cli("report", "--study", "nope", "--storage", STORAGE)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("kdsearch: error: study: unknown 'nope'")
