@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch import spec as specs
+from kdsearch import storage as storages
 from kdsearch.errors import KDSearchError, unknown_name
 from kdsearch.paths import models_dir
 from kdsearch.spec import ParamSpec, Spec
@@ -231,3 +232,32 @@ def extend(storage: Any, name: str, n_trials: int) -> int:
     stored["search"]["n_trials"] = n_trials
     study.set_user_attr(SPEC_ATTR, stored)
     return old
+
+
+def open_study(name: str, url: str | None = None, *, existing: bool = True) -> tuple[Any, Spec]:
+    """Study ``name`` and its stored spec, from ``url`` (default: $KDSEARCH_STORAGE, else
+    sqlite:///kdsearch.db).
+
+    The one way the tools open a study: an unreachable database, an unknown study or one
+    kdsearch did not create is a one-line error before anything is read or written.
+    """
+    import optuna
+
+    storage = storages.open_storage(storages.resolve_url(url), existing=existing)
+    spec = load_spec(storage, name)
+    return optuna.load_study(study_name=name, storage=storage), spec
+
+
+def best_of(study: Any, trials: list[Any] | None = None) -> Any | None:
+    """The best complete trial of ``trials`` (default: the study's) in the study's direction,
+    or None when there is none (a fresh study, or only pruned and failed trials)."""
+    import optuna
+
+    complete = optuna.trial.TrialState.COMPLETE
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(complete,))
+    done = [t for t in trials if t.state == complete]
+    if not done:
+        return None
+    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+    return pick(done, key=lambda t: t.value)
