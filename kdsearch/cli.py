@@ -156,7 +156,7 @@ def cmd_export_table(a: argparse.Namespace) -> int:
     from kdsearch.errors import KDSearchError
 
     if a.top is not None and a.top < 1:
-        raise KDSearchError("--top must be >= 1")
+        raise KDSearchError(f"--top {a.top}: must be >= 1")
     if a.compare:
         df = export.compare_table(a.compare, a.storage)
     elif not a.study:

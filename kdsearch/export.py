@@ -275,9 +275,9 @@ def table(
     """Study ``name``'s trials, best first (:func:`trials_table`), cut as ``export-table`` does:
     the best ``top``, only ``columns``, or the best value per cell over ``pivot_on``."""
     if top is not None and top < 1:
-        raise KDSearchError("--top must be >= 1")
+        raise KDSearchError(f"--top {top}: must be >= 1")
     if bins < 2:
-        raise KDSearchError("--bins must be >= 2")
+        raise KDSearchError(f"--bins {bins}: must be >= 2")
     study, _ = studies.open_study(name, url)
     df = trials_table(study, state)
     if df.empty:

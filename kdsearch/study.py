@@ -190,8 +190,8 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
     return study
 
 
-def load_spec(storage: Any, name: str) -> Spec:
-    """The spec stored on study ``name``, validated by this version of kdsearch."""
+def load(storage: Any, name: str) -> tuple[Any, Spec]:
+    """Study ``name`` in an open storage and its stored spec, validated by this kdsearch."""
     import optuna
 
     try:
@@ -210,7 +210,12 @@ def load_spec(storage: Any, name: str) -> Spec:
             f"study {name!r} was created by an incompatible kdsearch (spec version {version}, "
             f"this one reads {specs.SPEC_VERSION}); use a matching kdsearch or create a new study"
         )
-    return specs.from_dict(study.user_attrs[SPEC_ATTR])
+    return study, specs.from_dict(study.user_attrs[SPEC_ATTR])
+
+
+def load_spec(storage: Any, name: str) -> Spec:
+    """The spec stored on study ``name`` (see :func:`load`)."""
+    return load(storage, name)[1]
 
 
 def extend(storage: Any, name: str, n_trials: int) -> int:
@@ -219,10 +224,7 @@ def extend(storage: Any, name: str, n_trials: int) -> int:
     Only raising is allowed: a lower budget would not undo trials already run, and every other
     spec key is fixed for the life of a study (trials must stay comparable).
     """
-    import optuna
-
-    load_spec(storage, name)  # an unknown or foreign study fails here
-    study = optuna.load_study(study_name=name, storage=storage)
+    study, _ = load(storage, name)  # an unknown or foreign study fails here
     stored = study.user_attrs[SPEC_ATTR]
     old = stored["search"]["n_trials"]
     if n_trials <= old:
@@ -241,11 +243,7 @@ def open_study(name: str, url: str | None = None, *, existing: bool = True) -> t
     The one way the tools open a study: an unreachable database, an unknown study or one
     kdsearch did not create is a one-line error before anything is read or written.
     """
-    import optuna
-
-    storage = storages.open_storage(storages.resolve_url(url), existing=existing)
-    spec = load_spec(storage, name)
-    return optuna.load_study(study_name=name, storage=storage), spec
+    return load(storages.open_storage(storages.resolve_url(url), existing=existing), name)
 
 
 def best_of(study: Any, trials: list[Any] | None = None) -> Any | None:
