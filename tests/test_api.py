@@ -54,7 +54,9 @@ def test_best_of_follows_the_study_direction() -> None:
             st.add_trial(optuna.trial.create_trial(value=value))
         st.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
         assert studies.best_of(st).value == expected
+        assert studies.best_of(st, st.trials).value == expected  # the pruned one is skipped
         assert studies.best_of(st, st.trials[:1]).value == 2.0
+        assert studies.best_of(st, st.trials[-1:]) is None
 
 
 def test_search_from_python(
@@ -93,3 +95,19 @@ def test_a_missing_database_is_an_error_not_a_new_file(kd_home: Path) -> None:
     with pytest.raises(KDSearchError, match=r"no such database file kd\.db"):
         kdsearch.trials_table("nope", STORAGE)
     assert not (kd_home / "kd.db").exists()
+
+
+def test_nothing_imports_the_cli() -> None:
+    """The CLI is the top layer: only ``python -m kdsearch`` (``__main__``) imports it."""
+    import ast
+
+    package = Path(kdsearch.__file__).parent
+    importers = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            if "kdsearch.cli" in names:
+                importers.append(path.relative_to(package).as_posix())
+    assert sorted(set(importers)) == ["__main__.py"]
