@@ -16,9 +16,7 @@ study and shared by every trial and epoch, so its build time is reported on its 
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import os
 import platform
 import sys
@@ -203,36 +201,36 @@ def _device_name(device: torch.device) -> str:
     return f"{model} ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)"
 
 
-def _print_table(r: dict[str, Any], timings: list[Timing]) -> None:
-    print(
+def format_table(r: dict[str, Any], timings: list[Timing]) -> str:
+    """The timings for a reader: one row per variant, ratios against the reference loop."""
+    lines = [
         f"kdsearch bench: {r['device_name']}, torch {r['torch_version']}, load average "
-        f"{r['load_average']:.2f} at start"
-    )
-    print(
+        f"{r['load_average']:.2f} at start",
         f"{r['images']:,} synthetic 32x32 training images, batch {BATCH}, cnn5 student, "
-        f"resnet18 teacher, teacher cache {r['cache_mode']}\n"
-    )
-    print(f"{'variant':<32}{'images':>9}{'seconds':>10}{'img/s':>10}{'vs (a)':>9}")
+        f"resnet18 teacher, teacher cache {r['cache_mode']}\n",
+        f"{'variant':<32}{'images':>9}{'seconds':>10}{'img/s':>10}{'vs (a)':>9}",
+    ]
     for t in timings:
         ratio = t.img_s / timings[0].img_s
-        print(f"{t.variant:<32}{t.images:>9,}{t.seconds:>10.1f}{t.img_s:>10,.0f}{ratio:>8.1f}x")
-    print(
+        lines.append(
+            f"{t.variant:<32}{t.images:>9,}{t.seconds:>10.1f}{t.img_s:>10,.0f}{ratio:>8.1f}x"
+        )
+    lines += [
         f"\n(a): one epoch after {WARMUP_BATCHES} warm-up batches; (b), (c): {ROUNDS} epochs, "
-        "alternating, after one untimed epoch each"
-    )
-    print(
+        "alternating, after one untimed epoch each",
         f"teacher cache: built once in {r['cache_build_s']:.1f} s, "
-        f"{r['cache_bytes'] / 1e6:.2f} MB of fp16 logits"
-    )
-    print(f"b/a = {r['kdsearch_vs_reference']:.1f}x   b/c = {r['kdsearch_vs_student_only']:.2f}x")
+        f"{r['cache_bytes'] / 1e6:.2f} MB of fp16 logits",
+        f"b/a = {r['kdsearch_vs_reference']:.1f}x   b/c = {r['kdsearch_vs_student_only']:.2f}x",
+    ]
+    return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run (a), the cache build, (b) and (c); print a table, or one JSON object."""
-    device = resolve_device(args.device)
+def run(device_name: str = "cpu", images: int | None = None) -> tuple[dict[str, Any], list[Timing]]:
+    """Run (a), the cache build, (b) and (c): the figures (JSON-ready) and the timings."""
+    device = resolve_device(device_name)
     load_average = os.getloadavg()[0]
     default_images, cache_mode = DEFAULTS[device.type]
-    images = default_images if args.images is None else args.images
+    images = default_images if images is None else images
     if images < 2 or images % BATCH == 1:
         raise KDSearchError(
             f"--images: {images} leaves fewer than 2 images in a batch, which BatchNorm cannot "
@@ -266,8 +264,4 @@ def main(args: argparse.Namespace) -> int:
         "cache_build_s": cache_seconds,
         "cache_bytes": cache_bytes,
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        _print_table(result, timings)
-    return 0
+    return result, timings

@@ -11,15 +11,13 @@ it without recomputing.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from kdsearch import storage as storages
 from kdsearch import study as studies
 from kdsearch.checkpoint import load_model
 from kdsearch.errors import KDSearchError
@@ -49,13 +47,13 @@ def parse_seeds(text: str) -> list[int]:
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     """The study's best complete trial, or an error saying how to get one."""
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not done:
+    best = studies.best_of(study)
+    if best is None:
         raise KDSearchError(
             f"study {study.study_name!r} has no complete trial yet; run "
             f"`kdsearch worker --study {study.study_name}` first"
         )
-    return study.best_trial
+    return best
 
 
 def checkpoint_accuracy(spec: Spec, trial: optuna.trial.FrozenTrial, device: str | None) -> float:
@@ -68,7 +66,7 @@ def checkpoint_accuracy(spec: Spec, trial: optuna.trial.FrozenTrial, device: str
     return evaluate(model, ctx.data, ctx.data.test)[1]
 
 
-def retrain(
+def retrain_seeds(
     spec: Spec, folder: Path, seeds: list[int], device: str | None
 ) -> tuple[list[float], list[str]]:
     """Test accuracy (and checkpoint) per seed of ``spec`` retrained on train+val.
@@ -126,24 +124,37 @@ def ensure_baseline(study: optuna.Study, spec: Spec, device: str | None) -> dict
     return result
 
 
-def main(args: argparse.Namespace) -> int:
-    seeds = parse_seeds(args.seeds) if args.retrain else []  # a typo fails before any work
-    storage = storages.open_storage(storages.resolve_url(args.storage), existing=True)
-    spec = studies.load_spec(storage, args.study)
-    study = optuna.load_study(study_name=args.study, storage=storage)
+def final(
+    name: str,
+    url: str | None = None,
+    *,
+    retrain: bool = False,
+    seeds: Sequence[int] = (0, 1, 2),
+    baseline: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Test accuracy of study ``name``'s best trial, stored on the study as ``final``.
+
+    The trial's own checkpoint by default; with ``retrain``, the best parameters retrained on
+    train+val once per seed. ``baseline`` adds the alpha = 0 student (:func:`ensure_baseline`).
+    """
+    seeds = list(seeds)
+    if retrain and len(set(seeds)) != len(seeds):
+        raise KDSearchError(f"seeds {seeds}: a seed is repeated (it would train the same run)")
+    study, spec = studies.open_study(name, url)
     trial = best_trial(study)
     trial_spec = spec.with_overrides(trial.params)
     result: dict[str, Any] = {
-        "study": args.study,
+        "study": name,
         "trial": trial.number,
         "params": trial.params,
         "val_accuracy": trial.value,
     }
-    if args.retrain:
-        accuracies, checkpoints = retrain(trial_spec, studies.folder(study), seeds, args.device)
+    if retrain:
+        accuracies, checkpoints = retrain_seeds(trial_spec, studies.folder(study), seeds, device)
         result.update(mode="retrain", seeds=seeds, checkpoints=checkpoints)
     else:
-        accuracies = [checkpoint_accuracy(trial_spec, trial, args.device)]
+        accuracies = [checkpoint_accuracy(trial_spec, trial, device)]
         result.update(
             mode="checkpoint",
             seeds=[trial_spec.train.seed],
@@ -155,16 +166,12 @@ def main(args: argparse.Namespace) -> int:
         std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
     )
     study.set_user_attr(FINAL_ATTR, result)
-    if args.baseline:
-        result["baseline"] = ensure_baseline(study, spec, args.device)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(_format(result))
-    return 0
+    if baseline:
+        result["baseline"] = ensure_baseline(study, spec, device)
+    return result
 
 
-def _format(r: dict[str, Any]) -> str:
+def format_result(r: dict[str, Any]) -> str:
     """The result for a reader: val beside test, so selection bias is visible at a glance."""
     params = ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()

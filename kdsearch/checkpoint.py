@@ -96,15 +96,6 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> dict[str, Any]:
     return ckpt
 
 
-def same_weights(a: Path, b: Path) -> bool:
-    """Whether two checkpoints hold the same network (arch, arguments and every weight)."""
-    ca, cb = load_checkpoint(a), load_checkpoint(b)
-    if any(ca[k] != cb[k] for k in ("arch", "kwargs", "num_classes")):
-        return False
-    sa, sb = ca["state_dict"], cb["state_dict"]
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def update_metrics(path: Path, **metrics: Any) -> None:
     """Add measured metrics (e.g. test accuracy) to a checkpoint's metadata."""
     ckpt = load_checkpoint(path)

@@ -15,31 +15,8 @@ from pathlib import Path
 from typing import Any
 
 
-def report_errors(fn: Callable[[], int | None]) -> int:
-    """Run ``fn``; a user-fixable error becomes one line on stderr and exit code 2."""
-    from kdsearch.errors import KDSearchError
-
-    try:
-        return fn() or 0
-    except KDSearchError as err:
-        print(f"kdsearch: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("kdsearch: interrupted", file=sys.stderr)
-        return 130
-
-
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=None, default=str))
-
-
-def _load_spec(path: str, overrides: list[str] | None = None) -> Any:
-    from kdsearch import spec as specs
-
-    spec = specs.load(path)
-    if overrides:
-        spec = spec.with_overrides(dict(_parse_set(o) for o in overrides))
-    return spec
 
 
 def _parse_set(item: str) -> tuple[str, Any]:
@@ -57,10 +34,9 @@ def _parse_set(item: str) -> tuple[str, Any]:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
-    from kdsearch import study
+    from kdsearch import api
 
-    spec = _load_spec(a.spec)
-    study.check(spec)
+    spec = api.validate(a.spec)
     if a.json:
         _print_json(spec.to_dict())
     else:
@@ -71,162 +47,75 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least(option: str, value: int | None, low: int) -> None:
-    from kdsearch.errors import KDSearchError
-
-    if value is not None and value < low:
-        raise KDSearchError(f"{option} {value}: must be >= {low}")
-
-
-def _train(
-    spec: Any,
-    out: Path,
-    device: str | None,
-    as_json: bool,
-    keep: Callable[[Path], None],
-    init: Path | None = None,
-) -> int:
-    """Train to a temporary file beside ``out`` and rename it when finished, so an interrupted
-    run leaves nothing at ``out``; ``keep(tmp)`` may refuse the new file before that."""
-    from kdsearch.experiment import Context, train_student
-
-    ctx = Context.load(spec, device)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
-        outcome = train_student(ctx, spec, tmp, init=init)
-        keep(tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    result = {
-        "checkpoint": str(out),
-        "val_accuracy": outcome.val_accuracy,
-        "test_accuracy": outcome.test_accuracy,
-        "best_epoch": outcome.history.best_epoch + 1,
-        "parameters": outcome.parameters,
-        "train_seconds": round(outcome.history.train_seconds, 2),
-        "images_per_second": round(outcome.history.images_per_second, 1),
-    }
+def _print_trained(result: dict[str, Any], as_json: bool) -> int:
     if as_json:
         _print_json(result)
     else:
         print(
-            f"wrote {out}: val accuracy {outcome.val_accuracy:.4f}, "
-            f"test accuracy {outcome.test_accuracy:.4f} (best epoch {result['best_epoch']})"
+            f"wrote {result['checkpoint']}: val accuracy {result['val_accuracy']:.4f}, "
+            f"test accuracy {result['test_accuracy']:.4f} (best epoch {result['best_epoch']})"
         )
     return 0
 
 
 def cmd_train_teacher(a: argparse.Namespace) -> int:
-    from kdsearch.checkpoint import same_weights
-    from kdsearch.errors import KDSearchError
-    from kdsearch.paths import resolve
+    from kdsearch import api
 
-    spec = _load_spec(a.spec)
-    teacher_spec = spec.teacher_spec()
-    out = (
-        Path(a.out)
-        if a.out
-        else resolve(spec.teacher.checkpoint or f"models/{spec.name}-teacher.pt")
+    return _print_trained(
+        api.train_teacher(a.spec, a.out, force=a.force, device=a.device, init=a.init), a.json
     )
-
-    def keep(new: Path) -> None:
-        # Studies and teacher caches were built on the teacher on disk: replacing it with
-        # another would silently change what they compare against.
-        if out.exists() and not a.force and not same_weights(out, new):
-            raise KDSearchError(
-                f"{out} already holds a different teacher (studies and teacher caches may be "
-                "built on it); pass --force to replace it, or --out to write another file"
-            )
-
-    init = Path(a.init) if a.init else None
-    return _train(teacher_spec, out, a.device, a.json, keep, init)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from kdsearch.paths import resolve
+    from kdsearch import api
 
-    spec = _load_spec(a.spec, a.set)
-    out = Path(a.out) if a.out else resolve(f"models/{spec.name}-student.pt")
-    return _train(spec, out, a.device, a.json, lambda _: None)
+    overrides = dict(_parse_set(o) for o in a.set)
+    result = api.train_student(a.spec, a.out, overrides=overrides, device=a.device)
+    return _print_trained(result, a.json)
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from kdsearch.evaluate import evaluate_checkpoint, format_report
+    from kdsearch import api
+    from kdsearch.evaluate import format_report
 
-    result = evaluate_checkpoint(Path(a.checkpoint), a.spec, a.device)
+    result = api.evaluate_checkpoint(a.checkpoint, a.spec, device=a.device)
     print(json.dumps(result) if a.json else format_report(result))
     return 0
 
 
 def cmd_create_study(a: argparse.Namespace) -> int:
-    from kdsearch import dashboard, storage, study
+    from kdsearch import api, storage
 
-    spec = _load_spec(a.spec)
-    study.check(spec)  # an impossible spec fails before the database is touched
-    _check_inputs(spec)
+    spec = api.validate(a.spec)
     url = storage.resolve_url(a.storage, spec.storage)
-    name = a.study_name or spec.name
-    created = study.create(spec, storage.open_storage(url), name, a.load_if_exists)
-    dashboard.describe(created, spec)
-    if spec.search.artifact_store:
-        dashboard.attach(
-            created, spec.search.artifact_store, {"spec.yaml": dashboard.spec_yaml(spec).encode()}
-        )
-    print(f"study {name} in {storage.mask(url)}")
-    print(f"next: kdsearch worker --study {name} --storage '{storage.mask(url)}'")
+    name = api.create_study(spec, url, study_name=a.study_name, load_if_exists=a.load_if_exists)
+    print(f"study {name.study_name} in {storage.mask(url)}")
+    print(f"next: kdsearch worker --study {name.study_name} --storage '{storage.mask(url)}'")
     return 0
 
 
-def _check_inputs(spec: Any) -> None:
-    """Open the data and load the teacher, so a study every worker would fail on is never
-    created."""
-    from kdsearch import data as datasets
-    from kdsearch.teacher import load_teacher
-
-    splits = datasets.load(spec.dataset)
-    if spec.teacher is not None:
-        load_teacher(spec, splits.num_classes)
-
-
-def _devices(text: str | None) -> list[str]:
-    from kdsearch import worker
-    from kdsearch.errors import KDSearchError
-
-    if not text:
-        return worker.default_devices()
-    devices = [d.strip() for d in text.split(",")]
-    for d in devices:
-        kind, sep, index = d.partition(":")
-        if not (d in ("cpu", "cuda") or (kind == "cuda" and sep and index.isdigit())):
-            raise KDSearchError(f"--devices: {d!r} is not a device (use cpu, cuda or cuda:N)")
-    return devices
-
-
 def cmd_worker(a: argparse.Namespace) -> int:
-    from kdsearch import status, storage, study, worker
+    from kdsearch import api, status, storage
 
-    _at_least("--n-workers", a.n_workers, 1)
-    _at_least("--n-trials", a.n_trials, 1)
-    devices = _devices(a.devices)
-    url = storage.resolve_url(a.storage)
-    # Fail fast, in the parent, on an unreachable database or an unknown study.
-    study.load_spec(storage.open_storage(url, existing=True), a.study)
-    if a.n_workers == 1:  # no child process: this process is the worker (and gets the signals)
-        worker.configure_logging(0)
-        code = worker.run(a.study, 0, devices[0], a.n_trials, a.timeout, url)
-    else:
-        code = worker.spawn(a.study, url, a.n_workers, devices, a.n_trials, a.timeout)
+    code = api.run_workers(
+        a.study,
+        a.storage,
+        n_workers=a.n_workers,
+        devices=a.devices,
+        n_trials=a.n_trials,
+        timeout=a.timeout,
+    )
     if a.verbosity >= 0:
+        url = storage.resolve_url(a.storage)
         summary = status.format_status(status.study_status(storage.open_storage(url), a.study))
         print(f"summary of study {summary}", file=sys.stderr)
     return code
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from kdsearch import status, storage
+    from kdsearch import api, status
 
-    rows = status.all_statuses(storage.open_storage(storage.resolve_url(a.storage)), a.study)
+    rows = api.study_status(a.storage, a.study)
     if a.json:
         _print_json(rows)
     else:
@@ -235,10 +124,10 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_extend(a: argparse.Namespace) -> int:
-    from kdsearch import storage, study
+    from kdsearch import api, storage
 
     url = storage.resolve_url(a.storage)
-    old = study.extend(storage.open_storage(url), a.study, a.n_trials)
+    old = api.extend_study(a.study, a.n_trials, url)
     print(f"study {a.study}: budget {old} -> {a.n_trials} trials")
     print(f"next: kdsearch worker --study {a.study} --storage '{storage.mask(url)}'")
     return 0
@@ -266,9 +155,39 @@ def cmd_delete(a: argparse.Namespace) -> int:
 
 def cmd_export_table(a: argparse.Namespace) -> int:
     from kdsearch import export
+    from kdsearch.errors import KDSearchError
 
-    _at_least("--top", a.top, 1)
-    return export.main(a)
+    if a.top is not None and a.top < 1:
+        raise KDSearchError(f"--top {a.top}: must be >= 1")
+    if a.compare:
+        df = export.compare_table(a.compare, a.storage)
+    elif not a.study:
+        raise KDSearchError("export-table: give --study NAME (or --compare STUDY ...)")
+    else:
+        row, _, col = (a.pivot or "").partition(",")
+        columns = [c.strip() for c in a.columns.split(",")] if a.columns else None
+        df = export.table(
+            a.study,
+            a.storage,
+            state=a.state,
+            top=a.top,
+            columns=columns,
+            pivot_on=(row, col) if a.pivot else None,
+            bins=a.bins,
+        )
+        if df.empty:
+            # No columns to write either (they come from the trials): say so, write nothing.
+            which = "" if a.state == "all" else f" {a.state}"
+            print(
+                f"kdsearch: study {a.study!r} has no{which} trials yet; nothing written",
+                file=sys.stderr,
+            )
+            return 0
+    if a.output is not None:
+        export.write(df, a.output, a.format)
+    else:
+        print(export.render(df, a.format))
+    return 0
 
 
 def cmd_dashboard(a: argparse.Namespace) -> int:
@@ -346,16 +265,15 @@ def cmd_import_checkpoint(a: argparse.Namespace) -> int:
 
 
 def cmd_cache_teacher(a: argparse.Namespace) -> int:
-    from kdsearch import storage, study
+    from kdsearch import spec as specs
+    from kdsearch import study
     from kdsearch.experiment import Context
     from kdsearch.teacher import build_or_load, load_teacher
 
     if a.study:
-        spec = study.load_spec(
-            storage.open_storage(storage.resolve_url(a.storage), existing=True), a.study
-        )
+        _, spec = study.open_study(a.study, a.storage)
     elif a.spec:
-        spec = _load_spec(a.spec)
+        spec = specs.load(a.spec)
     else:
         raise SystemExit("kdsearch cache-teacher: give a SPEC or --study NAME")
     ctx = Context.load(spec, a.device, with_teacher=False)
@@ -366,15 +284,34 @@ def cmd_cache_teacher(a: argparse.Namespace) -> int:
 
 
 def cmd_best(a: argparse.Namespace) -> int:
-    from kdsearch import best
+    from kdsearch import api, best
 
-    return best.main(a)
+    seeds = best.parse_seeds(a.seeds) if a.retrain else []  # a typo fails before any work
+    result = api.evaluate_best(
+        a.study, a.storage, retrain=a.retrain, seeds=seeds, baseline=a.baseline, device=a.device
+    )
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(best.format_result(result))
+    return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
     from kdsearch import report
 
-    return report.main(a)
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    out = Path(a.output) if a.output else None
+    paths, attached = report.make_report(
+        a.study, a.storage, out=out, baseline=not a.no_baseline, device=a.device, say=say
+    )
+    for path in paths:
+        print(f"wrote {path}")
+    for line in attached:
+        print(f"attached {line}")
+    return 0
 
 
 def cmd_storage_proxy(a: argparse.Namespace) -> int:
@@ -394,7 +331,12 @@ def cmd_storage_proxy(a: argparse.Namespace) -> int:
 def cmd_bench(a: argparse.Namespace) -> int:
     from kdsearch import bench
 
-    return bench.main(a)
+    result, timings = bench.run(a.device, a.images)
+    if a.json:
+        _print_json(result)
+    else:
+        print(bench.format_table(result, timings))
+    return 0
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -718,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     from kdsearch import progress
 
     progress.configure(getattr(args, "verbosity", 0))
+    from kdsearch.errors import report_errors
+
     return report_errors(lambda: args.fn(args))
 
 

@@ -9,7 +9,8 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 
 
 class KDSearchError(Exception):
@@ -24,3 +25,18 @@ def unknown_name(what: str, name: str, allowed: Iterable[str]) -> KDSearchError:
     close = difflib.get_close_matches(str(name), allowed, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return KDSearchError(f"{what}: unknown {name!r}{hint} (choose from {', '.join(allowed)})")
+
+
+def report_errors(fn: Callable[[], int | None]) -> int:
+    """Run ``fn``; a user-fixable error becomes one line on stderr and its exit code (2).
+
+    Shared by the CLI and the worker processes it starts, so both print errors alike.
+    """
+    try:
+        return fn() or 0
+    except KDSearchError as err:
+        print(f"kdsearch: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("kdsearch: interrupted", file=sys.stderr)
+        return 130

@@ -9,10 +9,8 @@ read from the study database, so a table is always exactly what the study holds.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from kdsearch import storage as storages
 from kdsearch import study as studies
 from kdsearch.errors import KDSearchError
 from kdsearch.spec import ALIASES, Spec
@@ -168,14 +165,13 @@ def pivot(df: pd.DataFrame, row: str, col: str, bins: int = 4) -> pd.DataFrame:
     )
 
 
-def compare(storage: Any, names: list[str]) -> pd.DataFrame:
+def compare(names: list[str], url: str | None = None) -> pd.DataFrame:
     """One row per study: its best trial's validation and test accuracy and student size."""
     rows = []
     for name in names:
-        spec = studies.load_spec(storage, name)
-        study = optuna.load_study(study_name=name, storage=storage)
+        study, spec = studies.open_study(name, url)
         done = study.get_trials(deepcopy=False, states=STATES["complete"])
-        best = study.best_trial if done else None
+        best = studies.best_of(study, done)
         rows.append(
             {
                 "study": name,
@@ -204,17 +200,7 @@ def _alpha_arms(spec: Spec) -> bool:
     return 0 in param.choices and any(c > 0 for c in param.choices)
 
 
-def _best(
-    study: optuna.Study, trials: list[optuna.trial.FrozenTrial]
-) -> optuna.trial.FrozenTrial | None:
-    """The best of ``trials`` in the study's direction, or None if there are none."""
-    if not trials:
-        return None
-    sign = -1 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1
-    return max(trials, key=lambda t: sign * t.value)
-
-
-def partial_table(storage: Any, names: list[str]) -> pd.DataFrame:
+def partial_table(names: list[str], url: str | None = None) -> pd.DataFrame:
     """One row per partial-data study: its data fractions, baseline vs distilled accuracy.
 
     The baseline is the best complete trial with alpha 0 and the distilled student the best
@@ -223,8 +209,7 @@ def partial_table(storage: Any, names: list[str]) -> pd.DataFrame:
     """
     rows = []
     for name in names:
-        spec = studies.load_spec(storage, name)
-        study = optuna.load_study(study_name=name, storage=storage)
+        study, spec = studies.open_study(name, url)
         key = _alpha_key(spec)
         done = study.get_trials(deepcopy=False, states=STATES["complete"])
         alpha = {t.number: t.params.get(key, spec.distill.alpha) for t in done}
@@ -237,7 +222,7 @@ def partial_table(storage: Any, names: list[str]) -> pd.DataFrame:
             ("baseline", [t for t in done if alpha[t.number] == 0]),
             ("distilled", [t for t in done if alpha[t.number] > 0]),
         ):
-            best = _best(study, trials)
+            best = studies.best_of(study, trials)
             row[f"{arm}_val_accuracy"] = best.value if best else math.nan
             row[f"{arm}_test_accuracy"] = (
                 best.user_attrs.get("test_accuracy", math.nan) if best else math.nan
@@ -246,65 +231,66 @@ def partial_table(storage: Any, names: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write(df: pd.DataFrame, output: str | None, fmt: str | None, index: bool = False) -> None:
-    """Print (markdown by default) or write a file in ``fmt``, else the file's suffix's format."""
-    if output is not None:
-        fmt = fmt or SUFFIXES.get(Path(output).suffix)
-        if fmt is None:
-            raise KDSearchError(
-                f"-o {output}: cannot tell the format from the suffix; pass --format "
-                f"({', '.join([*RENDERERS, 'parquet'])})"
-            )
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "parquet":
-            df.to_parquet(output, index=index)
-        else:
-            Path(output).write_text(RENDERERS[fmt](df, index) + "\n")
-        return
+def render(df: pd.DataFrame, fmt: str | None = None, index: bool = False) -> str:
+    """The table as text in ``fmt`` (markdown by default), for stdout."""
     if fmt == "parquet":
         raise KDSearchError("--format parquet: a binary format; write it to a file with -o FILE")
-    print(RENDERERS[fmt or "markdown"](df, index))
+    return RENDERERS[fmt or "markdown"](df, index)
 
 
-def main(a: argparse.Namespace) -> int:
-    storage = storages.open_storage(storages.resolve_url(a.storage), existing=True)
-    if a.compare:
-        df = compare(storage, a.compare)
-        # Partial-data studies (alpha 0 and alpha > 0 on one grid) get both arms' numbers.
-        if all(_alpha_arms(studies.load_spec(storage, n)) for n in a.compare):
-            df = df.merge(partial_table(storage, a.compare), on="study")
-        write(df, a.output, a.format)
-        return 0
-    if not a.study:
-        raise KDSearchError("export-table: give --study NAME (or --compare STUDY ...)")
-    if a.top is not None and a.top < 1:
-        raise KDSearchError("--top must be >= 1")
-    if a.bins < 2:
-        raise KDSearchError("--bins must be >= 2")
-    studies.load_spec(storage, a.study)
-    study = optuna.load_study(study_name=a.study, storage=storage)
-    df = trials_table(study, a.state)
-    if df.empty:
-        # No columns to write either (they come from the trials): say so, write nothing.
-        which = "" if a.state == "all" else f" {a.state}"
-        print(
-            f"kdsearch: study {a.study!r} has no{which} trials yet; nothing written",
-            file=sys.stderr,
+def write(df: pd.DataFrame, output: str, fmt: str | None = None, index: bool = False) -> None:
+    """Write the table to ``output`` in ``fmt``, else in its suffix's format."""
+    fmt = fmt or SUFFIXES.get(Path(output).suffix)
+    if fmt is None:
+        raise KDSearchError(
+            f"-o {output}: cannot tell the format from the suffix; pass --format "
+            f"({', '.join([*RENDERERS, 'parquet'])})"
         )
-        return 0
-    if a.pivot:
-        row, _, col = a.pivot.partition(",")
-        write(pivot(df, row, col, a.bins).reset_index(), a.output, a.format)
-        return 0
-    if a.top:
-        df = df.head(a.top)
-    if a.columns:
-        wanted = [c.strip() for c in a.columns.split(",")]
-        missing = [c for c in wanted if c not in df.columns]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        df.to_parquet(output, index=index)
+    else:
+        Path(output).write_text(RENDERERS[fmt](df, index) + "\n")
+
+
+def compare_table(names: list[str], url: str | None = None) -> pd.DataFrame:
+    """One row per study (:func:`compare`); partial-data studies (alpha 0 and alpha > 0 on
+    one grid) also get both arms' numbers (:func:`partial_table`)."""
+    df = compare(names, url)
+    if all(_alpha_arms(studies.open_study(n, url)[1]) for n in names):
+        df = df.merge(partial_table(names, url), on="study")
+    return df
+
+
+def table(
+    name: str,
+    url: str | None = None,
+    *,
+    state: str = "all",
+    top: int | None = None,
+    columns: list[str] | None = None,
+    pivot_on: tuple[str, str] | None = None,
+    bins: int = 4,
+) -> pd.DataFrame:
+    """Study ``name``'s trials, best first (:func:`trials_table`), cut as ``export-table`` does:
+    the best ``top``, only ``columns``, or the best value per cell over ``pivot_on``."""
+    if top is not None and top < 1:
+        raise KDSearchError(f"--top {top}: must be >= 1")
+    if bins < 2:
+        raise KDSearchError(f"--bins {bins}: must be >= 2")
+    study, _ = studies.open_study(name, url)
+    df = trials_table(study, state)
+    if df.empty:
+        return df
+    if pivot_on:
+        return pivot(df, *pivot_on, bins).reset_index()
+    if top:
+        df = df.head(top)
+    if columns:
+        missing = [c for c in columns if c not in df.columns]
         if missing:
             raise KDSearchError(
                 f"--columns: no column {missing[0]!r} (have: {', '.join(df.columns)})"
             )
-        df = df[wanted]
-    write(df, a.output, a.format)
-    return 0
+        df = df[columns]
+    return df

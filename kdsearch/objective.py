@@ -204,8 +204,7 @@ def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) ->
 def delete_study(storage: Any, name: str) -> Path | None:
     """Delete study ``name``, its uploads and its folder (the shared teacher cache stays);
     returns the folder if it existed."""
-    spec = studies.load_spec(storage, name)
-    study = optuna.load_study(study_name=name, storage=storage)
+    study, spec = studies.load(storage, name)
     folder = studies.folder(study)
     store = CheckpointStore(spec.search.artifact_store, folder.name)
     for t in study.get_trials(deepcopy=False):

@@ -11,17 +11,15 @@ optuna-dashboard shows them.
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import optuna
-from optuna.trial import TrialState
 
 from kdsearch import dashboard, export, figures
-from kdsearch import storage as storages
 from kdsearch import study as studies
 from kdsearch.best import BASELINE_ATTR, ensure_baseline
 from kdsearch.figures import Skip
@@ -33,8 +31,8 @@ Row = tuple[Any, Any]
 
 def compare_rows(study: optuna.Study, spec: Spec) -> tuple[dict[str, Row], list[str]]:
     """Teacher, alpha = 0 baseline and best distilled student, with notes on what is missing."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    best = studies.best_of(study)
+    if best is None:
         raise Skip("no complete trial yet")
     rows: dict[str, Row] = {}
     notes = []
@@ -57,7 +55,6 @@ def compare_rows(study: optuna.Study, spec: Spec) -> tuple[dict[str, Row], list[
             f"- baseline: none yet; `kdsearch best --study {study.study_name} --baseline` "
             "(or `report` without --no-baseline) trains it"
         )
-    best = study.best_trial
     kind = "distilled" if spec.teacher is not None else "student"
     rows[f"best {kind} (trial {best.number})"] = (best.value, best.user_attrs.get("test_accuracy"))
     return rows, notes
@@ -120,13 +117,12 @@ def _spec_lines(spec: Spec) -> list[str]:
 def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
     """Draw the figures and write report.md beside them; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = studies.best_of(study)
     drawn, skipped, extra = draw(study, spec, out)
     counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials yet"
     md = [f"# Study `{study.study_name}`", "", summary, "", "## Spec", "", *_spec_lines(spec), ""]
-    if complete:
-        best = study.best_trial
+    if best is not None:
         md += ["## Best trial", "", f"- trial {best.number}, value {best.value:.4f}"]
         md += [f"- test accuracy {_fmt(best.user_attrs.get('test_accuracy'))}"]
         md += [f"- student parameters {_fmt(best.user_attrs.get('student_params'))}"]
@@ -144,21 +140,30 @@ def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
     return [*(out / f"{n}.png" for n in drawn), out / "report.md"]
 
 
-def main(a: argparse.Namespace) -> int:
-    """``kdsearch report``: write the report, print each path written."""
-    storage = storages.open_storage(storages.resolve_url(a.storage), existing=True)
-    spec = studies.load_spec(storage, a.study)  # also rejects a study kdsearch did not create
-    study = optuna.load_study(study_name=a.study, storage=storage)
+def make_report(
+    name: str,
+    url: str | None = None,
+    *,
+    out: Path | None = None,
+    baseline: bool = True,
+    device: str | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> tuple[list[Path], list[str]]:
+    """Write study ``name``'s report to ``out`` (default: reports/<name>).
+
+    Returns the paths written, and each file attached to the study as "<file> to study
+    <name> in <artifact store>".
+    ``baseline`` trains the alpha = 0 baseline first if the study has none; ``say`` hears
+    about that before it starts, since it takes as long as a trial.
+    """
+    study, spec = studies.open_study(name, url)
     dashboard.describe(study, spec)  # the teacher may have been trained after create-study
-    if not a.no_baseline and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    if baseline and studies.best_of(study) is not None:
         if BASELINE_ATTR not in study.user_attrs:
-            print("training the alpha = 0 baseline with the best trial's settings", flush=True)
-        ensure_baseline(study, spec, a.device)
-    out = Path(a.output) if a.output else Path("reports") / a.study
-    paths = write_report(study, spec, out)
-    for path in paths:
-        print(f"wrote {path}")
+            say("training the alpha = 0 baseline with the best trial's settings")
+        ensure_baseline(study, spec, device)
+    paths = write_report(study, spec, out or Path("reports") / name)
     files = {p.name: p.read_bytes() for p in paths}
-    for name in dashboard.attach(study, spec.search.artifact_store, files):
-        print(f"attached {name} to study {a.study} in {spec.search.artifact_store}")
-    return 0
+    store = spec.search.artifact_store
+    attached = dashboard.attach(study, store, files)
+    return paths, [f"{file} to study {name} in {store}" for file in attached]

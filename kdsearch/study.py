@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch import spec as specs
+from kdsearch import storage as storages
 from kdsearch.errors import KDSearchError, unknown_name
 from kdsearch.paths import models_dir
 from kdsearch.spec import ParamSpec, Spec
@@ -189,8 +190,8 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
     return study
 
 
-def load_spec(storage: Any, name: str) -> Spec:
-    """The spec stored on study ``name``, validated by this version of kdsearch."""
+def load(storage: Any, name: str) -> tuple[Any, Spec]:
+    """Study ``name`` in an open storage and its stored spec, validated by this kdsearch."""
     import optuna
 
     try:
@@ -209,7 +210,12 @@ def load_spec(storage: Any, name: str) -> Spec:
             f"study {name!r} was created by an incompatible kdsearch (spec version {version}, "
             f"this one reads {specs.SPEC_VERSION}); use a matching kdsearch or create a new study"
         )
-    return specs.from_dict(study.user_attrs[SPEC_ATTR])
+    return study, specs.from_dict(study.user_attrs[SPEC_ATTR])
+
+
+def load_spec(storage: Any, name: str) -> Spec:
+    """The spec stored on study ``name`` (see :func:`load`)."""
+    return load(storage, name)[1]
 
 
 def extend(storage: Any, name: str, n_trials: int) -> int:
@@ -218,10 +224,7 @@ def extend(storage: Any, name: str, n_trials: int) -> int:
     Only raising is allowed: a lower budget would not undo trials already run, and every other
     spec key is fixed for the life of a study (trials must stay comparable).
     """
-    import optuna
-
-    load_spec(storage, name)  # an unknown or foreign study fails here
-    study = optuna.load_study(study_name=name, storage=storage)
+    study, _ = load(storage, name)  # an unknown or foreign study fails here
     stored = study.user_attrs[SPEC_ATTR]
     old = stored["search"]["n_trials"]
     if n_trials <= old:
@@ -231,3 +234,28 @@ def extend(storage: Any, name: str, n_trials: int) -> int:
     stored["search"]["n_trials"] = n_trials
     study.set_user_attr(SPEC_ATTR, stored)
     return old
+
+
+def open_study(name: str, url: str | None = None, *, existing: bool = True) -> tuple[Any, Spec]:
+    """Study ``name`` and its stored spec, from ``url`` (default: $KDSEARCH_STORAGE, else
+    sqlite:///kdsearch.db).
+
+    The one way the tools open a study: an unreachable database, an unknown study or one
+    kdsearch did not create is a one-line error before anything is read or written.
+    """
+    return load(storages.open_storage(storages.resolve_url(url), existing=existing), name)
+
+
+def best_of(study: Any, trials: list[Any] | None = None) -> Any | None:
+    """The best complete trial of ``trials`` (default: the study's) in the study's direction,
+    or None when there is none (a fresh study, or only pruned and failed trials)."""
+    import optuna
+
+    complete = optuna.trial.TrialState.COMPLETE
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(complete,))
+    done = [t for t in trials if t.state == complete]
+    if not done:
+        return None
+    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+    return pick(done, key=lambda t: t.value)

@@ -355,7 +355,7 @@ def configure_logging(index: int) -> None:
 def _main(argv: list[str]) -> int:
     study, index, device, n_trials, timeout = argv
     configure_logging(int(index))
-    from kdsearch.cli import report_errors
+    from kdsearch.errors import report_errors
 
     return report_errors(lambda: run(study, int(index), device, int(n_trials), float(timeout)))
 

@@ -288,17 +288,20 @@ def test_bad_input(case, cli, write_spec, kd_home):
     assert snapshot(kd_home) == before, "a failed command wrote or changed files"
 
 
-def test_train_teacher_keeps_a_different_teacher(cli, write_spec, kd_home):
-    """Another teacher is not written over the one studies were built on without --force."""
+def test_train_teacher_keeps_an_existing_teacher(cli, write_spec, kd_home):
+    """An existing teacher is not written over without --force, and the refusal comes before
+    any training (which could take hours): a 1000-epoch spec is refused at once."""
     teacher = kd_home / "models" / "teacher.pt"
-    spec = str(write_spec({"teacher_train": {"epochs": 1}}, name="bad"))
+    spec = str(write_spec({"teacher_train": {"epochs": 1000}}, name="bad"))
     before = snapshot(kd_home)
-    out = cli("train-teacher", spec)
+    out = cli("train-teacher", spec, timeout=60)
     assert out.returncode == 2, out.stderr
-    last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("kdsearch: error: ") and "pass --force" in last
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdsearch: error: "), out.stderr
+    assert "pass --force" in lines[0] and "--out" in lines[0]
     assert snapshot(kd_home) == before
-    assert cli("train-teacher", spec, "--force").returncode == 0
+    quick = str(write_spec({"teacher_train": {"epochs": 1}}, name="quick"))
+    assert cli("train-teacher", quick, "--force").returncode == 0
     assert snapshot(kd_home)["models/teacher.pt"] != before["models/teacher.pt"]
     assert sorted(p.name for p in teacher.parent.iterdir()) == ["teacher.pt"]
 

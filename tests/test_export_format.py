@@ -121,4 +121,4 @@ def test_bad_counts_are_one_line(
     study_with(cli, write_spec, 1)
     proc = cli("export-table", "--study", "synth", "--storage", STORAGE, flag, value)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"kdsearch: error: {flag} must be >= {int(value) + 1}"
+    assert proc.stderr.strip() == f"kdsearch: error: {flag} {value}: must be >= {int(value) + 1}"

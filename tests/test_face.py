@@ -154,7 +154,7 @@ def test_budget_errors(cli, write_spec, kd_home):
     lower = cli("extend", "--study", "synth", "--storage", url, "--n-trials", "2")
     assert lower.returncode == 2 and "larger than the current budget 2" in lower.stderr
     zero = cli("worker", "--study", "synth", "--storage", url, "--n-trials", "0")
-    assert zero.returncode == 2 and "--n-trials must be >= 1" in zero.stderr
+    assert zero.returncode == 2 and "--n-trials 0: must be >= 1" in zero.stderr
     unknown = cli("delete", "--study", "nope", "--storage", url, "--yes")
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
 

@@ -8,7 +8,6 @@ and schedule settings ignored) and fails under it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -102,18 +101,15 @@ def complete(st: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return st.get_trials(states=(S.COMPLETE,))
 
 
-def export_args(url: str, **over: object) -> argparse.Namespace:
-    base = dict(
-        study="guarded", storage=url, output=None, format="json", top=None, columns=None,
-        state="all", pivot=None, compare=None, bins=4,
-    )  # fmt: skip
-    return argparse.Namespace(**{**base, **over})
-
-
-def exported(capsys: pytest.CaptureFixture[str], url: str, **over: object) -> list[dict]:
-    capsys.readouterr()
-    assert export.main(export_args(url, **over)) == 0
-    return json.loads(capsys.readouterr().out)
+def exported(url: str, study: str = "guarded", **options: object) -> list[dict]:
+    """What ``export-table --format json`` prints for these options."""
+    compare, pivot = options.pop("compare", None), options.pop("pivot", None)
+    if compare:
+        df = export.compare_table(compare, url)
+    else:
+        pivot_on = tuple(pivot.split(",")) if pivot else None
+        df = export.table(study, url, pivot_on=pivot_on, **options)
+    return json.loads(export.render(df, "json")) if len(df) else []
 
 
 # --- ranking, best.pt, pruning, export, best ------------------------------------------------
@@ -169,51 +165,40 @@ def test_pruning_keeps_the_best_checkpoints(finished):
     assert st.best_trial.number == ranked[0].number
 
 
-def test_best_command_tests_the_best_trial(finished, capsys):
+def test_best_command_tests_the_best_trial(finished):
     url, st = finished
-    capsys.readouterr()
-    args = argparse.Namespace(
-        study="guarded",
-        storage=url,
-        retrain=False,
-        seeds="0",
-        device="cpu",
-        json=True,
-        baseline=False,
-    )
-    assert bestcmd.main(args) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = bestcmd.final("guarded", url, device="cpu")
     top = st.best_trial
     assert result["trial"] == top.number and result["val_accuracy"] == top.value
     assert result["test_accuracies"] == [pytest.approx(top.user_attrs["test_accuracy"])]
 
 
-def test_export_is_ranked_by_validation(finished, capsys):
+def test_export_is_ranked_by_validation(finished):
     url, st = finished
-    rows = exported(capsys, url)
+    rows = exported(url)
     assert [r["number"] for r in rows][:1] == [st.best_trial.number]
     values = [r["val_accuracy"] for r in rows if r["state"] == "COMPLETE"]
     assert values == sorted(values, reverse=True)
 
 
-def test_export_state_filters(finished, capsys):
+def test_export_state_filters(finished):
     url, st = finished
-    rows = exported(capsys, url, state="complete")
+    rows = exported(url, state="complete")
     assert sorted(r["number"] for r in rows) == sorted(t.number for t in complete(st))
-    assert exported(capsys, url, state="pruned") == []
+    assert exported(url, state="pruned") == []
 
 
-def test_export_pivot_is_the_best_value_per_cell(finished, capsys):
+def test_export_pivot_is_the_best_value_per_cell(finished):
     url, st = finished
-    rows = exported(capsys, url, pivot="lr,train.optimizer.weight_decay")
+    rows = exported(url, pivot="lr,train.optimizer.weight_decay")
     cells = [v for r in rows for k, v in r.items() if k != "lr" and v is not None]
     assert len(rows) >= 2 and max(cells) == pytest.approx(st.best_value)
     assert len(cells) == len(complete(st))  # five distinct points, one cell each
 
 
-def test_export_compare_one_row_per_study(finished, capsys):
+def test_export_compare_one_row_per_study(finished):
     url, st = finished
-    rows = exported(capsys, url, study=None, compare=["guarded", "empty"])
+    rows = exported(url, compare=["guarded", "empty"])
     assert [r["study"] for r in rows] == ["guarded", "empty"]
     assert rows[0]["trials"] == 5 and rows[0]["val_accuracy"] == pytest.approx(st.best_value)
     assert rows[0]["test_accuracy"] == pytest.approx(st.best_trial.user_attrs["test_accuracy"])

@@ -1,0 +1,342 @@
+"""The Python API: each ``kdsearch`` command as a function that returns data instead of printing.
+
+For notebooks and scripts; the CLI is a thin layer over these functions. Every function takes
+the same names as its command's options. ``storage`` is a database URL; left out, it is
+``$KDSEARCH_STORAGE``, else ``sqlite:///kdsearch.db`` (:func:`create_study` also falls back on
+the spec's ``storage``). A ``study`` is a study's name, or the :class:`optuna.Study` that
+:func:`create_study` returned (which remembers its storage). A ``spec`` is a path to a YAML
+spec or a :class:`~kdsearch.spec.Spec`. Problems a user can fix raise
+:class:`~kdsearch.errors.KDSearchError` with a one-line message.
+
+    import kdsearch
+    study = kdsearch.create_study("studies/digits_quick.yaml", "sqlite:///kd.db")
+    kdsearch.run_workers(study, n_workers=2)
+    kdsearch.trials_table(study).head()
+"""
+
+from __future__ import annotations
+
+import signal
+import weakref
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+    from kdsearch.spec import Spec
+
+SpecRef = Union[str, Path, "Spec"]
+StudyRef = Union[str, "optuna.Study"]
+
+#: The storage URL of each study :func:`create_study` returned, so later calls need no URL.
+_URLS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _spec(spec: SpecRef, overrides: Mapping[str, Any] | None = None) -> Spec:
+    from kdsearch import spec as specs
+
+    loaded = spec if isinstance(spec, specs.Spec) else specs.load(spec)
+    return loaded.with_overrides(dict(overrides)) if overrides else loaded
+
+
+def _where(study: StudyRef, storage: str | None) -> tuple[str, str | None]:
+    """A study's name and URL, from its name or from a Study :func:`create_study` returned."""
+    if isinstance(study, str):
+        return study, storage
+    return study.study_name, storage or _URLS.get(study)
+
+
+def _at_least(option: str, value: int | None, low: int) -> None:
+    from kdsearch.errors import KDSearchError
+
+    if value is not None and value < low:
+        raise KDSearchError(f"{option} {value}: must be >= {low}")
+
+
+def validate(spec: SpecRef, overrides: Mapping[str, Any] | None = None) -> Spec:
+    """The spec, loaded and validated, refused if a search on it could never rank a trial.
+
+    ``overrides`` maps dotted keys to values, e.g. ``{"distill.alpha": 0}``.
+    """
+    from kdsearch import study as studies
+
+    loaded = _spec(spec, overrides)
+    studies.check(loaded)
+    return loaded
+
+
+def _check_inputs(spec: Spec) -> None:
+    """Open the data and load the teacher, so a study every worker would fail on is never
+    created."""
+    from kdsearch import data as datasets
+    from kdsearch.teacher import load_teacher
+
+    splits = datasets.load(spec.dataset)
+    if spec.teacher is not None:
+        load_teacher(spec, splits.num_classes)
+
+
+def create_study(
+    spec: SpecRef,
+    storage: str | None = None,
+    *,
+    study_name: str | None = None,
+    load_if_exists: bool = False,
+) -> optuna.Study:
+    """Create the Optuna study for ``spec`` (named ``study_name``, default the spec's name).
+
+    The spec is checked, its data opened and its teacher loaded before the database is
+    touched. ``load_if_exists`` reopens a study whose stored spec equals this one.
+    """
+    from kdsearch import dashboard
+    from kdsearch import storage as storages
+    from kdsearch import study as studies
+
+    loaded = validate(spec)  # an impossible spec fails before the database is touched
+    _check_inputs(loaded)
+    url = storages.resolve_url(storage, loaded.storage)
+    name = study_name or loaded.name
+    created = studies.create(loaded, storages.open_storage(url), name, load_if_exists)
+    dashboard.describe(created, loaded)
+    if loaded.search.artifact_store:
+        files = {"spec.yaml": dashboard.spec_yaml(loaded).encode()}
+        dashboard.attach(created, loaded.search.artifact_store, files)
+    _URLS[created] = url
+    return created
+
+
+def _devices(devices: str | Sequence[str] | None) -> list[str]:
+    from kdsearch import worker
+    from kdsearch.errors import KDSearchError
+
+    if not devices:
+        return worker.default_devices()
+    listed = devices.split(",") if isinstance(devices, str) else list(devices)
+    listed = [d.strip() for d in listed]
+    for d in listed:
+        kind, sep, index = d.partition(":")
+        if not (d in ("cpu", "cuda") or (kind == "cuda" and sep and index.isdigit())):
+            raise KDSearchError(f"--devices: {d!r} is not a device (use cpu, cuda or cuda:N)")
+    return listed
+
+
+def run_workers(
+    study: StudyRef,
+    storage: str | None = None,
+    *,
+    n_workers: int = 1,
+    devices: str | Sequence[str] | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Run trials until the study's budget, ``n_trials`` per worker or ``timeout`` seconds.
+
+    One worker runs in this process; more run as child processes, round-robin over
+    ``devices`` (default: every GPU, else the CPU). Returns the exit code, 0 when all went
+    well. Ctrl-C stops the workers after their current epoch.
+    """
+    from kdsearch import storage as storages
+    from kdsearch import study as studies
+    from kdsearch import worker
+
+    _at_least("--n-workers", n_workers, 1)
+    _at_least("--n-trials", n_trials, 1)
+    chosen = _devices(devices)
+    name, url = _where(study, storage)
+    url = storages.resolve_url(url)
+    # Fail fast, here, on an unreachable database or an unknown study.
+    studies.load_spec(storages.open_storage(url, existing=True), name)
+    if n_workers > 1:
+        return worker.spawn(name, url, n_workers, chosen, n_trials, timeout)
+    # This process is the worker, and its signal handlers stop it; give the caller's back.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    worker.configure_logging(0)
+    try:
+        return worker.run(name, 0, chosen[0], n_trials, timeout, url)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def study_status(storage: str | None = None, study: StudyRef | None = None) -> list[dict[str, Any]]:
+    """One dict per study (or just ``study``): trials by state, best, live workers, time left.
+
+    The keys are those of ``kdsearch status --json`` (README).
+    """
+    from kdsearch import status as statuses
+    from kdsearch import storage as storages
+
+    name, url = _where(study, storage) if study is not None else (None, storage)
+    return statuses.all_statuses(storages.open_storage(storages.resolve_url(url)), name)
+
+
+def extend_study(study: StudyRef, n_trials: int, storage: str | None = None) -> int:
+    """Raise the study's trial budget to ``n_trials``; returns the old budget."""
+    from kdsearch import storage as storages
+    from kdsearch import study as studies
+
+    name, url = _where(study, storage)
+    return studies.extend(storages.open_storage(storages.resolve_url(url)), name, n_trials)
+
+
+def delete_study(study: StudyRef, storage: str | None = None) -> Path | None:
+    """Delete the study, its checkpoints and logs (no confirmation); returns its folder."""
+    from kdsearch import objective
+    from kdsearch import storage as storages
+
+    name, url = _where(study, storage)
+    return objective.delete_study(
+        storages.open_storage(storages.resolve_url(url), existing=True), name
+    )
+
+
+def trials_table(
+    study: StudyRef,
+    storage: str | None = None,
+    *,
+    state: str = "all",
+    top: int | None = None,
+    columns: Sequence[str] | None = None,
+    pivot: tuple[str, str] | None = None,
+    bins: int = 4,
+) -> pd.DataFrame:
+    """The study's trials, best first, as ``export-table`` shows them (empty if none).
+
+    ``state``: ``complete``, ``pruned`` or ``all``; ``top``: only the best K; ``columns``:
+    only these; ``pivot=(row, col)``: the best value per cell over two parameters, a
+    continuous one cut into ``bins`` quantile ranges.
+    """
+    from kdsearch import export
+
+    name, url = _where(study, storage)
+    wanted = list(columns) if columns else None
+    return export.table(name, url, state=state, top=top, columns=wanted, pivot_on=pivot, bins=bins)
+
+
+def compare_studies(studies: Sequence[StudyRef], storage: str | None = None) -> pd.DataFrame:
+    """One row per study: best validation accuracy, its test accuracy, student size."""
+    from kdsearch import export
+
+    found = [_where(s, storage) for s in studies]
+    return export.compare_table([n for n, _ in found], found[0][1] if found else storage)
+
+
+def evaluate_best(
+    study: StudyRef,
+    storage: str | None = None,
+    *,
+    retrain: bool = False,
+    seeds: Sequence[int] = (0, 1, 2),
+    baseline: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Test accuracy of the best trial (keys as ``kdsearch best --json``), stored on the study.
+
+    The trial's own checkpoint by default; ``retrain`` retrains its parameters on train+val
+    for each of ``seeds``; ``baseline`` also trains the alpha = 0 student once.
+    """
+    from kdsearch import best as finals
+
+    name, url = _where(study, storage)
+    return finals.final(name, url, retrain=retrain, seeds=seeds, baseline=baseline, device=device)
+
+
+def write_report(
+    study: StudyRef,
+    storage: str | None = None,
+    *,
+    out: str | Path | None = None,
+    baseline: bool = True,
+    device: str | None = None,
+) -> Path:
+    """Write figures and report.md for the study to ``out`` (default: reports/<study>);
+    returns the path of report.md. ``baseline`` trains the alpha = 0 baseline once."""
+    from kdsearch import report as reports
+
+    name, url = _where(study, storage)
+    folder = Path(out) if out is not None else None
+    paths, _ = reports.make_report(name, url, out=folder, baseline=baseline, device=device)
+    return paths[-1]
+
+
+def _train(spec: Spec, out: Path, device: str | None, init: Path | None = None) -> dict[str, Any]:
+    """Train to a temporary file beside ``out`` and rename it when finished, so an interrupted
+    run leaves nothing at ``out``."""
+    from kdsearch.experiment import Context, train_student
+
+    ctx = Context.load(spec, device)
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        outcome = train_student(ctx, spec, tmp, init=init)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "checkpoint": str(out),
+        "val_accuracy": outcome.val_accuracy,
+        "test_accuracy": outcome.test_accuracy,
+        "best_epoch": outcome.history.best_epoch + 1,
+        "parameters": outcome.parameters,
+        "train_seconds": round(outcome.history.train_seconds, 2),
+        "images_per_second": round(outcome.history.images_per_second, 1),
+    }
+
+
+def train_teacher(
+    spec: SpecRef,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    device: str | None = None,
+    init: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train the spec's teacher to ``out`` (default: its ``teacher.checkpoint``); with
+    ``init``, fine-tune it from that checkpoint (same arch and classes; its input
+    normalization is kept).
+
+    An existing file there is refused before any training unless ``force``: studies and
+    teacher caches were built on it, and replacing it would silently change what they
+    compare against.
+    """
+    from kdsearch.errors import KDSearchError
+    from kdsearch.paths import resolve
+
+    loaded = _spec(spec)
+    teacher_spec = loaded.teacher_spec()
+    default = loaded.teacher.checkpoint or f"models/{loaded.name}-teacher.pt"
+    path = Path(out) if out else resolve(default)
+    if path.exists() and not force:
+        raise KDSearchError(
+            f"{path} already holds a teacher (studies and teacher caches may be built on it); "
+            "pass --force to replace it, or --out to write another file"
+        )
+    return _train(teacher_spec, path, device, Path(init) if init else None)
+
+
+def train_student(
+    spec: SpecRef,
+    out: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train one student with the spec's fixed hyperparameters (``overrides`` applied) to
+    ``out`` (default: models/<name>-student.pt); returns its accuracies and size."""
+    from kdsearch.paths import resolve
+
+    loaded = _spec(spec, overrides)
+    path = Path(out) if out else resolve(f"models/{loaded.name}-student.pt")
+    return _train(loaded, path, device)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, spec: str | None = None, *, device: str | None = None
+) -> dict[str, Any]:
+    """Test accuracy, per-class accuracy, confusion matrix and size of a checkpoint, on the
+    test set of its own data set (or of ``spec``'s)."""
+    from kdsearch import evaluate
+
+    return evaluate.evaluate_checkpoint(Path(checkpoint), spec, device)

@@ -1,0 +1,113 @@
+"""The Python API (``kdsearch.create_study`` ...): a search driven from a notebook, in-process.
+
+Real SQLite, real training on the synthetic data; the same study the CLI tests run, through
+the functions the CLI itself calls.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+import kdsearch
+from kdsearch import api
+from kdsearch import study as studies
+from kdsearch.errors import KDSearchError
+
+STORAGE = "sqlite:///kd.db"
+
+
+def test_import_kdsearch_loads_no_torch_optuna_or_pandas() -> None:
+    """``import kdsearch`` (and listing its API) stays instant: the API loads on first use."""
+    code = (
+        "import sys, kdsearch; names = dir(kdsearch); "
+        "print(sorted(m for m in ('torch', 'optuna', 'pandas', 'kdsearch.api') "
+        "if m in sys.modules), all(n in names for n in kdsearch.__all__))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "True"], out.stdout
+
+
+def test_every_api_name_is_the_api_function_even_after_the_tools_load() -> None:
+    """No API name is a submodule's: importing ``kdsearch.best`` would otherwise replace
+    ``kdsearch.best`` with the module."""
+    from kdsearch import best, evaluate, export, report, status, train  # noqa: F401
+
+    for name in kdsearch.__all__:
+        assert getattr(kdsearch, name) is getattr(api, name), name
+    with pytest.raises(AttributeError):
+        kdsearch.no_such_function  # noqa: B018
+
+
+def test_best_of_follows_the_study_direction() -> None:
+    """The best complete trial, by value, in the study's direction; None without one."""
+    for direction, expected in (("maximize", 3.0), ("minimize", 1.0)):
+        st = optuna.create_study(direction=direction)
+        assert studies.best_of(st) is None
+        for value in (2.0, 3.0, 1.0):
+            st.add_trial(optuna.trial.create_trial(value=value))
+        st.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+        assert studies.best_of(st).value == expected
+        assert studies.best_of(st, st.trials).value == expected  # the pruned one is skipped
+        assert studies.best_of(st, st.trials[:1]).value == 2.0
+        assert studies.best_of(st, st.trials[-1:]) is None
+
+
+def test_search_from_python(
+    write_spec: Callable[..., Path], kd_home: Path, one_torch_thread: None
+) -> None:
+    """create_study -> run_workers -> trials_table -> evaluate_best -> study_status ->
+    write_report, the way README's Python API section shows it."""
+    spec = kdsearch.validate(write_spec({"search": {"n_trials": 2}}))
+    st = kdsearch.create_study(spec, STORAGE)
+    assert st.study_name == "synth"
+    before = signal.getsignal(signal.SIGINT)
+    # The Study remembers its storage: no URL again (the default would be kdsearch.db).
+    assert kdsearch.run_workers(st, devices="cpu") == 0
+    assert signal.getsignal(signal.SIGINT) is before  # the notebook's Ctrl-C is back
+
+    df = kdsearch.trials_table(st)
+    assert len(df) == 2 and set(df["state"]) <= {"COMPLETE", "PRUNED"}
+    done = df[df["state"] == "COMPLETE"]
+    assert list(done["val_accuracy"]) == sorted(done["val_accuracy"], reverse=True)
+    assert list(kdsearch.trials_table("synth", STORAGE, columns=["number"]).columns) == ["number"]
+
+    result = kdsearch.evaluate_best(st, device="cpu")
+    assert result["trial"] == done["number"].iloc[0]
+    assert result["test_accuracies"] == [pytest.approx(done["test_accuracy"].iloc[0])]
+
+    (row,) = kdsearch.study_status(STORAGE)
+    assert row["study"] == "synth" and row["finished"] == 2
+    assert row["best"]["number"] == result["trial"]
+
+    md = kdsearch.write_report(st, out=kd_home / "report", baseline=False)
+    assert md == kd_home / "report" / "report.md" and f"trial {result['trial']}" in md.read_text()
+
+
+def test_a_missing_database_is_an_error_not_a_new_file(kd_home: Path) -> None:
+    """Reading a study never creates the database it names (a typo would look empty)."""
+    with pytest.raises(KDSearchError, match=r"no such database file kd\.db"):
+        kdsearch.trials_table("nope", STORAGE)
+    assert not (kd_home / "kd.db").exists()
+
+
+def test_nothing_imports_the_cli() -> None:
+    """The CLI is the top layer: only ``python -m kdsearch`` (``__main__``) imports it."""
+    import ast
+
+    package = Path(kdsearch.__file__).parent
+    importers = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            if "kdsearch.cli" in names:
+                importers.append(path.relative_to(package).as_posix())
+    assert sorted(set(importers)) == ["__main__.py"]
