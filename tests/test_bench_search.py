@@ -51,7 +51,10 @@ def _recount(trials: list, target: float, budget: int) -> tuple[int, int | None]
 
 @pytest.mark.slow
 def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
-    # studies/digits_bench_search.yaml, shrunk for CI: a 2 x 2 grid, 3 epochs, a small teacher.
+    # studies/digits_bench_search.yaml, shrunk for CI: 3 epochs, a small teacher, and a grid of
+    # one point listed twice, so that every search's first trial repeats the grid's training
+    # (same parameters, same seed) and the grid's best is surely reached within the budget:
+    # the epochs-to-reach and the ratio are then numbers to check, never "not reached".
     spec = yaml.safe_load((ROOT / "studies" / "digits_bench_search.yaml").read_text())
     spec["base"] = str(ROOT / "studies" / "base" / "digits_partial.yaml")
     spec = merge(
@@ -62,8 +65,8 @@ def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
             "train": {"epochs": 3},
             "search": {
                 "space": {
-                    "alpha": {"choices": [0.0, 0.9]},
-                    "temperature": {"choices": [1.0, 16.0]},
+                    "alpha": {"choices": [0.9]},
+                    "temperature": {"choices": [4.0, 4.0]},
                 }
             },
         },
@@ -81,19 +84,20 @@ def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     trials = {n: optuna.load_study(study_name=n, storage=storage).trials for n in names}
     (grid,) = [n for n in names if "-grid-" in n]
-    assert len(trials[grid]) == 4
     grid_epochs, _ = _recount(trials[grid], 1.0, 0)
-    assert grid_epochs == 4 * 3  # every point, every epoch
+    assert grid_epochs == 2 * 3  # every point, every epoch
     grid_best = max(t.value for t in trials[grid])
     assert f"| grid | {grid_epochs} | 1.00 | {100 * grid_best:.2f} |" in rows
 
+    reached = []
     for seed in (0, 1):
         (name,) = [n for n in names if f"-tpe{seed}-" in n]
         budget = grid_epochs // 2
         spent, first = _recount(trials[name], grid_best, budget)
         assert spent >= budget  # the search ran its whole budget
+        assert first is not None
         row = next(r for r in rows if r.startswith(f"| seed {seed} |"))
-        if first is None:
-            assert row.startswith(f"| seed {seed} | not reached | - |")
-        else:
-            assert row.startswith(f"| seed {seed} | {first} | {first / grid_epochs:.2f} |")
+        assert row.startswith(f"| seed {seed} | {first} | {first / grid_epochs:.2f} |")
+        reached.append(first)
+    median = sorted(reached)[0] + (sorted(reached)[1] - sorted(reached)[0]) / 2
+    assert rows[-1].startswith(f"| median | {median:g} | {median / grid_epochs:.2f} |")
