@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import optuna
@@ -31,6 +32,28 @@ def test_reach_counts_epochs_until_within_tolerance():
     curve = [0.5, 0.9, 0.8, 0.968, 0.99]
     assert bench_search.reach(curve, 0.97, budget=5) == 4  # 0.968 is within 0.3 points
     assert bench_search.reach(curve, 0.99, budget=4) is None  # reached only past the budget
+
+
+def test_epoch_curve_counts_pruned_trials_in_the_order_they_started():
+    start = datetime.datetime(2026, 1, 1)
+
+    def trial(
+        number: int, state: str, values: list[float], minute: int
+    ) -> optuna.trial.FrozenTrial:
+        t = optuna.trial.create_trial(
+            state=optuna.trial.TrialState[state],
+            value=max(values) if state == "COMPLETE" else None,
+            intermediate_values=dict(enumerate(values)),
+        )
+        t.number, t.datetime_start = number, start + datetime.timedelta(minutes=minute)
+        return t
+
+    trials = [
+        trial(0, "COMPLETE", [0.5, 0.7, 0.9], minute=2),
+        trial(1, "PRUNED", [0.2, 0.3], minute=1),
+        trial(2, "COMPLETE", [0.6], minute=3),
+    ]
+    assert bench_search.epoch_curve(trials) == [0.2, 0.3, 0.5, 0.7, 0.9, 0.6]
 
 
 def _recount(trials: list, target: float, budget: int) -> tuple[int, int | None]:
