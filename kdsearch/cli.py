@@ -392,10 +392,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_bench_search(a: argparse.Namespace) -> int:
     import tempfile
 
-    from kdsearch import bench_search
+    from kdsearch import bench_search, study
     from kdsearch.errors import KDSearchError
 
     spec = _load_spec(a.spec)
+    bench_search.grid_spec(spec)  # refuse a spec that is not a grid before anything runs
+    study.check(spec)
+    _check_inputs(spec)  # the data and the teacher load, or one line says why
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:

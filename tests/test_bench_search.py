@@ -124,3 +124,18 @@ def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
         reached.append(first)
     median = sorted(reached)[0] + (sorted(reached)[1] - sorted(reached)[0]) / 2
     assert rows[-1].startswith(f"| median | {median:g} | {median / grid_epochs:.2f} |")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("digits_quick.yaml", "bench-search needs a grid spec"),
+        ("digits_bench_search.yaml", "teacher.checkpoint:"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(cli, kd_home, spec, message):
+    url = f"sqlite:///{kd_home}/bench.db"
+    proc = cli("bench-search", str(ROOT / "studies" / spec), "--storage", url)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr
+    assert list(kd_home.iterdir()) == []
