@@ -339,6 +339,27 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_search(a: argparse.Namespace) -> int:
+    import tempfile
+
+    from kdsearch import bench_search, study
+    from kdsearch.errors import KDSearchError
+
+    spec = _load_spec(a.spec)
+    bench_search.grid_spec(spec)  # refuse a spec that is not a grid before anything runs
+    study.check(spec)
+    _check_inputs(spec)  # the data and the teacher load, or one line says why
+    try:
+        seeds = [int(s) for s in a.seeds.split(",")]
+    except ValueError:
+        raise KDSearchError(f"--seeds: {a.seeds!r} is not a comma list of integers") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        url = a.storage or f"sqlite:///{tmp}/bench-search.db"
+        result = bench_search.bench(spec, seeds, a.budget_fraction, url)
+    print(json.dumps(result.to_dict()) if a.json else bench_search.format_table(result))
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------
 
 
@@ -362,6 +383,7 @@ WORKFLOW = (
     "cache-teacher",
     "storage-proxy",
     "bench",
+    "bench-search",
 )
 
 
@@ -651,6 +673,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--images", type=int, help="synthetic training images (default by device)")
     _json_arg(p, "the timings")
+
+    p = add(
+        "bench-search",
+        cmd_bench_search,
+        "epochs a TPE + Hyperband search needs to reach the best of a spec's grid",
+    )
+    p.add_argument("spec", help="study spec with a grid (search.sampler: {name: grid})")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of the search's sampler seeds")
+    p.add_argument(
+        "--budget-fraction",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="each search's budget, as a fraction of the grid's epochs",
+    )
+    p.add_argument(
+        "--storage", help="database URL for the studies (default: a temporary SQLite file)"
+    )
+    _json_arg(p, "the table")
     sub._choices_actions.sort(key=lambda action: WORKFLOW.index(action.dest))
     return parser
 
