@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 
+from kdsearch import ranking
 from kdsearch import storage as storages
 from kdsearch import study as studies
 from kdsearch.checkpoint import load_model
@@ -47,15 +48,26 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The study's best complete trial, or an error saying how to get one."""
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not done:
+def best_trial(
+    study: optuna.Study, budgets: dict[str, float] | None = None
+) -> optuna.trial.FrozenTrial:
+    """The study's most accurate complete trial within the constraints and ``budgets``
+    (``{"student_params": 1e5}``: costs at most these), or an error saying how to get one."""
+    if not ranking.complete(study):
         raise KDSearchError(
             f"study {study.study_name!r} has no complete trial yet; run "
             f"`kdsearch worker --study {study.study_name}` first"
         )
-    return study.best_trial
+    trial = ranking.best(study, budgets)
+    if trial is None:
+        smallest = min(ranking.complete(study), key=lambda t: ranking.cost(t, next(iter(budgets))))
+        costs = ", ".join(f"{m} {ranking.cost(smallest, m):g}" for m in budgets)
+        within = ranking.describe_budgets(budgets)
+        raise KDSearchError(
+            f"study {study.study_name!r}: no complete trial within {within}"
+            f" (the cheapest, trial {smallest.number}, has {costs}); raise the budget"
+        )
+    return trial
 
 
 def checkpoint_accuracy(spec: Spec, trial: optuna.trial.FrozenTrial, device: str | None) -> float:
@@ -109,7 +121,7 @@ def ensure_baseline(study: optuna.Study, spec: Spec, device: str | None) -> dict
     result["seed"] = base.train.seed
     if not spec.with_overrides(trial.params).distills:  # the best trial is itself the baseline
         attrs = trial.user_attrs
-        result.update(val_accuracy=trial.value, test_accuracy=attrs.get("test_accuracy"))
+        result.update(val_accuracy=trial.values[0], test_accuracy=attrs.get("test_accuracy"))
         result.update(parameters=attrs.get("student_params"), checkpoint=attrs.get("checkpoint"))
     else:
         out = studies.folder(study) / "baseline" / "best.pt"
@@ -131,14 +143,26 @@ def main(args: argparse.Namespace) -> int:
     storage = storages.open_storage(storages.resolve_url(args.storage), existing=True)
     spec = studies.load_spec(storage, args.study)
     study = optuna.load_study(study_name=args.study, storage=storage)
-    trial = best_trial(study)
+    budgets = {
+        metric: value
+        for metric, value in (
+            ("student_params", getattr(args, "max_params", None)),
+            ("flops", getattr(args, "max_flops", None)),
+            ("latency_ms", getattr(args, "max_latency_ms", None)),
+        )
+        if value is not None
+    }
+    trial = best_trial(study, budgets)
     trial_spec = spec.with_overrides(trial.params)
     result: dict[str, Any] = {
         "study": args.study,
         "trial": trial.number,
         "params": trial.params,
-        "val_accuracy": trial.value,
+        "val_accuracy": trial.values[0],
+        "costs": {m: ranking.cost(trial, m) for m in ranking.COSTS},
     }
+    if budgets:
+        result["budgets"] = budgets
     if args.retrain:
         accuracies, checkpoints = retrain(trial_spec, studies.folder(study), seeds, args.device)
         result.update(mode="retrain", seeds=seeds, checkpoints=checkpoints)
@@ -170,6 +194,8 @@ def _format(r: dict[str, Any]) -> str:
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
     )
     head = f"study {r['study']}: best trial {r['trial']} ({params or 'no searched parameters'})"
+    if r.get("budgets"):
+        head += f", the most accurate within {ranking.describe_budgets(r['budgets'])}"
     lines = [head, f"val accuracy  {r['val_accuracy']:.4f} (what the search selected on)"]
     if r["mode"] == "checkpoint":
         lines.append(f"test accuracy {r['mean']:.4f} (the trial's best-epoch checkpoint)")

@@ -590,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", choices=["complete", "pruned", "all"], default="all", help="which trials"
     )
     p.add_argument(
+        "--pareto",
+        action="store_true",
+        help="only the non-dominated trials (the Pareto front), objective columns first",
+    )
+    p.add_argument(
         "--pivot",
         metavar="ROW,COL",
         help="best validation accuracy over two parameters, e.g. alpha,temperature; "
@@ -662,6 +667,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the alpha = 0 student with the best trial's other hyperparameters and seed "
         "(trained once, then stored on the study)",
     )
+    for flag, what in (
+        ("--max-params", "student parameters"),
+        ("--max-flops", "forward FLOPs per image"),
+        ("--max-latency-ms", "latency at batch 1 (ms, on the worker's device)"),
+    ):
+        p.add_argument(
+            flag, type=float, metavar="N", help=f"the most accurate trial with at most N {what}"
+        )
     _device_arg(p)
     _json_arg(p)
 

@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from kdsearch import ranking
 from kdsearch import storage as storages
 from kdsearch import study as studies
 from kdsearch.errors import KDSearchError
@@ -74,7 +75,7 @@ def trials_table(study: optuna.Study, state: str = "all") -> pd.DataFrame:
         row: dict[str, Any] = {
             "number": t.number,
             "state": t.state.name,
-            "val_accuracy": t.value,
+            "val_accuracy": t.values[0] if t.values else None,
             "best_reported": max(reported) if reported else None,
             **t.params,
             "epochs_run": t.user_attrs.get("epochs_run", len(reported)),
@@ -94,7 +95,7 @@ def trials_table(study: optuna.Study, state: str = "all") -> pd.DataFrame:
     ):
         if col in df:  # integers, with gaps where a trial has no value (pruned, say)
             df[col] = df[col].astype("Int64")
-    ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
+    ascending = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
     return df.sort_values(
         ["val_accuracy", "best_reported"], ascending=ascending, na_position="last"
     ).reset_index(drop=True)
@@ -168,6 +169,18 @@ def pivot(df: pd.DataFrame, row: str, col: str, bins: int = 4) -> pd.DataFrame:
     )
 
 
+def pareto_rows(study: optuna.Study, df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the non-dominated trials, the objectives' columns first.
+
+    For one objective the front is the best trial (constraints respected).
+    """
+    front = {t.number for t in ranking.pareto(study)}
+    names = study.metric_names or ["val_accuracy"]
+    first = [ranking.METRICS.get(n, n) for n in names if ranking.METRICS.get(n, n) in df]
+    rest = [c for c in df.columns if c not in first and c != "number"]
+    return df[df["number"].isin(front)][["number", *first, *rest]].reset_index(drop=True)
+
+
 def compare(storage: Any, names: list[str]) -> pd.DataFrame:
     """One row per study: its best trial's validation and test accuracy and student size."""
     rows = []
@@ -175,14 +188,14 @@ def compare(storage: Any, names: list[str]) -> pd.DataFrame:
         spec = studies.load_spec(storage, name)
         study = optuna.load_study(study_name=name, storage=storage)
         done = study.get_trials(deepcopy=False, states=STATES["complete"])
-        best = study.best_trial if done else None
+        best = ranking.best(study)
         rows.append(
             {
                 "study": name,
                 "student": spec.student.arch,
                 "teacher": spec.teacher.arch if spec.distills else "-",
                 "trials": len(done),
-                "val_accuracy": best.value if best else math.nan,
+                "val_accuracy": best.values[0] if best else math.nan,
                 "test_accuracy": best.user_attrs.get("test_accuracy") if best else math.nan,
                 "student_params": best.user_attrs.get("student_params") if best else None,
             }
@@ -208,10 +221,8 @@ def _best(
     study: optuna.Study, trials: list[optuna.trial.FrozenTrial]
 ) -> optuna.trial.FrozenTrial | None:
     """The best of ``trials`` in the study's direction, or None if there are none."""
-    if not trials:
-        return None
-    sign = -1 if study.direction == optuna.study.StudyDirection.MINIMIZE else 1
-    return max(trials, key=lambda t: sign * t.value)
+    top = ranking.ranked(study, [t for t in trials if ranking.feasible(t)])
+    return top[0] if top else None
 
 
 def partial_table(storage: Any, names: list[str]) -> pd.DataFrame:
@@ -238,7 +249,7 @@ def partial_table(storage: Any, names: list[str]) -> pd.DataFrame:
             ("distilled", [t for t in done if alpha[t.number] > 0]),
         ):
             best = _best(study, trials)
-            row[f"{arm}_val_accuracy"] = best.value if best else math.nan
+            row[f"{arm}_val_accuracy"] = best.values[0] if best else math.nan
             row[f"{arm}_test_accuracy"] = (
                 best.user_attrs.get("test_accuracy", math.nan) if best else math.nan
             )
@@ -292,6 +303,8 @@ def main(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
+    if getattr(a, "pareto", False):
+        df = pareto_rows(study, df)
     if a.pivot:
         row, _, col = a.pivot.partition(",")
         write(pivot(df, row, col, a.bins).reset_index(), a.output, a.format)

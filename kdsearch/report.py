@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import optuna
 from optuna.trial import TrialState
 
-from kdsearch import dashboard, export, figures
+from kdsearch import dashboard, export, figures, ranking
 from kdsearch import storage as storages
 from kdsearch import study as studies
 from kdsearch.best import BASELINE_ATTR, ensure_baseline
@@ -57,9 +57,10 @@ def compare_rows(study: optuna.Study, spec: Spec) -> tuple[dict[str, Row], list[
             f"- baseline: none yet; `kdsearch best --study {study.study_name} --baseline` "
             "(or `report` without --no-baseline) trains it"
         )
-    best = study.best_trial
+    best = ranking.best(study)
     kind = "distilled" if spec.teacher is not None else "student"
-    rows[f"best {kind} (trial {best.number})"] = (best.value, best.user_attrs.get("test_accuracy"))
+    test = best.user_attrs.get("test_accuracy")
+    rows[f"best {kind} (trial {best.number})"] = (best.values[0], test)
     return rows, notes
 
 
@@ -79,6 +80,7 @@ def draw(study: optuna.Study, spec: Spec, out: Path) -> tuple[list[str], list[st
         "slice": lambda: figures.slices(study, list(spec.search.space)),
         "param_importances": lambda: figures.importances(study),
         "baseline": comparison,
+        "pareto_front": lambda: figures.pareto_front(study, spec.search.objectives, ranking.LABELS),
     }
     drawn: list[str] = []
     skipped: list[str] = []
@@ -110,6 +112,8 @@ def _spec_lines(spec: Spec) -> list[str]:
         f"- training: {t.epochs} epochs, batch {t.batch_size}, {t.optimizer.name} "
         f"lr {t.optimizer.lr:g}; distill {spec.distill.loss}",
         f"- search: {s.direction}, {s.n_trials} trials, sampler {s.sampler}, pruner {s.pruner}",
+        f"- objectives: {', '.join(s.objectives)}"
+        + "".join(f"; {m} <= {c['max']:g}" for m, c in s.constraints.items()),
     ]
     for name, p in s.space.items():
         where = p.choices if p.type == "categorical" else f"[{p.low:g}, {p.high:g}]"
@@ -120,14 +124,13 @@ def _spec_lines(spec: Spec) -> list[str]:
 def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
     """Draw the figures and write report.md beside them; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     drawn, skipped, extra = draw(study, spec, out)
     counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials yet"
     md = [f"# Study `{study.study_name}`", "", summary, "", "## Spec", "", *_spec_lines(spec), ""]
-    if complete:
-        best = study.best_trial
-        md += ["## Best trial", "", f"- trial {best.number}, value {best.value:.4f}"]
+    best = ranking.best(study)
+    if best is not None:
+        md += ["## Best trial", "", f"- trial {best.number}, value {best.values[0]:.4f}"]
         md += [f"- test accuracy {_fmt(best.user_attrs.get('test_accuracy'))}"]
         md += [f"- student parameters {_fmt(best.user_attrs.get('student_params'))}"]
         md += [f"- `{k}` = {_fmt(v)}" for k, v in best.params.items()] + [""]

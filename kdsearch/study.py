@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ def _samplers() -> dict[str, Any]:
         "random": s.RandomSampler,
         "grid": s.GridSampler,
         "cmaes": s.CmaEsSampler,
+        "nsga2": s.NSGAIISampler,
     }
 
 
@@ -181,8 +183,11 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
             )
         return study
     study = optuna.create_study(
-        storage=storage, study_name=name, direction=spec.search.direction, pruner=pruner
+        storage=storage, study_name=name, directions=spec.search.directions, pruner=pruner
     )
+    with warnings.catch_warnings():  # metric names are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(spec.search.objectives)  # optuna-dashboard's axis labels
     study.set_user_attr(SPEC_ATTR, stored)
     study.set_user_attr(VERSION_ATTR, specs.SPEC_VERSION)
     study.set_user_attr(ID_ATTR, uuid.uuid4().hex[:8])
