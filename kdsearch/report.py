@@ -80,8 +80,11 @@ def draw(study: optuna.Study, spec: Spec, out: Path) -> tuple[list[str], list[st
         "slice": lambda: figures.slices(study, list(spec.search.space)),
         "param_importances": lambda: figures.importances(study),
         "baseline": comparison,
-        "pareto_front": lambda: figures.pareto_front(study, spec.search.objectives, ranking.LABELS),
     }
+    if len(spec.search.objectives) > 1:  # one objective has no trade-off to draw
+        makers["pareto_front"] = lambda: figures.pareto_front(
+            study, spec.search.objectives, ranking.LABELS
+        )
     drawn: list[str] = []
     skipped: list[str] = []
     for name, make in makers.items():
