@@ -24,7 +24,7 @@ DIGITS = {
     "name": "widths",
     "dataset": {"name": "digits", "val_fraction": 0.2, "subset_fraction": 0.4, "augment": False},
     "student": {"arch": "cnn5", "kwargs": {"num_channels": 4}},
-    "train": {"epochs": 2, "batch_size": 64, "optimizer": {"name": "adam", "lr": 3e-3}},
+    "train": {"epochs": 2, "batch_size": 16, "optimizer": {"name": "adam", "lr": 3e-3}},
     "distill": {"alpha": 0.0},
     "search": {
         "n_trials": len(WIDTHS),
