@@ -16,7 +16,6 @@ import json
 import os
 import socket
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,9 +184,6 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
     study = optuna.create_study(
         storage=storage, study_name=name, directions=spec.search.directions, pruner=pruner
     )
-    with warnings.catch_warnings():  # metric names are marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(spec.search.objectives)  # optuna-dashboard's axis labels
     study.set_user_attr(SPEC_ATTR, stored)
     study.set_user_attr(VERSION_ATTR, specs.SPEC_VERSION)
     study.set_user_attr(ID_ATTR, uuid.uuid4().hex[:8])

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdsearch import nets, ranking
+from kdsearch import export, nets, ranking
 from kdsearch import spec as specs
 from kdsearch import study as studies
 from kdsearch.errors import KDSearchError
@@ -111,12 +111,16 @@ def _add(study: optuna.Study, values: list[float], params: int, over: float | No
 
 def test_ranking_picks_within_budgets_and_never_an_infeasible_trial():
     multi = optuna.create_study(directions=["maximize", "minimize"])
+    multi.set_metric_names(["val_accuracy", "student_params"])
     for acc, size in [(0.90, 1000), (0.80, 100), (0.70, 10), (0.60, 500), (0.95, 5000)]:
         _add(multi, [acc, size], size)
     assert [t.values[0] for t in ranking.pareto(multi)] == [0.95, 0.90, 0.80, 0.70]
     assert ranking.best(multi).values[0] == 0.95
     assert ranking.best(multi, {"student_params": 999}).values[0] == 0.80
     assert ranking.best(multi, {"student_params": 9}) is None
+    table = export.pareto_rows(multi, export.trials_table(multi))
+    assert list(table.columns[:3]) == ["number", "val_accuracy", "student_params"]
+    assert sorted(table["val_accuracy"]) == [0.70, 0.80, 0.90, 0.95]  # not the dominated 0.60
 
     single = optuna.create_study(direction="maximize")
     _add(single, [0.99], 5000, over=4000.0)  # over its limit, yet the highest value
