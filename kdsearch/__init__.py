@@ -12,6 +12,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "benchmark_search",
     "compare_studies",
     "create_study",
     "delete_study",

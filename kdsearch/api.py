@@ -202,18 +202,22 @@ def trials_table(
     columns: Sequence[str] | None = None,
     pivot: tuple[str, str] | None = None,
     bins: int = 4,
+    pareto: bool = False,
 ) -> pd.DataFrame:
     """The study's trials, best first, as ``export-table`` shows them (empty if none).
 
     ``state``: ``complete``, ``pruned`` or ``all``; ``top``: only the best K; ``columns``:
     only these; ``pivot=(row, col)``: the best value per cell over two parameters, a
-    continuous one cut into ``bins`` quantile ranges.
+    continuous one cut into ``bins`` quantile ranges; ``pareto``: only the non-dominated
+    trials (for several objectives), objective columns first.
     """
     from kdsearch import export
 
     name, url = _where(study, storage)
     wanted = list(columns) if columns else None
-    return export.table(name, url, state=state, top=top, columns=wanted, pivot_on=pivot, bins=bins)
+    return export.table(
+        name, url, state=state, top=top, columns=wanted, pivot_on=pivot, bins=bins, pareto=pareto
+    )
 
 
 def compare_studies(studies: Sequence[StudyRef], storage: str | None = None) -> pd.DataFrame:
@@ -231,9 +235,13 @@ def evaluate_best(
     retrain: bool = False,
     seeds: Sequence[int] = (0, 1, 2),
     baseline: bool = False,
+    budgets: Mapping[str, float] | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of the best trial (keys as ``kdsearch best --json``), stored on the study.
+
+    ``budgets`` (e.g. ``{"student_params": 1e5}``; also ``flops``, ``latency_ms``) picks the
+    most accurate trial costing at most these, from the Pareto front of a cost search.
 
     The trial's own checkpoint by default; ``retrain`` retrains its parameters on train+val
     for each of ``seeds``; ``baseline`` also trains the alpha = 0 student once.
@@ -241,7 +249,9 @@ def evaluate_best(
     from kdsearch import best as finals
 
     name, url = _where(study, storage)
-    return finals.final(name, url, retrain=retrain, seeds=seeds, baseline=baseline, device=device)
+    return finals.final(
+        name, url, retrain=retrain, seeds=seeds, baseline=baseline, budgets=budgets, device=device
+    )
 
 
 def write_report(
@@ -340,3 +350,27 @@ def evaluate_checkpoint(
     from kdsearch import evaluate
 
     return evaluate.evaluate_checkpoint(Path(checkpoint), spec, device)
+
+
+def benchmark_search(
+    spec: SpecRef,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    budget_fraction: float = 0.5,
+    storage: str | None = None,
+) -> Any:
+    """The spec's grid run to the end against a kdsearch search (TPE + Hyperband) per seed on
+    the same data, in epochs (:mod:`kdsearch.bench_search`); returns its result table.
+
+    The studies go to ``storage`` (default: a temporary SQLite file, removed afterwards).
+    """
+    import tempfile
+
+    from kdsearch import bench_search as benches
+
+    loaded = validate(spec)
+    benches.grid_spec(loaded)  # refuse a spec that is not a grid before anything runs
+    _check_inputs(loaded)  # the data and the teacher load, or one line says why
+    with tempfile.TemporaryDirectory() as tmp:
+        url = storage or f"sqlite:///{tmp}/bench-search.db"
+        return benches.bench(loaded, list(seeds), budget_fraction, url)

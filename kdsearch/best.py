@@ -12,12 +12,13 @@ it without recomputing.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from kdsearch import ranking
 from kdsearch import study as studies
 from kdsearch.checkpoint import load_model
 from kdsearch.errors import KDSearchError
@@ -45,15 +46,26 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The study's best complete trial, or an error saying how to get one."""
-    best = studies.best_of(study)
-    if best is None:
+def best_trial(
+    study: optuna.Study, budgets: dict[str, float] | None = None
+) -> optuna.trial.FrozenTrial:
+    """The study's most accurate complete trial within the constraints and ``budgets``
+    (``{"student_params": 1e5}``: costs at most these), or an error saying how to get one."""
+    if not ranking.complete(study):
         raise KDSearchError(
             f"study {study.study_name!r} has no complete trial yet; run "
             f"`kdsearch worker --study {study.study_name}` first"
         )
-    return best
+    trial = ranking.best(study, budgets)
+    if trial is None:
+        smallest = min(ranking.complete(study), key=lambda t: ranking.cost(t, next(iter(budgets))))
+        costs = ", ".join(f"{m} {ranking.cost(smallest, m):g}" for m in budgets)
+        within = ranking.describe_budgets(budgets)
+        raise KDSearchError(
+            f"study {study.study_name!r}: no complete trial within {within}"
+            f" (the cheapest, trial {smallest.number}, has {costs}); raise the budget"
+        )
+    return trial
 
 
 def checkpoint_accuracy(spec: Spec, trial: optuna.trial.FrozenTrial, device: str | None) -> float:
@@ -107,7 +119,7 @@ def ensure_baseline(study: optuna.Study, spec: Spec, device: str | None) -> dict
     result["seed"] = base.train.seed
     if not spec.with_overrides(trial.params).distills:  # the best trial is itself the baseline
         attrs = trial.user_attrs
-        result.update(val_accuracy=trial.value, test_accuracy=attrs.get("test_accuracy"))
+        result.update(val_accuracy=trial.values[0], test_accuracy=attrs.get("test_accuracy"))
         result.update(parameters=attrs.get("student_params"), checkpoint=attrs.get("checkpoint"))
     else:
         out = studies.folder(study) / "baseline" / "best.pt"
@@ -131,25 +143,31 @@ def final(
     retrain: bool = False,
     seeds: Sequence[int] = (0, 1, 2),
     baseline: bool = False,
+    budgets: Mapping[str, float] | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of study ``name``'s best trial, stored on the study as ``final``.
 
     The trial's own checkpoint by default; with ``retrain``, the best parameters retrained on
     train+val once per seed. ``baseline`` adds the alpha = 0 student (:func:`ensure_baseline`).
+    ``budgets`` (``{"student_params": 1e5}``) picks the most accurate trial costing at most
+    these.
     """
     seeds = list(seeds)
     if retrain and len(set(seeds)) != len(seeds):
         raise KDSearchError(f"seeds {seeds}: a seed is repeated (it would train the same run)")
     study, spec = studies.open_study(name, url)
-    trial = best_trial(study)
+    trial = best_trial(study, dict(budgets or {}))
     trial_spec = spec.with_overrides(trial.params)
     result: dict[str, Any] = {
         "study": name,
         "trial": trial.number,
         "params": trial.params,
-        "val_accuracy": trial.value,
+        "val_accuracy": trial.values[0],
+        "costs": {m: ranking.cost(trial, m) for m in ranking.COSTS},
     }
+    if budgets:
+        result["budgets"] = dict(budgets)
     if retrain:
         accuracies, checkpoints = retrain_seeds(trial_spec, studies.folder(study), seeds, device)
         result.update(mode="retrain", seeds=seeds, checkpoints=checkpoints)
@@ -177,6 +195,8 @@ def format_result(r: dict[str, Any]) -> str:
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
     )
     head = f"study {r['study']}: best trial {r['trial']} ({params or 'no searched parameters'})"
+    if r.get("budgets"):
+        head += f", the most accurate within {ranking.describe_budgets(r['budgets'])}"
     lines = [head, f"val accuracy  {r['val_accuracy']:.4f} (what the search selected on)"]
     if r["mode"] == "checkpoint":
         lines.append(f"test accuracy {r['mean']:.4f} (the trial's best-epoch checkpoint)")

@@ -174,6 +174,7 @@ def cmd_export_table(a: argparse.Namespace) -> int:
             columns=columns,
             pivot_on=(row, col) if a.pivot else None,
             bins=a.bins,
+            pareto=a.pareto,
         )
         if df.empty:
             # No columns to write either (they come from the trials): say so, write nothing.
@@ -287,8 +288,15 @@ def cmd_best(a: argparse.Namespace) -> int:
     from kdsearch import api, best
 
     seeds = best.parse_seeds(a.seeds) if a.retrain else []  # a typo fails before any work
+    limits = {"student_params": a.max_params, "flops": a.max_flops, "latency_ms": a.max_latency_ms}
     result = api.evaluate_best(
-        a.study, a.storage, retrain=a.retrain, seeds=seeds, baseline=a.baseline, device=a.device
+        a.study,
+        a.storage,
+        retrain=a.retrain,
+        seeds=seeds,
+        baseline=a.baseline,
+        budgets={k: v for k, v in limits.items() if v is not None},
+        device=a.device,
     )
     if a.json:
         print(json.dumps(result))
@@ -340,22 +348,16 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_bench_search(a: argparse.Namespace) -> int:
-    import tempfile
-
-    from kdsearch import bench_search, study
+    from kdsearch import api, bench_search
     from kdsearch.errors import KDSearchError
 
-    spec = _load_spec(a.spec)
-    bench_search.grid_spec(spec)  # refuse a spec that is not a grid before anything runs
-    study.check(spec)
-    _check_inputs(spec)  # the data and the teacher load, or one line says why
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:
         raise KDSearchError(f"--seeds: {a.seeds!r} is not a comma list of integers") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        url = a.storage or f"sqlite:///{tmp}/bench-search.db"
-        result = bench_search.bench(spec, seeds, a.budget_fraction, url)
+    result = api.benchmark_search(
+        a.spec, seeds=seeds, budget_fraction=a.budget_fraction, storage=a.storage
+    )
     print(json.dumps(result.to_dict()) if a.json else bench_search.format_table(result))
     return 0
 
@@ -568,6 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--state", choices=["complete", "pruned", "all"], default="all", help="which trials"
     )
     p.add_argument(
+        "--pareto",
+        action="store_true",
+        help="only the non-dominated trials (the Pareto front), objective columns first",
+    )
+    p.add_argument(
         "--pivot",
         metavar="ROW,COL",
         help="best validation accuracy over two parameters, e.g. alpha,temperature; "
@@ -646,6 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the alpha = 0 student with the best trial's other hyperparameters and seed "
         "(trained once, then stored on the study)",
     )
+    for flag, what in (
+        ("--max-params", "student parameters"),
+        ("--max-flops", "forward FLOPs per image"),
+        ("--max-latency-ms", "latency at batch 1 (ms, on the worker's device)"),
+    ):
+        p.add_argument(
+            flag, type=float, metavar="N", help=f"the most accurate trial with at most N {what}"
+        )
     _device_arg(p)
     _json_arg(p)
 

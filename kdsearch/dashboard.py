@@ -28,8 +28,6 @@ from kdsearch.spec import Spec
 
 log = logging.getLogger(__name__)
 
-#: The objective every kdsearch study maximizes (the name its axes and tables show).
-METRIC = "val_accuracy"
 ARTIFACT_PREFIX = "artifacts:"  # Optuna's and optuna-dashboard's study system attribute keys
 
 
@@ -67,7 +65,7 @@ def describe(study: optuna.Study, spec: Spec) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([METRIC])
+        study.set_metric_names(spec.search.objectives)
     for key, value in teacher_attrs(spec).items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)

@@ -32,6 +32,7 @@ def sh(*args: str, capture: bool = False) -> str:
 def main() -> int:
     import optuna
 
+    from kdsearch import ranking
     from kdsearch import spec as specs
     from kdsearch.paths import resolve
 
@@ -44,7 +45,7 @@ def main() -> int:
     sh("kdsearch", "create-study", SPEC, "--study-name", study)
     sh("kdsearch", "worker", "--study", study, "--n-workers", "2", "--devices", "cpu")
 
-    best = optuna.load_study(study_name=study, storage=STORAGE).best_trial
+    best = ranking.best(optuna.load_study(study_name=study, storage=STORAGE))
     sets = [f"--set={k}={v}" for k, v in best.params.items() if k != "alpha"]
     baseline = json.loads(
         sh(
@@ -69,7 +70,7 @@ def main() -> int:
     print(f"\nBest distilled student vs. no-distillation baseline ({labels}, same epochs):")
     print(f"  {'':<34}{'val acc':>9}{'test acc':>10}")
     print(
-        f"  {'distilled (trial ' + str(best.number) + ')':<34}{best.value:>9.4f}"
+        f"  {'distilled (trial ' + str(best.number) + ')':<34}{best.values[0]:>9.4f}"
         f"{best.user_attrs['test_accuracy']:>10.4f}"
     )
     print(

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from kdsearch import ranking
 from kdsearch import study as studies
 from kdsearch.errors import KDSearchError
 from kdsearch.spec import ALIASES, Spec
@@ -71,7 +72,7 @@ def trials_table(study: optuna.Study, state: str = "all") -> pd.DataFrame:
         row: dict[str, Any] = {
             "number": t.number,
             "state": t.state.name,
-            "val_accuracy": t.value,
+            "val_accuracy": t.values[0] if t.values else None,
             "best_reported": max(reported) if reported else None,
             **t.params,
             "epochs_run": t.user_attrs.get("epochs_run", len(reported)),
@@ -91,7 +92,7 @@ def trials_table(study: optuna.Study, state: str = "all") -> pd.DataFrame:
     ):
         if col in df:  # integers, with gaps where a trial has no value (pruned, say)
             df[col] = df[col].astype("Int64")
-    ascending = study.direction == optuna.study.StudyDirection.MINIMIZE
+    ascending = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
     return df.sort_values(
         ["val_accuracy", "best_reported"], ascending=ascending, na_position="last"
     ).reset_index(drop=True)
@@ -165,20 +166,32 @@ def pivot(df: pd.DataFrame, row: str, col: str, bins: int = 4) -> pd.DataFrame:
     )
 
 
+def pareto_rows(study: optuna.Study, df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the non-dominated trials, the objectives' columns first.
+
+    For one objective the front is the best trial (constraints respected).
+    """
+    front = {t.number for t in ranking.pareto(study)}
+    names = study.metric_names or ["val_accuracy"]
+    first = [ranking.METRICS.get(n, n) for n in names if ranking.METRICS.get(n, n) in df]
+    rest = [c for c in df.columns if c not in first and c != "number"]
+    return df[df["number"].isin(front)][["number", *first, *rest]].reset_index(drop=True)
+
+
 def compare(names: list[str], url: str | None = None) -> pd.DataFrame:
     """One row per study: its best trial's validation and test accuracy and student size."""
     rows = []
     for name in names:
         study, spec = studies.open_study(name, url)
         done = study.get_trials(deepcopy=False, states=STATES["complete"])
-        best = studies.best_of(study, done)
+        best = ranking.best(study, trials=done)
         rows.append(
             {
                 "study": name,
                 "student": spec.student.arch,
                 "teacher": spec.teacher.arch if spec.distills else "-",
                 "trials": len(done),
-                "val_accuracy": best.value if best else math.nan,
+                "val_accuracy": best.values[0] if best else math.nan,
                 "test_accuracy": best.user_attrs.get("test_accuracy") if best else math.nan,
                 "student_params": best.user_attrs.get("student_params") if best else None,
             }
@@ -222,8 +235,8 @@ def partial_table(names: list[str], url: str | None = None) -> pd.DataFrame:
             ("baseline", [t for t in done if alpha[t.number] == 0]),
             ("distilled", [t for t in done if alpha[t.number] > 0]),
         ):
-            best = studies.best_of(study, trials)
-            row[f"{arm}_val_accuracy"] = best.value if best else math.nan
+            best = ranking.best(study, trials=trials)
+            row[f"{arm}_val_accuracy"] = best.values[0] if best else math.nan
             row[f"{arm}_test_accuracy"] = (
                 best.user_attrs.get("test_accuracy", math.nan) if best else math.nan
             )
@@ -271,9 +284,11 @@ def table(
     columns: list[str] | None = None,
     pivot_on: tuple[str, str] | None = None,
     bins: int = 4,
+    pareto: bool = False,
 ) -> pd.DataFrame:
     """Study ``name``'s trials, best first (:func:`trials_table`), cut as ``export-table`` does:
-    the best ``top``, only ``columns``, or the best value per cell over ``pivot_on``."""
+    only the non-dominated ones (``pareto``), the best ``top``, only ``columns``, or the best
+    value per cell over ``pivot_on``."""
     if top is not None and top < 1:
         raise KDSearchError(f"--top {top}: must be >= 1")
     if bins < 2:
@@ -282,6 +297,8 @@ def table(
     df = trials_table(study, state)
     if df.empty:
         return df
+    if pareto:
+        df = pareto_rows(study, df)
     if pivot_on:
         return pivot(df, *pivot_on, bins).reset_index()
     if top:

@@ -65,7 +65,7 @@ def shown(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
 def accuracy_of(t: FrozenTrial) -> float:
     """A complete trial's value, a pruned trial's last reported accuracy."""
     if t.state == TrialState.COMPLETE:
-        return t.value
+        return t.values[0]
     return reached(t)[1]
 
 
@@ -91,14 +91,14 @@ def history(study: optuna.Study) -> Figure:
     if not any(t.state == TrialState.COMPLETE for t in trials):
         raise Skip("no complete trial yet")
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     best, steps = -math.inf, []
     for t in trials:
         pruned = t.state == TrialState.PRUNED
         y = pct(accuracy_of(t))
         ax.scatter(t.number, y, color=colour(t.number), marker="x" if pruned else "o", s=40)
-        if not pruned and sign * t.value > best:
-            best = sign * t.value
+        if not pruned and sign * t.values[0] > best:
+            best = sign * t.values[0]
         if best > -math.inf:
             steps.append((t.number, pct(sign * best)))
     ax.step(*zip(*steps, strict=True), where="post", color="black", lw=1.2, label="best so far")
@@ -212,7 +212,9 @@ def importances(study: optuna.Study) -> Figure:
             f"(have {len(complete)})"
         )
     try:
-        ranked = optuna.importance.get_param_importances(study)
+        # Accuracy's importance, also in a study with cost objectives.
+        accuracy = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+        ranked = optuna.importance.get_param_importances(study, target=accuracy)
     except Exception as err:  # a degenerate study (one value everywhere) cannot be ranked
         raise Skip(f"Optuna could not rank the parameters: {type(err).__name__}: {err}") from None
     names = list(ranked)[::-1]
@@ -224,6 +226,23 @@ def importances(study: optuna.Study) -> Figure:
     ax.set_xlabel("share of the variance in validation accuracy (fANOVA)")
     ax.set_title(f"{study.study_name}: parameter importance ({len(complete)} complete trials)")
     return fig
+
+
+def pareto_front(study: optuna.Study, objectives: list[str], labels: dict[str, str]) -> Figure:
+    """Optuna's Pareto-front plot of a study with two or three objectives, axes named."""
+    import warnings
+
+    if not 2 <= len(objectives) <= 3:
+        raise Skip(f"{len(objectives)} objective(s): a front is drawn for two or three")
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise Skip("no complete trial yet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna.visualization.matplotlib.plot_pareto_front(
+            study, target_names=[labels.get(o, o) for o in objectives]
+        )
+    ax.set_title(f"{study.study_name}: Pareto front (red: non-dominated trials)")
+    return ax.figure
 
 
 def comparison(rows: dict[str, tuple[float | None, float | None]], title: str) -> Figure:

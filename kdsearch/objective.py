@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from kdsearch import nets, progress
+from kdsearch import nets, progress, ranking
 from kdsearch import study as studies
 from kdsearch.checkpoints import CheckpointStore, trial_by_number
 from kdsearch.experiment import Context, train_student
@@ -79,7 +79,7 @@ class Objective:
         #: Why the last trial failed (None if it did not), for the worker's repeat check.
         self.last_failure: str | None = None
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.current = trial
         self.trials_started += 1
         self.last_failure = None
@@ -90,11 +90,12 @@ class Objective:
         except Exception as err:
             self.last_failure = f"{type(err).__name__}: {err}"
             raise
-        if not math.isfinite(value):  # Optuna fails the trial; say why in the worker's terms
-            self.last_failure = f"validation accuracy is {value}"
+        accuracy = value[0] if isinstance(value, list) else value
+        if not math.isfinite(accuracy):  # Optuna fails the trial; say why in the worker's terms
+            self.last_failure = f"validation accuracy is {accuracy}"
         return value
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = suggest(trial, self.spec.search.space)
         spec = self.spec.with_overrides(params)
@@ -105,12 +106,16 @@ class Objective:
         if self.store.pull(trial.study, chain, workdir / "last.pt"):
             self.store.pull(trial.study, chain, workdir / "best.pt")
         log.info("trial %d started: %s", trial.number, progress.fmt_params(params))
-        for key, value in self._cost(spec).as_attrs().items():
+        cost = self._cost(spec).as_attrs()
+        for key, value in cost.items():
             trial.set_user_attr(key, value)
+        self._check_constraints(trial, cost)
+        # Optuna reports and prunes only single-objective trials.
+        single = len(self.spec.search.objectives) == 1
 
         def on_resume(history: History) -> None:
             # Re-report the epochs the killed attempt finished, so the pruner sees the curve.
-            for e in history.epochs:
+            for e in history.epochs if single else ():
                 trial.report(e.val_accuracy, e.epoch)
             trial.set_user_attr("resumed_from_epoch", len(history.epochs))
             log.info(
@@ -121,14 +126,15 @@ class Objective:
             self.store.push(trial.study, trial._trial_id, workdir / "last.pt")
             if history.best_epoch == r.epoch:  # best.pt was just rewritten
                 self.store.push(trial.study, trial._trial_id, workdir / "best.pt")
-            trial.report(r.val_accuracy, r.epoch)
+            if single:
+                trial.report(r.val_accuracy, r.epoch)
             names = dict.fromkeys(name for e in history.epochs for name in e.terms)
             terms = {name: [e.terms.get(name) for e in history.epochs] for name in names}
             trial.set_user_attr("loss_terms", terms)
             rate = r.images / r.seconds if r.seconds else 0.0
             epochs, best = self.spec.train.epochs, history.best_val
             progress.epoch_done(trial.number, r.epoch, epochs, r.val_accuracy, best, rate)
-            if trial.should_prune():
+            if single and trial.should_prune():
                 trial.set_user_attr("epochs_run", len(history.epochs))
                 raise optuna.TrialPruned(
                     f"val accuracy {r.val_accuracy:.4f} at epoch {r.epoch + 1}"
@@ -172,7 +178,27 @@ class Objective:
             "test_accuracy": outcome.test_accuracy,
         }.items():
             trial.set_user_attr(key, value)
-        return outcome.val_accuracy
+        if single:
+            return outcome.val_accuracy
+        costs = [cost[ranking.METRICS[m]] for m in self.spec.search.objectives[1:]]
+        return [outcome.val_accuracy, *map(float, costs)]
+
+    def _check_constraints(self, trial: optuna.Trial, cost: dict[str, Any]) -> None:
+        """Store the trial's constraint excesses; prune it, untrained, if it breaks a limit.
+
+        The cost is known before training, so a trial over a limit costs no epoch.
+        """
+        limits = self.spec.search.constraints
+        if not limits:
+            return
+        for metric, value in ranking.excess(cost, limits).items():
+            trial.set_constraint(metric, value)
+        reason = ranking.violation(cost, limits)
+        if reason:
+            trial.set_user_attr("prune_reason", reason)
+            trial.set_user_attr("epochs_run", 0)
+            log.info("trial %d pruned before training: %s", trial.number, reason)
+            raise optuna.TrialPruned(reason)
 
     def _cost(self, spec: Spec) -> nets.Cost:
         """The trial's student, freshly built, measured on the worker's device."""
@@ -191,10 +217,13 @@ class Objective:
 def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) -> None:
     """Delete the checkpoints (local and uploaded) of all but the best ``keep`` complete
     trials."""
+    kept = {t.number for t in ranking.ranked(study)[:keep]}
+    if ranking.multi(study):  # the front is what a user picks from: keep all of it
+        kept |= {t.number for t in ranking.pareto(study)}
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)
-    for t in ranked[keep:]:
+    for t in complete:
+        if t.number in kept:
+            continue
         path = t.user_attrs.get("checkpoint")
         if path and Path(path).parent.is_dir():
             shutil.rmtree(Path(path).parent, ignore_errors=True)

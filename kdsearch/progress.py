@@ -109,7 +109,7 @@ def epoch_done(trial: int, epoch: int, epochs: int, val: float, best: float, rat
 
 def trial_done(_study: Any, trial: Any) -> None:
     """Optuna callback: one line per finished trial (state, value, parameters, time)."""
-    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    value = "-" if not trial.values else f"{trial.values[0]:.4f}"
     took = fmt_seconds(trial.duration.total_seconds()) if trial.duration else "?"
     epochs = trial.user_attrs.get("epochs_run", len(trial.intermediate_values))
     log.info(

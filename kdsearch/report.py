@@ -19,7 +19,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import optuna
 
-from kdsearch import dashboard, export, figures
+from kdsearch import dashboard, export, figures, ranking
 from kdsearch import study as studies
 from kdsearch.best import BASELINE_ATTR, ensure_baseline
 from kdsearch.figures import Skip
@@ -31,7 +31,7 @@ Row = tuple[Any, Any]
 
 def compare_rows(study: optuna.Study, spec: Spec) -> tuple[dict[str, Row], list[str]]:
     """Teacher, alpha = 0 baseline and best distilled student, with notes on what is missing."""
-    best = studies.best_of(study)
+    best = ranking.best(study)
     if best is None:
         raise Skip("no complete trial yet")
     rows: dict[str, Row] = {}
@@ -56,7 +56,8 @@ def compare_rows(study: optuna.Study, spec: Spec) -> tuple[dict[str, Row], list[
             "(or `report` without --no-baseline) trains it"
         )
     kind = "distilled" if spec.teacher is not None else "student"
-    rows[f"best {kind} (trial {best.number})"] = (best.value, best.user_attrs.get("test_accuracy"))
+    test = best.user_attrs.get("test_accuracy")
+    rows[f"best {kind} (trial {best.number})"] = (best.values[0], test)
     return rows, notes
 
 
@@ -77,6 +78,10 @@ def draw(study: optuna.Study, spec: Spec, out: Path) -> tuple[list[str], list[st
         "param_importances": lambda: figures.importances(study),
         "baseline": comparison,
     }
+    if len(spec.search.objectives) > 1:  # one objective has no trade-off to draw
+        makers["pareto_front"] = lambda: figures.pareto_front(
+            study, spec.search.objectives, ranking.LABELS
+        )
     drawn: list[str] = []
     skipped: list[str] = []
     for name, make in makers.items():
@@ -107,6 +112,8 @@ def _spec_lines(spec: Spec) -> list[str]:
         f"- training: {t.epochs} epochs, batch {t.batch_size}, {t.optimizer.name} "
         f"lr {t.optimizer.lr:g}; distill {spec.distill.loss}",
         f"- search: {s.direction}, {s.n_trials} trials, sampler {s.sampler}, pruner {s.pruner}",
+        f"- objectives: {', '.join(s.objectives)}"
+        + "".join(f"; {m} <= {c['max']:g}" for m, c in s.constraints.items()),
     ]
     for name, p in s.space.items():
         where = p.choices if p.type == "categorical" else f"[{p.low:g}, {p.high:g}]"
@@ -117,13 +124,13 @@ def _spec_lines(spec: Spec) -> list[str]:
 def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
     """Draw the figures and write report.md beside them; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    best = studies.best_of(study)
+    best = ranking.best(study)
     drawn, skipped, extra = draw(study, spec, out)
     counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials yet"
     md = [f"# Study `{study.study_name}`", "", summary, "", "## Spec", "", *_spec_lines(spec), ""]
     if best is not None:
-        md += ["## Best trial", "", f"- trial {best.number}, value {best.value:.4f}"]
+        md += ["## Best trial", "", f"- trial {best.number}, value {best.values[0]:.4f}"]
         md += [f"- test accuracy {_fmt(best.user_attrs.get('test_accuracy'))}"]
         md += [f"- student parameters {_fmt(best.user_attrs.get('student_params'))}"]
         md += [f"- `{k}` = {_fmt(v)}" for k, v in best.params.items()] + [""]
@@ -158,7 +165,7 @@ def make_report(
     """
     study, spec = studies.open_study(name, url)
     dashboard.describe(study, spec)  # the teacher may have been trained after create-study
-    if baseline and studies.best_of(study) is not None:
+    if baseline and ranking.best(study) is not None:
         if BASELINE_ATTR not in study.user_attrs:
             say("training the alpha = 0 baseline with the best trial's settings")
         ensure_baseline(study, spec, device)

@@ -24,6 +24,7 @@ import yaml
 
 from kdsearch import normalization
 from kdsearch.errors import KDSearchError, unknown_name
+from kdsearch.ranking import COSTS, METRICS
 from kdsearch.schema import build, in_range, positive
 
 SPEC_VERSION = 1
@@ -195,8 +196,22 @@ class SearchSpec:
     #: Where checkpoints are also uploaded so a retry on another machine can resume: a shared
     #: folder or ``s3://bucket`` (Optuna's artifact stores); unset keeps them local only.
     artifact_store: str | None = None
+    #: What the study optimizes: ``val_accuracy`` first (maximized), then costs to minimize
+    #: (``student_params``, ``flops``, ``latency_ms``); see :mod:`kdsearch.ranking`.
+    objectives: list[str] = field(default_factory=lambda: ["val_accuracy"])
+    #: Ceilings on costs, ``{student_params: {max: 100000}}``: a trial over one is pruned
+    #: before training and is never a study's best.
+    constraints: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna's directions, one per objective."""
+        if len(self.objectives) == 1:
+            return [self.direction]
+        return ["maximize"] + ["minimize"] * (len(self.objectives) - 1)
 
     def check(self, path: str) -> None:
+        self._check_objectives(path)
         positive(f"{path}.n_trials", self.n_trials)
         positive(f"{path}.heartbeat_interval", self.heartbeat_interval)
         if self.grace_period <= self.heartbeat_interval:
@@ -209,6 +224,37 @@ class SearchSpec:
         for key in ("sampler", "pruner"):
             if "name" not in getattr(self, key):
                 raise KDSearchError(f"{path}.{key}: needs a name, e.g. {{name: tpe}}")
+        if len(self.objectives) > 1 and self.pruner["name"] != "none":
+            raise KDSearchError(
+                f"{path}.pruner: Optuna cannot prune a study with several objectives; set "
+                f"{path}.pruner: {{name: none}} (or keep one objective and use "
+                f"{path}.constraints, which keeps pruning)"
+            )
+
+    def _check_objectives(self, path: str) -> None:
+        if not self.objectives or self.objectives[0] != "val_accuracy":
+            raise KDSearchError(
+                f"{path}.objectives: {self.objectives!r} must start with val_accuracy (then any "
+                f"of {', '.join(COSTS)}), e.g. [val_accuracy, student_params]"
+            )
+        for name in self.objectives:
+            if name not in METRICS:
+                raise unknown_name(f"{path}.objectives", name, METRICS)
+        if len(set(self.objectives)) != len(self.objectives):
+            raise KDSearchError(f"{path}.objectives: {self.objectives!r} names one twice")
+        if len(self.objectives) > 1 and self.direction != "maximize":
+            raise KDSearchError(
+                f"{path}.direction: with several objectives val_accuracy is maximized and the "
+                f"costs minimized; remove direction: {self.direction}"
+            )
+        for name, limit in self.constraints.items():
+            if name not in COSTS:
+                raise unknown_name(f"{path}.constraints", name, COSTS)
+            if set(limit) != {"max"}:
+                raise KDSearchError(
+                    f"{path}.constraints.{name}: {limit!r} must be {{max: N}}, e.g. {{max: 100000}}"
+                )
+            positive(f"{path}.constraints.{name}.max", limit["max"])
 
 
 @dataclass(frozen=True)
@@ -297,8 +343,8 @@ def _check_space(spec: Spec) -> None:
     valid_targets = _numeric_paths(spec.to_dict())
     for key, param in spec.search.space.items():
         target = ALIASES.get(key, key)
-        if target == "distill.loss" or target.startswith("distill.kwargs."):
-            continue  # checked with the methods, in _check_methods
+        if target in ("distill.loss", "student.arch") or target.startswith("distill.kwargs."):
+            continue  # checked with the methods and nets, in _check_registries
         if target.startswith(("dataset.", "teacher.", "search.")):
             raise KDSearchError(
                 f"search.space.{key}: {target} cannot be searched (data, teacher and search "
@@ -336,20 +382,30 @@ def _check_registries(spec: Spec) -> None:
     for key, net in (("student", spec.student), ("teacher", spec.teacher)):
         if net is None:
             continue
-        if net.arch not in nets.names():
-            raise unknown_name(f"{key}.arch", net.arch, nets.names())
-        allowed = nets.kwarg_names(net.arch)
+        archs = [net.arch]
+        param = spec.search.space.get(f"{key}.arch")
+        if param is not None:
+            if param.type != "categorical":
+                raise KDSearchError(
+                    f"search.space.{key}.arch: an architecture is searched as a categorical, "
+                    "e.g. {type: categorical, choices: [cnn5, resnet18]}"
+                )
+            archs += param.choices or []
         searched = [
             ALIASES.get(k, k).removeprefix(f"{key}.kwargs.")
             for k in spec.search.space
             if ALIASES.get(k, k).startswith(f"{key}.kwargs.")
         ]
-        for name in [*net.kwargs, *searched]:
-            if name not in allowed:
-                raise KDSearchError(
-                    f"{key}.kwargs.{name}: {net.arch} takes no argument {name!r} "
-                    f"(allowed: {', '.join(allowed) or 'none'})"
-                )
+        for arch in archs:  # every searched architecture takes every set or searched kwarg
+            if arch not in nets.names():
+                raise unknown_name(f"{key}.arch", arch, nets.names())
+            allowed = nets.kwarg_names(arch)
+            for name in [*net.kwargs, *searched]:
+                if name not in allowed:
+                    raise KDSearchError(
+                        f"{key}.kwargs.{name}: {arch} takes no argument {name!r} "
+                        f"(allowed: {', '.join(allowed) or 'none'})"
+                    )
     if spec.dataset.name not in data.names():
         raise unknown_name("dataset.name", spec.dataset.name, data.names())
     _check_methods(spec)

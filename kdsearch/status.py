@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from kdsearch import ranking
 from kdsearch.progress import fmt_params, fmt_seconds
 from kdsearch.study import SPEC_ATTR
 
@@ -55,11 +56,11 @@ def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dic
     live = [t for t in running if live_ids is None or t._trial_id in live_ids]
 
     best = None
-    if counts["complete"]:
-        b = study.best_trial
+    b = ranking.best(study)
+    if b is not None:
         best = {
             "number": b.number,
-            "value": b.value,
+            "value": b.values[0],
             "params": b.params,
             "test_accuracy": b.user_attrs.get("test_accuracy"),
         }
@@ -85,7 +86,7 @@ def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dic
         left = (to_start * per_trial + running_left) / rate
     return {
         "study": name,
-        "direction": study.direction.name.lower(),
+        "direction": "/".join(d.name.lower() for d in study.directions),
         "n_trials": budget,
         "finished": len(finished),
         "states": counts,

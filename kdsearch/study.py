@@ -55,6 +55,7 @@ def _samplers() -> dict[str, Any]:
         "random": s.RandomSampler,
         "grid": s.GridSampler,
         "cmaes": s.CmaEsSampler,
+        "nsga2": s.NSGAIISampler,
     }
 
 
@@ -182,7 +183,7 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
             )
         return study
     study = optuna.create_study(
-        storage=storage, study_name=name, direction=spec.search.direction, pruner=pruner
+        storage=storage, study_name=name, directions=spec.search.directions, pruner=pruner
     )
     study.set_user_attr(SPEC_ATTR, stored)
     study.set_user_attr(VERSION_ATTR, specs.SPEC_VERSION)
@@ -244,18 +245,3 @@ def open_study(name: str, url: str | None = None, *, existing: bool = True) -> t
     kdsearch did not create is a one-line error before anything is read or written.
     """
     return load(storages.open_storage(storages.resolve_url(url), existing=existing), name)
-
-
-def best_of(study: Any, trials: list[Any] | None = None) -> Any | None:
-    """The best complete trial of ``trials`` (default: the study's) in the study's direction,
-    or None when there is none (a fresh study, or only pruned and failed trials)."""
-    import optuna
-
-    complete = optuna.trial.TrialState.COMPLETE
-    if trials is None:
-        trials = study.get_trials(deepcopy=False, states=(complete,))
-    done = [t for t in trials if t.state == complete]
-    if not done:
-        return None
-    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-    return pick(done, key=lambda t: t.value)

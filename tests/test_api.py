@@ -16,8 +16,7 @@ import optuna
 import pytest
 
 import kdsearch
-from kdsearch import api
-from kdsearch import study as studies
+from kdsearch import api, ranking
 from kdsearch.errors import KDSearchError
 
 STORAGE = "sqlite:///kd.db"
@@ -45,18 +44,18 @@ def test_every_api_name_is_the_api_function_even_after_the_tools_load() -> None:
         kdsearch.no_such_function  # noqa: B018
 
 
-def test_best_of_follows_the_study_direction() -> None:
+def test_best_follows_the_study_direction() -> None:
     """The best complete trial, by value, in the study's direction; None without one."""
     for direction, expected in (("maximize", 3.0), ("minimize", 1.0)):
         st = optuna.create_study(direction=direction)
-        assert studies.best_of(st) is None
+        assert ranking.best(st) is None
         for value in (2.0, 3.0, 1.0):
             st.add_trial(optuna.trial.create_trial(value=value))
         st.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
-        assert studies.best_of(st).value == expected
-        assert studies.best_of(st, st.trials).value == expected  # the pruned one is skipped
-        assert studies.best_of(st, st.trials[:1]).value == 2.0
-        assert studies.best_of(st, st.trials[-1:]) is None
+        assert ranking.best(st).value == expected
+        assert ranking.best(st, trials=st.trials).value == expected  # the pruned one is skipped
+        assert ranking.best(st, trials=st.trials[:1]).value == 2.0
+        assert ranking.best(st, trials=st.trials[-1:]) is None
 
 
 def test_search_from_python(

@@ -1,0 +1,125 @@
+"""What a study optimizes, and which of its trials count: objectives, constraints, the best.
+
+A study maximizes validation accuracy, alone or (``search.objectives``) together with costs of
+the student to minimize. Each cost is measured before training (:mod:`kdsearch.nets.cost`) and
+stored as a trial user attribute; :data:`METRICS` maps the spec's names to those attributes.
+
+``search.constraints`` puts a ceiling on a cost. The objective stores each ceiling's excess
+(value minus max, feasible when <= 0) with Optuna's ``Trial.set_constraint``, which Optuna's
+samplers (TPE, NSGA-II) and ``best_trials`` read, and prunes a trial over a ceiling before
+training.
+Every reader of a study (best, export, status, report) ranks trials through this module, so
+none of them can report a trial over a ceiling, and all of them read accuracy the same way,
+whether the study has one objective or several.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: Spec name -> trial user attribute. Latency is the median at batch 1 on the worker's device.
+METRICS: dict[str, str] = {
+    "val_accuracy": "val_accuracy",
+    "student_params": "student_params",
+    "flops": "student_flops",
+    "latency_ms": "latency_ms_b1",
+}
+#: Readable axis names, for plots and tables.
+LABELS: dict[str, str] = {
+    "val_accuracy": "validation accuracy",
+    "student_params": "student parameters",
+    "flops": "forward FLOPs per image",
+    "latency_ms": "latency at batch 1 (ms)",
+}
+COSTS = tuple(m for m in METRICS if m != "val_accuracy")
+
+
+def cost(trial: Any, metric: str) -> float | None:
+    """A trial's measured cost (``student_params``, ``flops``, ``latency_ms``), if stored."""
+    return trial.user_attrs.get(METRICS[metric])
+
+
+def excess(
+    attrs: Mapping[str, Any], constraints: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """Each constraint's measured value minus its max (feasible when <= 0)."""
+    return {m: float(attrs[METRICS[m]]) - float(c["max"]) for m, c in constraints.items()}
+
+
+def violation(attrs: Mapping[str, Any], constraints: Mapping[str, Mapping[str, float]]) -> str:
+    """The first limit ``attrs`` break, in words (empty if none), e.g. for ``prune_reason``."""
+    for metric, limit in constraints.items():
+        value = attrs[METRICS[metric]]
+        if value > limit["max"]:
+            return f"{metric} {value:g} is over the limit {limit['max']:g} (search.constraints)"
+    return ""
+
+
+def feasible(trial: Any) -> bool:
+    """Whether the trial is within every constraint of its study."""
+    return all(c <= 0 for c in trial.constraints.values())
+
+
+def accuracy(trial: Any) -> float | None:
+    """A trial's validation accuracy: its first objective value (None if it has none)."""
+    return trial.values[0] if trial.values else None
+
+
+def multi(study: Any) -> bool:
+    return len(study.directions) > 1
+
+
+def sign(study: Any) -> int:
+    """+1 when accuracy is maximized (always, for several objectives), -1 when minimized."""
+    import optuna
+
+    return 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+
+
+def complete(study: Any) -> list[Any]:
+    """Complete trials within the constraints: the only ones that may be called best."""
+    import optuna
+
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [t for t in done if feasible(t)]
+
+
+def ranked(study: Any, trials: list[Any] | None = None) -> list[Any]:
+    """``trials`` (default: :func:`complete`), best accuracy first in the study's direction."""
+    s = sign(study)
+    return sorted(complete(study) if trials is None else trials, key=lambda t: -s * accuracy(t))
+
+
+def best(
+    study: Any, budgets: Mapping[str, float] | None = None, trials: list[Any] | None = None
+) -> Any | None:
+    """The most accurate complete, feasible trial of ``trials`` (default: the study's) whose
+    costs are within ``budgets``, or None when there is none (a fresh study, or only pruned,
+    failed or over-limit trials).
+
+    With budgets on a study's cost objectives this is the front's best trial within them (a
+    trial off the front is beaten by one at most as costly); it also answers budgets on costs
+    the study did not optimize.
+    """
+    import optuna
+
+    pool = complete(study) if trials is None else trials
+    ok = [
+        t
+        for t in pool
+        if t.state == optuna.trial.TrialState.COMPLETE
+        and feasible(t)
+        and all(cost(t, m) is not None and cost(t, m) <= v for m, v in (budgets or {}).items())
+    ]
+    top = ranked(study, ok)
+    return top[0] if top else None
+
+
+def pareto(study: Any) -> list[Any]:
+    """The non-dominated feasible trials (Optuna's ``best_trials``), most accurate first."""
+    return ranked(study, [t for t in study.best_trials if feasible(t)])
+
+
+def describe_budgets(budgets: Mapping[str, float]) -> str:
+    return ", ".join(f"{m} <= {v:g}" for m, v in budgets.items())
