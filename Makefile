@@ -27,7 +27,7 @@ test-fast: venv
 	$(BIN)/pytest -q -m "not slow"
 
 demo: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m kdsearch.demo
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m kdsearch.tools.demo
 
 bench: venv
 	$(BIN)/kdsearch bench --device cpu

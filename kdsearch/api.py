@@ -5,7 +5,7 @@ the same names as its command's options. ``storage`` is a database URL; left out
 ``$KDSEARCH_STORAGE``, else ``sqlite:///kdsearch.db`` (:func:`create_study` also falls back on
 the spec's ``storage``). A ``study`` is a study's name, or the :class:`optuna.Study` that
 :func:`create_study` returned (which remembers its storage). A ``spec`` is a path to a YAML
-spec or a :class:`~kdsearch.spec.Spec`. Problems a user can fix raise
+spec or a :class:`~kdsearch.config.spec.Spec`. Problems a user can fix raise
 :class:`~kdsearch.errors.KDSearchError` with a one-line message.
 
     import kdsearch
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
-    from kdsearch.spec import Spec
+    from kdsearch.config.spec import Spec
 
 SpecRef = Union[str, Path, "Spec"]
 StudyRef = Union[str, "optuna.Study"]
@@ -36,7 +36,7 @@ _URLS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _spec(spec: SpecRef, overrides: Mapping[str, Any] | None = None) -> Spec:
-    from kdsearch import spec as specs
+    from kdsearch.config import spec as specs
 
     loaded = spec if isinstance(spec, specs.Spec) else specs.load(spec)
     return loaded.with_overrides(dict(overrides)) if overrides else loaded
@@ -61,7 +61,7 @@ def validate(spec: SpecRef, overrides: Mapping[str, Any] | None = None) -> Spec:
 
     ``overrides`` maps dotted keys to values, e.g. ``{"distill.alpha": 0}``.
     """
-    from kdsearch import study as studies
+    from kdsearch.search import study as studies
 
     loaded = _spec(spec, overrides)
     studies.check(loaded)
@@ -71,8 +71,8 @@ def validate(spec: SpecRef, overrides: Mapping[str, Any] | None = None) -> Spec:
 def _check_inputs(spec: Spec) -> None:
     """Open the data and load the teacher, so a study every worker would fail on is never
     created."""
-    from kdsearch import data as datasets
-    from kdsearch.teacher import load_teacher
+    from kdsearch.data import datasets
+    from kdsearch.training.teacher import load_teacher
 
     splits = datasets.load(spec.dataset)
     if spec.teacher is not None:
@@ -91,9 +91,9 @@ def create_study(
     The spec is checked, its data opened and its teacher loaded before the database is
     touched. ``load_if_exists`` reopens a study whose stored spec equals this one.
     """
-    from kdsearch import dashboard
-    from kdsearch import storage as storages
-    from kdsearch import study as studies
+    from kdsearch.search import storage as storages
+    from kdsearch.search import study as studies
+    from kdsearch.tools import dashboard
 
     loaded = validate(spec)  # an impossible spec fails before the database is touched
     _check_inputs(loaded)
@@ -109,8 +109,8 @@ def create_study(
 
 
 def _devices(devices: str | Sequence[str] | None) -> list[str]:
-    from kdsearch import worker
     from kdsearch.errors import KDSearchError
+    from kdsearch.search import worker
 
     if not devices:
         return worker.default_devices()
@@ -138,9 +138,9 @@ def run_workers(
     ``devices`` (default: every GPU, else the CPU). Returns the exit code, 0 when all went
     well. Ctrl-C stops the workers after their current epoch.
     """
-    from kdsearch import storage as storages
-    from kdsearch import study as studies
-    from kdsearch import worker
+    from kdsearch.search import storage as storages
+    from kdsearch.search import study as studies
+    from kdsearch.search import worker
 
     _at_least("--n-workers", n_workers, 1)
     _at_least("--n-trials", n_trials, 1)
@@ -166,8 +166,8 @@ def study_status(storage: str | None = None, study: StudyRef | None = None) -> l
 
     The keys are those of ``kdsearch status --json`` (README).
     """
-    from kdsearch import status as statuses
-    from kdsearch import storage as storages
+    from kdsearch.search import storage as storages
+    from kdsearch.tools import status as statuses
 
     name, url = _where(study, storage) if study is not None else (None, storage)
     return statuses.all_statuses(storages.open_storage(storages.resolve_url(url)), name)
@@ -175,8 +175,8 @@ def study_status(storage: str | None = None, study: StudyRef | None = None) -> l
 
 def extend_study(study: StudyRef, n_trials: int, storage: str | None = None) -> int:
     """Raise the study's trial budget to ``n_trials``; returns the old budget."""
-    from kdsearch import storage as storages
-    from kdsearch import study as studies
+    from kdsearch.search import storage as storages
+    from kdsearch.search import study as studies
 
     name, url = _where(study, storage)
     return studies.extend(storages.open_storage(storages.resolve_url(url)), name, n_trials)
@@ -184,8 +184,8 @@ def extend_study(study: StudyRef, n_trials: int, storage: str | None = None) -> 
 
 def delete_study(study: StudyRef, storage: str | None = None) -> Path | None:
     """Delete the study, its checkpoints and logs (no confirmation); returns its folder."""
-    from kdsearch import objective
-    from kdsearch import storage as storages
+    from kdsearch.search import objective
+    from kdsearch.search import storage as storages
 
     name, url = _where(study, storage)
     return objective.delete_study(
@@ -211,7 +211,7 @@ def trials_table(
     continuous one cut into ``bins`` quantile ranges; ``pareto``: only the non-dominated
     trials (for several objectives), objective columns first.
     """
-    from kdsearch import export
+    from kdsearch.tools import export
 
     name, url = _where(study, storage)
     wanted = list(columns) if columns else None
@@ -222,7 +222,7 @@ def trials_table(
 
 def compare_studies(studies: Sequence[StudyRef], storage: str | None = None) -> pd.DataFrame:
     """One row per study: best validation accuracy, its test accuracy, student size."""
-    from kdsearch import export
+    from kdsearch.tools import export
 
     found = [_where(s, storage) for s in studies]
     return export.compare_table([n for n, _ in found], found[0][1] if found else storage)
@@ -246,7 +246,7 @@ def evaluate_best(
     The trial's own checkpoint by default; ``retrain`` retrains its parameters on train+val
     for each of ``seeds``; ``baseline`` also trains the alpha = 0 student once.
     """
-    from kdsearch import best as finals
+    from kdsearch.tools import best as finals
 
     name, url = _where(study, storage)
     return finals.final(
@@ -264,7 +264,7 @@ def write_report(
 ) -> Path:
     """Write figures and report.md for the study to ``out`` (default: reports/<study>);
     returns the path of report.md. ``baseline`` trains the alpha = 0 baseline once."""
-    from kdsearch import report as reports
+    from kdsearch.tools import report as reports
 
     name, url = _where(study, storage)
     folder = Path(out) if out is not None else None
@@ -275,7 +275,7 @@ def write_report(
 def _train(spec: Spec, out: Path, device: str | None, init: Path | None = None) -> dict[str, Any]:
     """Train to a temporary file beside ``out`` and rename it when finished, so an interrupted
     run leaves nothing at ``out``."""
-    from kdsearch.experiment import Context, train_student
+    from kdsearch.training.experiment import Context, train_student
 
     ctx = Context.load(spec, device)
     tmp = out.with_name(f".{out.name}.partial")
@@ -347,7 +347,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Test accuracy, per-class accuracy, confusion matrix and size of a checkpoint, on the
     test set of its own data set (or of ``spec``'s)."""
-    from kdsearch import evaluate
+    from kdsearch.tools import evaluate
 
     return evaluate.evaluate_checkpoint(Path(checkpoint), spec, device)
 
@@ -360,13 +360,13 @@ def benchmark_search(
     storage: str | None = None,
 ) -> Any:
     """The spec's grid run to the end against a kdsearch search (TPE + Hyperband) per seed on
-    the same data, in epochs (:mod:`kdsearch.bench_search`); returns its result table.
+    the same data, in epochs (:mod:`kdsearch.tools.bench_search`); returns its result table.
 
     The studies go to ``storage`` (default: a temporary SQLite file, removed afterwards).
     """
     import tempfile
 
-    from kdsearch import bench_search as benches
+    from kdsearch.tools import bench_search as benches
 
     loaded = validate(spec)
     benches.grid_spec(loaded)  # refuse a spec that is not a grid before anything runs

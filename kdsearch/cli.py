@@ -76,7 +76,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.evaluate import format_report
+    from kdsearch.tools.evaluate import format_report
 
     result = api.evaluate_checkpoint(a.checkpoint, a.spec, device=a.device)
     print(json.dumps(result) if a.json else format_report(result))
@@ -84,7 +84,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_create_study(a: argparse.Namespace) -> int:
-    from kdsearch import api, storage
+    from kdsearch import api
+    from kdsearch.search import storage
 
     spec = api.validate(a.spec)
     url = storage.resolve_url(a.storage, spec.storage)
@@ -95,7 +96,9 @@ def cmd_create_study(a: argparse.Namespace) -> int:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from kdsearch import api, status, storage
+    from kdsearch import api
+    from kdsearch.search import storage
+    from kdsearch.tools import status
 
     code = api.run_workers(
         a.study,
@@ -113,7 +116,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from kdsearch import api, status
+    from kdsearch import api
+    from kdsearch.tools import status
 
     rows = api.study_status(a.storage, a.study)
     if a.json:
@@ -124,7 +128,8 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_extend(a: argparse.Namespace) -> int:
-    from kdsearch import api, storage
+    from kdsearch import api
+    from kdsearch.search import storage
 
     url = storage.resolve_url(a.storage)
     old = api.extend_study(a.study, a.n_trials, url)
@@ -134,9 +139,9 @@ def cmd_extend(a: argparse.Namespace) -> int:
 
 
 def cmd_delete(a: argparse.Namespace) -> int:
-    from kdsearch import storage, study
     from kdsearch.errors import KDSearchError
-    from kdsearch.objective import delete_study
+    from kdsearch.search import storage, study
+    from kdsearch.search.objective import delete_study
 
     url = storage.resolve_url(a.storage)
     store = storage.open_storage(url)
@@ -154,8 +159,8 @@ def cmd_delete(a: argparse.Namespace) -> int:
 
 
 def cmd_export_table(a: argparse.Namespace) -> int:
-    from kdsearch import export
     from kdsearch.errors import KDSearchError
+    from kdsearch.tools import export
 
     if a.top is not None and a.top < 1:
         raise KDSearchError(f"--top {a.top}: must be >= 1")
@@ -194,7 +199,8 @@ def cmd_export_table(a: argparse.Namespace) -> int:
 def cmd_dashboard(a: argparse.Namespace) -> int:
     import optuna_dashboard
 
-    from kdsearch import dashboard, storage
+    from kdsearch.search import storage
+    from kdsearch.tools import dashboard
 
     _check_port(a.host, a.port)
     url = storage.resolve_url(a.storage)
@@ -255,7 +261,7 @@ def cmd_nets(a: argparse.Namespace) -> int:
 
 
 def cmd_import_checkpoint(a: argparse.Namespace) -> int:
-    from kdsearch import checkpoint
+    from kdsearch.training import model_files as checkpoint
 
     kwargs = dict(_parse_set(k) for k in a.kwarg)
     checkpoint.import_reference(
@@ -266,10 +272,10 @@ def cmd_import_checkpoint(a: argparse.Namespace) -> int:
 
 
 def cmd_cache_teacher(a: argparse.Namespace) -> int:
-    from kdsearch import spec as specs
-    from kdsearch import study
-    from kdsearch.experiment import Context
-    from kdsearch.teacher import build_or_load, load_teacher
+    from kdsearch.config import spec as specs
+    from kdsearch.search import study
+    from kdsearch.training.experiment import Context
+    from kdsearch.training.teacher import build_or_load, load_teacher
 
     if a.study:
         _, spec = study.open_study(a.study, a.storage)
@@ -285,7 +291,8 @@ def cmd_cache_teacher(a: argparse.Namespace) -> int:
 
 
 def cmd_best(a: argparse.Namespace) -> int:
-    from kdsearch import api, best
+    from kdsearch import api
+    from kdsearch.tools import best
 
     seeds = best.parse_seeds(a.seeds) if a.retrain else []  # a typo fails before any work
     limits = {"student_params": a.max_params, "flops": a.max_flops, "latency_ms": a.max_latency_ms}
@@ -306,7 +313,7 @@ def cmd_best(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from kdsearch import report
+    from kdsearch.tools import report
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -327,7 +334,7 @@ def cmd_storage_proxy(a: argparse.Namespace) -> int:
 
     import optuna
 
-    from kdsearch import storage
+    from kdsearch.search import storage
 
     url = storage.resolve_url(a.storage)
     print(f"gRPC storage proxy on {a.host}:{a.port} for {storage.mask(url)}", flush=True)
@@ -337,7 +344,7 @@ def cmd_storage_proxy(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from kdsearch import bench
+    from kdsearch.tools import bench
 
     result, timings = bench.run(a.device, a.images)
     if a.json:
@@ -348,8 +355,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_bench_search(a: argparse.Namespace) -> int:
-    from kdsearch import api, bench_search
+    from kdsearch import api
     from kdsearch.errors import KDSearchError
+    from kdsearch.tools import bench_search
 
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
@@ -713,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from kdsearch import progress
+    from kdsearch.search import progress
 
     progress.configure(getattr(args, "verbosity", 0))
     from kdsearch.errors import report_errors

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kdsearch.spec import merge
+from kdsearch.config.spec import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"

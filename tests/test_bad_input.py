@@ -17,8 +17,8 @@ import optuna
 import pytest
 
 from kdsearch import nets
-from kdsearch.checkpoint import save_model
-from kdsearch.storage import open_storage
+from kdsearch.search.storage import open_storage
+from kdsearch.training.model_files import save_model
 
 DB = "sqlite:///kd.db"
 

@@ -9,9 +9,9 @@ import optuna
 import pytest
 import yaml
 
-from kdsearch import bench_search
-from kdsearch.spec import ParamSpec, merge
-from kdsearch.storage import open_storage
+from kdsearch.config.spec import ParamSpec, merge
+from kdsearch.search.storage import open_storage
+from kdsearch.tools import bench_search
 
 ROOT = Path(__file__).resolve().parents[1]
 

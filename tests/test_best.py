@@ -18,8 +18,8 @@ import optuna
 import pytest
 import torch
 
-from kdsearch import study as studies
-from kdsearch.checkpoint import load_checkpoint
+from kdsearch.search import study as studies
+from kdsearch.training.model_files import load_checkpoint
 
 CLI = Callable[..., CompletedProcess[str]]
 STORAGE = "sqlite:///kd.db"

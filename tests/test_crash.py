@@ -21,8 +21,8 @@ import pytest
 from conftest import start_worker
 from optuna.artifacts import get_all_artifact_meta
 
-from kdsearch.spec import SearchSpec
-from kdsearch.storage import open_storage
+from kdsearch.config.spec import SearchSpec
+from kdsearch.search.storage import open_storage
 
 S = optuna.trial.TrialState
 
@@ -178,7 +178,7 @@ def test_ctrl_c_stops_every_child_and_requeues(cli, write_spec, kd_home):
         return sum(t.state == S.RUNNING and len(t.intermediate_values) >= 2 for t in ts) == 2
 
     wait_for(both_running, 300, "two running trials", [parent])
-    assert len(processes_named("kdsearch.worker sigterm_study")) == 2
+    assert len(processes_named("kdsearch.search.worker sigterm_study")) == 2
     sent = time.monotonic()
     parent.send_signal(signal.SIGINT)  # Ctrl-C
     out, _ = parent.communicate(timeout=60)
@@ -187,7 +187,7 @@ def test_ctrl_c_stops_every_child_and_requeues(cli, write_spec, kd_home):
     # One line per worker, no tracebacks.
     assert "Traceback" not in out and "StopRequested" not in out, out[-3000:]
     assert out.count("stopped: trial") == 2, out[-3000:]
-    assert processes_named("kdsearch.worker sigterm_study") == []
+    assert processes_named("kdsearch.search.worker sigterm_study") == []
     ts = trials(url, "sigterm_study")
     assert not [t for t in ts if t.state == S.RUNNING]
     failed = [t for t in ts if t.state == S.FAIL]

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchvision.datasets
 
-from kdsearch import data
-from kdsearch.data import UNLABELED, Images, RawDataset
+from kdsearch.config.spec import DatasetSpec
+from kdsearch.data import datasets as data
+from kdsearch.data.datasets import UNLABELED, Images, RawDataset
 from kdsearch.errors import KDSearchError
-from kdsearch.spec import DatasetSpec
 
 N = 500
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdsearch.data import UNLABELED
+from kdsearch.data.datasets import UNLABELED
 from kdsearch.distill import Batch, FitNets, dist_loss, dkd_loss, get, kd_loss
 from kdsearch.distill.fitnets import FitNetsOptions
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdsearch.storage import open_storage
+from kdsearch.search.storage import open_storage
 
 SPEC = {
     "name": "methods",

@@ -18,13 +18,20 @@ import yaml
 from conftest import SYNTHETIC_SPEC
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from kdsearch import data, nets
+from kdsearch import nets
+from kdsearch.config.spec import Spec, from_dict, merge
+from kdsearch.data import datasets as data
 from kdsearch.errors import KDSearchError
-from kdsearch.experiment import Context
-from kdsearch.objective import Objective
-from kdsearch.spec import Spec, from_dict, merge
-from kdsearch.teacher import CachedTeacher, OnlineTeacher, TeacherNet, compute_logits, slot_views
-from kdsearch.train import DeviceData, Run, fit
+from kdsearch.search.objective import Objective
+from kdsearch.training.experiment import Context
+from kdsearch.training.loop import DeviceData, Run, fit
+from kdsearch.training.teacher import (
+    CachedTeacher,
+    OnlineTeacher,
+    TeacherNet,
+    compute_logits,
+    slot_views,
+)
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

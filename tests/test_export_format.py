@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from kdsearch import export
+from kdsearch.tools import export
 
 STORAGE = "sqlite:///kd.db"
 FLOAT = optuna.distributions.FloatDistribution

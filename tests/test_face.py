@@ -22,8 +22,8 @@ import pytest
 import yaml
 from conftest import run_cli
 
-from kdsearch import study as studies
-from kdsearch.progress import fmt, fmt_params
+from kdsearch.search import study as studies
+from kdsearch.search.progress import fmt, fmt_params
 
 STATUS_KEYS = {
     "study",
@@ -220,8 +220,8 @@ def test_status_counts_rate_and_time_left():
 
     import optuna
 
-    from kdsearch.status import study_status
-    from kdsearch.study import SPEC_ATTR
+    from kdsearch.search.study import SPEC_ATTR
+    from kdsearch.tools.status import study_status
 
     storage = optuna.storages.RDBStorage("sqlite:///:memory:")
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")

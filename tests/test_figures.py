@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from kdsearch import figures
+from kdsearch.tools import figures
 
 FLOAT = optuna.distributions.FloatDistribution
 DISTS = {

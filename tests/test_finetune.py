@@ -9,8 +9,8 @@ from subprocess import CompletedProcess
 
 import torch
 
-from kdsearch.checkpoint import load_checkpoint
-from kdsearch.normalization import NAMED
+from kdsearch.data.normalization import NAMED
+from kdsearch.training.model_files import load_checkpoint
 
 CLI = Callable[..., CompletedProcess[str]]
 

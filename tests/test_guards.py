@@ -19,15 +19,18 @@ import pytest
 import torch
 from conftest import SYNTHETIC_SPEC
 
-from kdsearch import best as bestcmd
-from kdsearch import data as datasets
-from kdsearch import export, nets, storage, study, worker
-from kdsearch.checkpoint import load_checkpoint
-from kdsearch.data import Images
-from kdsearch.experiment import Context, train_student
-from kdsearch.objective import suggest
-from kdsearch.spec import from_dict, merge
-from kdsearch.teacher import (
+from kdsearch import nets
+from kdsearch.config.spec import from_dict, merge
+from kdsearch.data import datasets
+from kdsearch.data.datasets import Images
+from kdsearch.search import storage, study, worker
+from kdsearch.search.objective import suggest
+from kdsearch.tools import best as bestcmd
+from kdsearch.tools import export
+from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.loop import DeviceData, make_optimizer, make_schedule
+from kdsearch.training.model_files import load_checkpoint
+from kdsearch.training.teacher import (
     CachedTeacher,
     OnlineTeacher,
     TeacherNet,
@@ -35,7 +38,6 @@ from kdsearch.teacher import (
     compute_logits,
     slot_views,
 )
-from kdsearch.train import DeviceData, make_optimizer, make_schedule
 
 S = optuna.trial.TrialState
 
@@ -375,7 +377,7 @@ def test_augment_false_trains_on_the_plain_images():
 
 
 def views_identity() -> int:
-    from kdsearch import views
+    from kdsearch.data import views
 
     return int(views.view_set(False)[0])
 
@@ -384,7 +386,7 @@ def views_identity() -> int:
 
 
 def test_report_names_the_best_trial(finished, tmp_path):
-    from kdsearch.report import write_report
+    from kdsearch.tools.report import write_report
 
     _, st = finished
     written = write_report(st, from_dict(FIXTURE_SPEC), tmp_path)
@@ -397,7 +399,7 @@ def test_a_stopped_trial_is_requeued_with_its_parameters(tmp_path):
     """What a worker does on SIGTERM/SIGINT mid-trial: FAIL the trial, queue the same params."""
     from types import SimpleNamespace
 
-    from kdsearch.train import StopRequested
+    from kdsearch.training.loop import StopRequested
 
     st = optuna.create_study(storage=storage.open_storage(f"sqlite:///{tmp_path / 'kd.db'}"))
     trial = st.ask()

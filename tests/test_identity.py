@@ -16,12 +16,12 @@ import pytest
 from conftest import start_worker
 from test_crash import SLOW_TRIALS, running_after, trials, wait_for
 
-from kdsearch import study as studies
-from kdsearch.checkpoint import load_checkpoint
-from kdsearch.experiment import Context, train_student
-from kdsearch.objective import Objective
-from kdsearch.spec import load
-from kdsearch.storage import open_storage
+from kdsearch.config.spec import load
+from kdsearch.search import study as studies
+from kdsearch.search.objective import Objective
+from kdsearch.search.storage import open_storage
+from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.model_files import load_checkpoint
 
 S = optuna.trial.TrialState
 SQLITE = "sqlite:///kd.db"

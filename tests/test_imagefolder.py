@@ -19,8 +19,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from kdsearch import data
-from kdsearch import spec as specs
+from kdsearch.config import spec as specs
+from kdsearch.data import datasets as data
 from kdsearch.errors import KDSearchError
 
 CLI = Callable[..., CompletedProcess[str]]
@@ -112,13 +112,13 @@ def test_decoded_images_are_cached_and_refreshed_when_files_change(
     kd_home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = write_tree(kd_home / "pics")
-    with caplog.at_level(logging.INFO, logger="kdsearch.imagefolder"):
+    with caplog.at_level(logging.INFO, logger="kdsearch.data.imagefolder"):
         first = data.load_raw(_spec(root))
     assert sum("decoding" in r.getMessage() for r in caplog.records) == 1
     cached = sorted((kd_home / "models" / "cache").glob("images-*.pt"))
     assert len(cached) == 1
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="kdsearch.imagefolder"):
+    with caplog.at_level(logging.INFO, logger="kdsearch.data.imagefolder"):
         again = data.load_raw(_spec(root))
     assert not any("decoding" in r.getMessage() for r in caplog.records)
     assert (again.train.x == first.train.x).all() and (again.test.y == first.test.y).all()
@@ -183,7 +183,7 @@ def test_train_and_evaluate_report_class_names(kd_home: Path, cli: CLI) -> None:
     out = kd_home / "models" / "pics.pt"
     proc = cli("train", str(spec), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    from kdsearch.checkpoint import load_checkpoint
+    from kdsearch.training.model_files import load_checkpoint
 
     ckpt = load_checkpoint(out)
     assert ckpt["classes"] == list(CLASSES)

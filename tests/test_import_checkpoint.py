@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kdsearch import nets
-from kdsearch.checkpoint import load_checkpoint, load_model
+from kdsearch.training.model_files import load_checkpoint, load_model
 
 CLI = Callable[..., CompletedProcess[str]]
 

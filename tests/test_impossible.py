@@ -14,10 +14,10 @@ import optuna
 import pytest
 from conftest import SYNTHETIC_SPEC
 
-from kdsearch import study as studies
-from kdsearch.spec import from_dict, merge
-from kdsearch.storage import open_storage
-from kdsearch.worker import REPEATED_FAILURES
+from kdsearch.config.spec import from_dict, merge
+from kdsearch.search import study as studies
+from kdsearch.search.storage import open_storage
+from kdsearch.search.worker import REPEATED_FAILURES
 
 S = optuna.trial.TrialState
 

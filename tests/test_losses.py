@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kdsearch import losses
-from kdsearch.data import UNLABELED
+from kdsearch.data.datasets import UNLABELED
 from kdsearch.distill import Batch
 from kdsearch.losses import kd_loss
 

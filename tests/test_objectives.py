@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from kdsearch import export, nets, ranking
-from kdsearch import spec as specs
-from kdsearch import study as studies
+from kdsearch import nets
+from kdsearch.config import spec as specs
+from kdsearch.config.spec import merge
 from kdsearch.errors import KDSearchError
-from kdsearch.spec import merge
-from kdsearch.storage import open_storage
+from kdsearch.search import ranking
+from kdsearch.search import study as studies
+from kdsearch.search.storage import open_storage
+from kdsearch.tools import export
 from tests.conftest import SYNTHETIC_SPEC
 
 WIDTHS = [1, 2, 4, 8]

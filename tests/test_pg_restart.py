@@ -18,7 +18,7 @@ import optuna
 import pytest
 from conftest import start_worker
 
-from kdsearch.storage import open_storage
+from kdsearch.search.storage import open_storage
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 

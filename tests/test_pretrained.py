@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from kdsearch import nets
-from kdsearch.checkpoint import load_checkpoint
-from kdsearch.normalization import NAMED
+from kdsearch.data.normalization import NAMED
+from kdsearch.training.model_files import load_checkpoint
 
 CLI = Callable[..., CompletedProcess[str]]
 

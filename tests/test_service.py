@@ -19,8 +19,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from kdsearch.checkpoint import load_checkpoint
-from kdsearch.storage import open_storage
+from kdsearch.search.storage import open_storage
+from kdsearch.training.model_files import load_checkpoint
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 

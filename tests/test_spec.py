@@ -13,10 +13,10 @@ import pytest
 import yaml
 from conftest import ROOT, SYNTHETIC_SPEC
 
-from kdsearch import data
-from kdsearch.data import UNLABELED
+from kdsearch.config.spec import Spec, from_dict, load
+from kdsearch.data import datasets as data
+from kdsearch.data.datasets import UNLABELED
 from kdsearch.errors import KDSearchError
-from kdsearch.spec import Spec, from_dict, load
 
 STUDIES = ROOT / "studies"
 

@@ -13,9 +13,9 @@ from subprocess import CompletedProcess
 import optuna
 import pytest
 
-from kdsearch import spec as specs
-from kdsearch import study as studies
-from kdsearch.objective import suggest
+from kdsearch.config import spec as specs
+from kdsearch.search import study as studies
+from kdsearch.search.objective import suggest
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 SPECS = sorted(STUDIES.glob("*.yaml"))

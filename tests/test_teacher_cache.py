@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 import torch
 
-from kdsearch import spec as specs
-from kdsearch import teacher, views
-from kdsearch.experiment import Context
+from kdsearch.config import spec as specs
+from kdsearch.data import views
+from kdsearch.data.normalization import NAMED
 from kdsearch.losses import kd_loss
-from kdsearch.normalization import NAMED
-from kdsearch.teacher import CachedTeacher, OnlineTeacher, build_or_load, compute_logits
+from kdsearch.training import teacher
+from kdsearch.training.experiment import Context
+from kdsearch.training.teacher import CachedTeacher, OnlineTeacher, build_or_load, compute_logits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -217,7 +218,7 @@ def test_corrupt_cache_is_rebuilt(
     detected = teacher._read(path) is None
     assert detected, f"{damage.__name__}: the damaged cache was read as valid"
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="kdsearch.teacher"):
+    with caplog.at_level(logging.WARNING, logger="kdsearch.training.teacher"):
         rebuilt, again = build_or_load(model, ctx.data, spec)
     assert again == path
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -228,7 +229,7 @@ def test_corrupt_cache_is_rebuilt(
     blob = torch.load(path, weights_only=True)
     assert blob["checksum"] == teacher._checksum(blob["logits"], blob["view_ids"])
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="kdsearch.teacher"):
+    with caplog.at_level(logging.WARNING, logger="kdsearch.training.teacher"):
         build_or_load(model, ctx.data, spec)
     assert not caplog.records  # a valid cache loads silently
 
@@ -284,7 +285,7 @@ def test_online_and_cached_distillation_train_the_same_student(
 ) -> None:
     """Through the training loop: the online teacher gets the same (uint8) views as the cache
     was built from, so both runs end with the same student (up to fp16 cache rounding)."""
-    from kdsearch.experiment import train_student
+    from kdsearch.training.experiment import train_student
 
     _with_normalization(kd_home / "models" / "teacher.pt", "imagenet")
     states = []

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from kdsearch import study as studies
+from kdsearch.search import study as studies
 
 STORAGE = "sqlite:///kd.db"
 SCALARS = {"val/accuracy", "train/loss", "lr"}

@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import SYNTHETIC_SPEC
 
-from kdsearch import data, nets
-from kdsearch.checkpoint import safe_load
-from kdsearch.data import Images
-from kdsearch.spec import Spec, from_dict, merge
-from kdsearch.train import (
+from kdsearch import nets
+from kdsearch.config.spec import Spec, from_dict, merge
+from kdsearch.data import datasets as data
+from kdsearch.data.datasets import Images
+from kdsearch.files import safe_load
+from kdsearch.training.loop import (
     DeviceData,
     EpochResult,
     History,

@@ -1,11 +1,12 @@
-"""``kdsearch.views``: the 162 crop+flip views equal torchvision's pad/crop/flip, batched or not."""
+"""``kdsearch.data.views``: the 162 crop+flip views equal torchvision's pad/crop/flip,
+batched or not."""
 
 from __future__ import annotations
 
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from kdsearch import views
+from kdsearch.data import views
 
 
 def _image(seed: int = 0, n: int = 1) -> torch.Tensor:

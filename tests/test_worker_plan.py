@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from kdsearch.worker import plan
+from kdsearch.search.worker import plan
 
 
 def test_round_robin_over_gpus_with_several_workers_per_gpu():

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsearch.data import UNLABELED
+from kdsearch.data.datasets import UNLABELED
 from kdsearch.errors import KDSearchError
 from kdsearch.registry import Registry
 from kdsearch.schema import build

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kdsearch.data import UNLABELED
+from kdsearch.data.datasets import UNLABELED
 from kdsearch.distill.base import Batch, Method, cross_entropy, register, standardize
 from kdsearch.schema import in_range
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from kdsearch import data as datasets
 from kdsearch import nets
-from kdsearch.checkpoint import input_normalization, load_checkpoint, model_of
+from kdsearch.config.spec import DatasetSpec
+from kdsearch.data import datasets
 from kdsearch.errors import KDSearchError
-from kdsearch.spec import DatasetSpec
-from kdsearch.train import DeviceData, predict, resolve_device
+from kdsearch.training.loop import DeviceData, predict, resolve_device
+from kdsearch.training.model_files import input_normalization, load_checkpoint, model_of
 
 
 def evaluate_checkpoint(
@@ -25,7 +25,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     ckpt = load_checkpoint(path)
     if spec_path:
-        from kdsearch import spec as specs
+        from kdsearch.config import spec as specs
 
         dataset = specs.load(spec_path).dataset
     else:

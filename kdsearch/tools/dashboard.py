@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 import yaml
 
-from kdsearch.spec import Spec
+from kdsearch.config.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def teacher_attrs(spec: Spec) -> dict[str, Any]:
         path = resolve(spec.teacher.checkpoint)
         attrs["teacher_checkpoint"] = str(path)
         if path.is_file():
-            from kdsearch.checkpoint import load_checkpoint
+            from kdsearch.training.model_files import load_checkpoint
 
             metrics = load_checkpoint(path, "teacher.checkpoint")["metrics"]
             for split in ("val", "test"):
@@ -75,7 +75,7 @@ def describe(study: optuna.Study, spec: Spec) -> None:
 
 def artifact_store(location: str | None) -> Any:
     """Optuna's artifact store for ``search.artifact_store`` (None when unset)."""
-    from kdsearch.checkpoints import CheckpointStore
+    from kdsearch.search.trial_files import CheckpointStore
 
     return CheckpointStore(location).store
 
@@ -119,7 +119,7 @@ def attach(study: optuna.Study, location: str | None, files: dict[str, bytes]) -
 
 def artifact_location(storage: Any) -> str | None:
     """The artifact store the storage's kdsearch studies name (the first, if they differ)."""
-    from kdsearch.study import SPEC_ATTR
+    from kdsearch.search.study import SPEC_ATTR
 
     named = {
         s.user_attrs[SPEC_ATTR]["search"].get("artifact_store")

@@ -24,12 +24,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdsearch import views
-from kdsearch.checkpoint import atomic_save, input_normalization, load_checkpoint, model_of
+from kdsearch.config.spec import Spec
+from kdsearch.data import views
 from kdsearch.errors import KDSearchError
 from kdsearch.paths import models_dir, resolve
-from kdsearch.spec import Spec
-from kdsearch.train import DeviceData
+from kdsearch.training.loop import DeviceData
+from kdsearch.training.model_files import (
+    atomic_save,
+    input_normalization,
+    load_checkpoint,
+    model_of,
+)
 
 log = logging.getLogger(__name__)
 

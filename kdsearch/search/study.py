@@ -19,11 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kdsearch import spec as specs
-from kdsearch import storage as storages
+from kdsearch.config import spec as specs
+from kdsearch.config.spec import ParamSpec, Spec
 from kdsearch.errors import KDSearchError, unknown_name
 from kdsearch.paths import models_dir
-from kdsearch.spec import ParamSpec, Spec
+from kdsearch.search import storage as storages
 
 SPEC_ATTR = "kdsearch_spec"
 VERSION_ATTR = "kdsearch_spec_version"

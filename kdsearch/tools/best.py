@@ -18,13 +18,14 @@ from typing import Any
 
 import optuna
 
-from kdsearch import ranking
-from kdsearch import study as studies
-from kdsearch.checkpoint import load_model
+from kdsearch.config.metrics import COSTS
+from kdsearch.config.spec import ALIASES, Spec
 from kdsearch.errors import KDSearchError
-from kdsearch.experiment import Context, train_student
-from kdsearch.spec import ALIASES, Spec
-from kdsearch.train import evaluate
+from kdsearch.search import ranking
+from kdsearch.search import study as studies
+from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.loop import evaluate
+from kdsearch.training.model_files import load_model
 
 FINAL_ATTR = "final"
 #: The no-distillation student trained with the best trial's other hyperparameters and seed.
@@ -164,7 +165,7 @@ def final(
         "trial": trial.number,
         "params": trial.params,
         "val_accuracy": trial.values[0],
-        "costs": {m: ranking.cost(trial, m) for m in ranking.COSTS},
+        "costs": {m: ranking.cost(trial, m) for m in COSTS},
     }
     if budgets:
         result["budgets"] = dict(budgets)

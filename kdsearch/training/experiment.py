@@ -15,9 +15,20 @@ from typing import Any
 
 import torch
 
-from kdsearch import data as datasets
 from kdsearch import nets
-from kdsearch.checkpoint import (
+from kdsearch.config.spec import Spec
+from kdsearch.data import datasets
+from kdsearch.errors import KDSearchError
+from kdsearch.training.loop import (
+    DeviceData,
+    EpochResult,
+    History,
+    Run,
+    evaluate,
+    fit,
+    resolve_device,
+)
+from kdsearch.training.model_files import (
     input_normalization,
     load_checkpoint,
     load_model,
@@ -25,9 +36,6 @@ from kdsearch.checkpoint import (
     save_model,
     update_metrics,
 )
-from kdsearch.errors import KDSearchError
-from kdsearch.spec import Spec
-from kdsearch.train import DeviceData, EpochResult, History, Run, evaluate, fit, resolve_device
 
 
 @dataclass
@@ -48,7 +56,7 @@ class Context:
         data = DeviceData.from_splits(splits, dev, spec.dataset.augment)
         teacher = None
         if with_teacher and spec.teacher is not None:
-            from kdsearch.teacher import teacher_logits
+            from kdsearch.training.teacher import teacher_logits
 
             teacher = teacher_logits(spec, data)
         return cls(spec, dev, data, teacher, splits.num_classes, splits.classes)

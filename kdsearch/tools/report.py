@@ -19,11 +19,13 @@ from typing import Any
 import matplotlib.pyplot as plt
 import optuna
 
-from kdsearch import dashboard, export, figures, ranking
-from kdsearch import study as studies
-from kdsearch.best import BASELINE_ATTR, ensure_baseline
-from kdsearch.figures import Skip
-from kdsearch.spec import Spec
+from kdsearch.config.metrics import LABELS
+from kdsearch.config.spec import Spec
+from kdsearch.search import ranking
+from kdsearch.search import study as studies
+from kdsearch.tools import dashboard, export, figures
+from kdsearch.tools.best import BASELINE_ATTR, ensure_baseline
+from kdsearch.tools.figures import Skip
 
 #: (validation accuracy, test accuracy) per compared model.
 Row = tuple[Any, Any]
@@ -79,9 +81,7 @@ def draw(study: optuna.Study, spec: Spec, out: Path) -> tuple[list[str], list[st
         "baseline": comparison,
     }
     if len(spec.search.objectives) > 1:  # one objective has no trade-off to draw
-        makers["pareto_front"] = lambda: figures.pareto_front(
-            study, spec.search.objectives, ranking.LABELS
-        )
+        makers["pareto_front"] = lambda: figures.pareto_front(study, spec.search.objectives, LABELS)
     drawn: list[str] = []
     skipped: list[str] = []
     for name, make in makers.items():

@@ -110,7 +110,7 @@ def load(
             for split in SPLITS:
                 x, y = decode(folders[split].samples, image_size)
                 blob[split] = (torch.from_numpy(x), torch.from_numpy(y))
-            from kdsearch.checkpoint import atomic_save
+            from kdsearch.files import atomic_save
 
             atomic_save(blob, path)
     return blob, folders["train"].classes

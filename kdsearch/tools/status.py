@@ -13,9 +13,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from kdsearch import ranking
-from kdsearch.progress import fmt_params, fmt_seconds
-from kdsearch.study import SPEC_ATTR
+from kdsearch.search import ranking
+from kdsearch.search.progress import fmt_params, fmt_seconds
+from kdsearch.search.study import SPEC_ATTR
 
 
 def _spec_search(study: Any) -> dict[str, Any]:

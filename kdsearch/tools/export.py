@@ -18,10 +18,11 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from kdsearch import ranking
-from kdsearch import study as studies
+from kdsearch.config.metrics import METRICS
+from kdsearch.config.spec import ALIASES, Spec
 from kdsearch.errors import KDSearchError
-from kdsearch.spec import ALIASES, Spec
+from kdsearch.search import ranking
+from kdsearch.search import study as studies
 
 STATES = {
     "complete": (optuna.trial.TrialState.COMPLETE,),
@@ -173,7 +174,7 @@ def pareto_rows(study: optuna.Study, df: pd.DataFrame) -> pd.DataFrame:
     """
     front = {t.number for t in ranking.pareto(study)}
     names = study.metric_names or ["val_accuracy"]
-    first = [ranking.METRICS.get(n, n) for n in names if ranking.METRICS.get(n, n) in df]
+    first = [METRICS.get(n, n) for n in names if METRICS.get(n, n) in df]
     rest = [c for c in df.columns if c not in first and c != "number"]
     return df[df["number"].isin(front)][["number", *first, *rest]].reset_index(drop=True)
 

@@ -37,11 +37,11 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from kdsearch import progress
 from kdsearch.errors import KDSearchError
-from kdsearch.storage import ENV as STORAGE_ENV
+from kdsearch.search import progress
+from kdsearch.search.storage import ENV as STORAGE_ENV
 
-log = logging.getLogger("kdsearch.worker")
+log = logging.getLogger("kdsearch.search.worker")
 
 #: How long the parent waits for workers after forwarding a stop signal before killing them.
 STOP_GRACE_S = 25
@@ -96,7 +96,7 @@ def spawn(
     """Run ``n_workers`` worker processes to the end; returns the worst exit code."""
     children: list[subprocess.Popen[bytes]] = []
     for index, (device, env) in enumerate(plan(n_workers, devices)):
-        args = [sys.executable, "-m", "kdsearch.worker", study, str(index), device]
+        args = [sys.executable, "-m", "kdsearch.search.worker", study, str(index), device]
         args += [str(n_trials or 0), str(timeout or 0)]
         child_env = {**os.environ, **env, STORAGE_ENV: storage_url}
         children.append(subprocess.Popen(args, env=child_env, preexec_fn=_die_with_parent))
@@ -135,10 +135,10 @@ def run(
     import optuna
     import torch
 
-    from kdsearch import storage as storages
-    from kdsearch import study as studies
-    from kdsearch.experiment import Context
-    from kdsearch.objective import Objective, prune_checkpoints
+    from kdsearch.search import storage as storages
+    from kdsearch.search import study as studies
+    from kdsearch.search.objective import Objective, prune_checkpoints
+    from kdsearch.training.experiment import Context
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -297,7 +297,7 @@ def finish_orphans(
 
 def _not_a_stop(record: logging.LogRecord) -> bool:
     """Logging filter: drop Optuna's "trial failed" traceback for a requested stop."""
-    from kdsearch.train import StopRequested
+    from kdsearch.training.loop import StopRequested
 
     return not (record.exc_info and isinstance(record.exc_info[1], StopRequested))
 
@@ -306,7 +306,7 @@ def _survivable(err: Exception, stopping: bool) -> bool:
     """Errors after which the worker goes on (or, when stopping, exits cleanly)."""
     import sqlalchemy.exc
 
-    from kdsearch.train import StopRequested
+    from kdsearch.training.loop import StopRequested
 
     if isinstance(err, StopRequested):
         return True

@@ -2,7 +2,7 @@
 
 Every data set is loaded whole into memory as ``N×3×32×32`` uint8 (CIFAR-10 is 150 MB), so
 that training can keep it on the device and augment with batched tensor ops (see
-:mod:`kdsearch.views`). A registry maps ``dataset.name`` to a loader; adding a data set is one
+:mod:`kdsearch.data.views`). A registry maps ``dataset.name`` to a loader; adding a data set is one
 decorated function.
 
 Validation is a seeded split held out of the *training* set; the test set is only ever used for
@@ -14,17 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from kdsearch import normalization
+from kdsearch.data import normalization
+from kdsearch.data.normalization import NAMED as NORMALIZATION
 from kdsearch.errors import KDSearchError
-from kdsearch.normalization import NAMED as NORMALIZATION
 from kdsearch.paths import resolve
 from kdsearch.registry import Registry
-from kdsearch.spec import DatasetSpec
+
+if TYPE_CHECKING:  # the spec only types arguments here; config sits above data
+    from kdsearch.config.spec import DatasetSpec
 
 #: Label of a training image whose label is withheld (``labeled_fraction``); the
 #: cross-entropy term ignores it, the distillation term still learns from the image.
@@ -170,7 +172,7 @@ def imagefolder(root: Path, download: bool, image_size: int = 32) -> RawDataset:
 
     Normalization constants are the training images' own (unless the spec gives them).
     """
-    from kdsearch import imagefolder as folders
+    from kdsearch.data import imagefolder as folders
 
     parts, classes = folders.load(root, image_size)
     train, test = (Images(*parts[split]) for split in folders.SPLITS)

@@ -2,7 +2,8 @@
 
 A study maximizes validation accuracy, alone or (``search.objectives``) together with costs of
 the student to minimize. Each cost is measured before training (:mod:`kdsearch.nets.cost`) and
-stored as a trial user attribute; :data:`METRICS` maps the spec's names to those attributes.
+stored as a trial user attribute; :data:`kdsearch.config.metrics.METRICS` maps the spec's
+names to those attributes.
 
 ``search.constraints`` puts a ceiling on a cost. The objective stores each ceiling's excess
 (value minus max, feasible when <= 0) with Optuna's ``Trial.set_constraint``, which Optuna's
@@ -18,21 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-#: Spec name -> trial user attribute. Latency is the median at batch 1 on the worker's device.
-METRICS: dict[str, str] = {
-    "val_accuracy": "val_accuracy",
-    "student_params": "student_params",
-    "flops": "student_flops",
-    "latency_ms": "latency_ms_b1",
-}
-#: Readable axis names, for plots and tables.
-LABELS: dict[str, str] = {
-    "val_accuracy": "validation accuracy",
-    "student_params": "student parameters",
-    "flops": "forward FLOPs per image",
-    "latency_ms": "latency at batch 1 (ms)",
-}
-COSTS = tuple(m for m in METRICS if m != "val_accuracy")
+from kdsearch.config.metrics import METRICS
 
 
 def cost(trial: Any, metric: str) -> float | None:

@@ -5,9 +5,9 @@ Before training, the student's cost (parameters, FLOPs, latency on the worker's 
 each named loss term so far (``loss_terms``: name → one value per epoch).
 
 A trial samples ``search.space``, applies the values as spec overrides, and trains with the
-worker's :class:`~kdsearch.experiment.Context`. Its value is the best validation accuracy
+worker's :class:`~kdsearch.training.experiment.Context`. Its value is the best validation accuracy
 over its epochs. Each epoch's state is checkpointed under the trial chain's folder in the
-study's folder (:func:`kdsearch.study.folder`), so a retry of a killed trial (Optuna's
+study's folder (:func:`kdsearch.search.study.folder`), so a retry of a killed trial (Optuna's
 heartbeat re-queues it with the same parameters) resumes from the last finished epoch instead
 of starting over. The state records the study id, the chain and the parameters it was written
 for, and only a run with the same three resumes it.
@@ -28,12 +28,14 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from kdsearch import nets, progress, ranking
-from kdsearch import study as studies
-from kdsearch.checkpoints import CheckpointStore, trial_by_number
-from kdsearch.experiment import Context, train_student
-from kdsearch.spec import ParamSpec, Spec
-from kdsearch.train import EpochResult, History, NonFiniteLoss
+from kdsearch import nets
+from kdsearch.config.metrics import METRICS
+from kdsearch.config.spec import ParamSpec, Spec
+from kdsearch.search import progress, ranking
+from kdsearch.search import study as studies
+from kdsearch.search.trial_files import CheckpointStore, trial_by_number
+from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.loop import EpochResult, History, NonFiniteLoss
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ class Objective:
             trial.set_user_attr(key, value)
         if single:
             return outcome.val_accuracy
-        costs = [cost[ranking.METRICS[m]] for m in self.spec.search.objectives[1:]]
+        costs = [cost[METRICS[m]] for m in self.spec.search.objectives[1:]]
         return [outcome.val_accuracy, *map(float, costs)]
 
     def _check_constraints(self, trial: optuna.Trial, cost: dict[str, Any]) -> None:

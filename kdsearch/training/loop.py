@@ -2,7 +2,7 @@
 
 Data lives on the training device as uint8 tensors; each epoch shuffles with ``randperm`` on
 the device, draws one augmentation view per image, and crops, flips and normalizes the batch
-with tensor ops (no DataLoader). The teacher is a :class:`~kdsearch.teacher.TeacherLogits`
+with tensor ops (no DataLoader). The teacher is a :class:`~kdsearch.training.teacher.TeacherLogits`
 (cached or online) or ``None``; with alpha = 0 it is never asked, so the baseline is the same
 loop with the distillation term off. The method ``distill.loss`` names
 (:mod:`kdsearch.distill`) turns each batch into named loss terms, which the loop sums and logs
@@ -28,11 +28,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from kdsearch import distill, views
-from kdsearch.checkpoint import atomic_save, safe_load
-from kdsearch.data import UNLABELED, Images, Splits
+from kdsearch import distill
+from kdsearch.config.spec import Spec
+from kdsearch.data import views
+from kdsearch.data.datasets import UNLABELED, Images, Splits
 from kdsearch.errors import KDSearchError
-from kdsearch.spec import Spec
+from kdsearch.files import atomic_save, safe_load
 
 log = logging.getLogger(__name__)
 

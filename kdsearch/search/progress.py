@@ -20,7 +20,7 @@ from typing import Any
 VERBOSITY_ENV = "KDSEARCH_VERBOSITY"
 LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
 
-log = logging.getLogger("kdsearch.progress")
+log = logging.getLogger("kdsearch.search.progress")
 
 
 def verbosity() -> int:

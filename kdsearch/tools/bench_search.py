@@ -10,10 +10,11 @@ unit (an epoch of one trial costs the same whatever its hyperparameters):
    (:func:`search_space`), TPE (:data:`SAMPLER`) and Hyperband (:data:`PRUNER`), given a budget
    of ``fraction`` x the grid's epochs.
 
-Both run through :func:`kdsearch.study.create` and :func:`kdsearch.worker.run` with one worker,
-so the trials run one after another and "the epochs spent so far" is well defined: every
-epoch of every trial, pruned ones included, in the order the trials started (the trial's
-``datetime_start``), each read from the trial's per-epoch reports (``intermediate_values``).
+Both run through :func:`kdsearch.search.study.create` and :func:`kdsearch.search.worker.run`
+with one worker, so the trials run one after another and "the epochs spent so far" is well
+defined: every epoch of every trial, pruned ones included, in the order the trials started
+(the trial's ``datetime_start``), each read from the trial's per-epoch reports
+(``intermediate_values``).
 
 For each search: ``reach`` is the number of epochs spent when an epoch's validation accuracy
 first came within :data:`TOLERANCE` of the grid's best (None if it never did within the
@@ -32,14 +33,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kdsearch.config.spec import ParamSpec, Spec
 from kdsearch.errors import KDSearchError
-from kdsearch.spec import ParamSpec, Spec
 
 #: How close (in accuracy, 0.003 = 0.3 points) a search must come to the grid's best.
 TOLERANCE = 0.003
 #: The search's sampler; ``seed`` is set per run.
 SAMPLER: dict[str, Any] = {"name": "tpe"}
-#: The search's pruner; ``max_resource`` is the spec's ``train.epochs`` (kdsearch.study).
+#: The search's pruner; ``max_resource`` is the spec's ``train.epochs`` (kdsearch.search.study).
 PRUNER: dict[str, Any] = {"name": "hyperband", "min_resource": 1, "reduction_factor": 3}
 
 
@@ -122,19 +123,19 @@ def search_range(values: Sequence[Any]) -> ParamSpec:
 
 
 def search_space(spec: Spec) -> dict[str, ParamSpec]:
-    from kdsearch.study import grid_values
+    from kdsearch.search.study import grid_values
 
     return {k: search_range(grid_values(k, p)) for k, p in spec.search.space.items()}
 
 
 def grid_size(spec: Spec) -> int:
-    from kdsearch.study import grid_values
+    from kdsearch.search.study import grid_values
 
     return math.prod(len(grid_values(k, p)) for k, p in spec.search.space.items())
 
 
 def _with_search(spec: Spec, **search: Any) -> Spec:
-    from kdsearch import spec as specs
+    from kdsearch.config import spec as specs
 
     data = spec.to_dict()
     data["search"].update(search)
@@ -181,7 +182,7 @@ def reach(curve: Sequence[float], target: float, budget: int) -> int | None:
 
 
 def _run(spec: Spec, url: str, name: str, trials: int | None, index: int = 0) -> None:
-    from kdsearch import storage, study, worker
+    from kdsearch.search import storage, study, worker
 
     study.create(spec, storage.open_storage(url), name, load_if_exists=True)
     worker.run(name, index, spec.train.device, trials, None, url=url)
@@ -190,7 +191,7 @@ def _run(spec: Spec, url: str, name: str, trials: int | None, index: int = 0) ->
 def _trials(url: str, name: str) -> list[Any]:
     import optuna
 
-    from kdsearch import storage
+    from kdsearch.search import storage
 
     loaded = optuna.load_study(study_name=name, storage=storage.open_storage(url))
     return loaded.get_trials(deepcopy=False)
@@ -201,7 +202,7 @@ def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
 
     Each call of the worker runs as many trials as surely fit in what is left (a trial costs
     at most ``train.epochs``), at least one; a new worker index per call gives the TPE
-    sampler a fresh seed (kdsearch.study.worker_seed), so its random start does not repeat.
+    sampler a fresh seed (kdsearch.search.study.worker_seed), so its random start does not repeat.
     """
     curve: list[float] = []
     index = 0

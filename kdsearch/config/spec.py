@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import yaml
 
-from kdsearch import normalization
+from kdsearch.config.metrics import COSTS, METRICS
+from kdsearch.data import normalization
 from kdsearch.errors import KDSearchError, unknown_name
-from kdsearch.ranking import COSTS, METRICS
 from kdsearch.schema import build, in_range, positive
 
 SPEC_VERSION = 1
@@ -197,7 +197,7 @@ class SearchSpec:
     #: folder or ``s3://bucket`` (Optuna's artifact stores); unset keeps them local only.
     artifact_store: str | None = None
     #: What the study optimizes: ``val_accuracy`` first (maximized), then costs to minimize
-    #: (``student_params``, ``flops``, ``latency_ms``); see :mod:`kdsearch.ranking`.
+    #: (``student_params``, ``flops``, ``latency_ms``); see :mod:`kdsearch.search.ranking`.
     objectives: list[str] = field(default_factory=lambda: ["val_accuracy"])
     #: Ceilings on costs, ``{student_params: {max: 100000}}``: a trial over one is pruned
     #: before training and is never a study's best.
@@ -377,7 +377,8 @@ def _numeric_paths(data: dict[str, Any], prefix: str = "") -> set[str]:
 
 def _check_registries(spec: Spec) -> None:
     """Names that must exist in the registries: architectures, their arguments, data, loss."""
-    from kdsearch import data, nets
+    from kdsearch import nets
+    from kdsearch.data import datasets as data
 
     for key, net in (("student", spec.student), ("teacher", spec.teacher)):
         if net is None:

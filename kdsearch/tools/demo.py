@@ -32,9 +32,9 @@ def sh(*args: str, capture: bool = False) -> str:
 def main() -> int:
     import optuna
 
-    from kdsearch import ranking
-    from kdsearch import spec as specs
+    from kdsearch.config import spec as specs
     from kdsearch.paths import resolve
+    from kdsearch.search import ranking
 
     os.environ.setdefault("KDSEARCH_STORAGE", STORAGE)
     spec = specs.load(SPEC)

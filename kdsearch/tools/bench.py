@@ -7,7 +7,7 @@ on the same synthetic CIFAR-shaped images, with the same cnn5 student, resnet18 
 (a) reference-style: a DataLoader with per-image PIL transforms, the teacher run on every
     batch, the reference's loss (``nn.KLDivLoss()`` with its default reduction), and
     per-batch numpy accuracy;
-(b) kdsearch's trial loop (:func:`kdsearch.train.fit`) distilling from the teacher cache;
+(b) kdsearch's trial loop (:func:`kdsearch.training.loop.fit`) distilling from the teacher cache;
 (c) the same loop with no distillation at all: the upper bound for (b).
 
 Only training is timed, after a warm-up, as images per second; the cache is built once per
@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsearch import nets
-from kdsearch.data import Images, load
+from kdsearch.config.spec import Spec, from_dict
+from kdsearch.data.datasets import Images, load
 from kdsearch.errors import KDSearchError
-from kdsearch.spec import Spec, from_dict
-from kdsearch.teacher import CachedTeacher, TeacherNet, compute_logits, slot_views
-from kdsearch.train import DeviceData, Run, fit, resolve_device
+from kdsearch.training.loop import DeviceData, Run, fit, resolve_device
+from kdsearch.training.teacher import CachedTeacher, TeacherNet, compute_logits, slot_views
 
 BATCH = 128
 TEMPERATURE = 4.0
