@@ -142,13 +142,16 @@ def test_retry_on_another_machine_resumes_from_the_artifact_store(cli, write_spe
     # Both files: a retry whose epochs do not beat the killed attempt's best needs its best.pt.
     assert "downloaded last.pt of trial" in out and "downloaded best.pt of trial" in out
     # Only the kept trials' best models remain uploaded; superseded resume states are gone.
-    files = [p for p in (kd_home / "shared-artifacts").rglob("*") if p.is_file()]
-    uploaded = {p.name for p in files}
     st = optuna.load_study(study_name="synth", storage=open_storage(url))
     done = sorted(st.get_trials(states=(S.COMPLETE,)), key=lambda t: t.value, reverse=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         metas = {t.number: get_all_artifact_meta(t, storage=st._storage) for t in done}
+        # The study's own files (spec.yaml for the dashboard) are not trial checkpoints.
+        own = {m.artifact_id for m in get_all_artifact_meta(st, storage=st._storage)}
+    files = [p for p in (kd_home / "shared-artifacts").rglob("*") if p.is_file()]
+    files = [p for p in files if p.name not in own]
+    uploaded = {p.name for p in files}
     # Metadata outlives removed uploads, so look at which of each trial's uploads still exist.
     alive = {n: [m.filename for m in ms if m.artifact_id in uploaded] for n, ms in metas.items()}
     kept = min(3, len(done))  # keep_checkpoints

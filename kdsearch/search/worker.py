@@ -280,12 +280,21 @@ def finish_orphans(
     end would leave its trial RUNNING for ever, its epochs lost. So while a RUNNING trial's
     heartbeat is silent, wait out the grace period; Optuna's ``fail_stale_trials`` then fails
     it and its ``RetryHeartbeatStaleTrialCallback`` queues the retry, which runs here and
-    resumes from the epoch checkpoint. Trials whose heartbeat is alive belong to live
-    workers, which finish them: then the worker leaves.
+    resumes from the epoch checkpoint. A worker killed a moment ago still looks alive until its
+    heartbeat has been silent for two intervals, so while other trials run, the worker watches
+    them that long before it concludes that their workers are alive and leaves.
     """
     import optuna
 
-    while not stopping() and _orphans(study, storage):
+    running = (optuna.trial.TrialState.RUNNING,)
+    interval = getattr(storage, "heartbeat_interval", None) or 0
+    watch_until = time.monotonic() + 2 * interval
+    while not stopping():
+        if not _orphans(study, storage):
+            if time.monotonic() >= watch_until or not study.get_trials(False, states=running):
+                return
+            time.sleep(1)
+            continue
         optuna.storages.fail_stale_trials(study)
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         if any("failed_trial" in t.system_attrs for t in waiting):
