@@ -144,7 +144,7 @@ def test_processes_decode_once_under_the_lock(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics", {"train": 150, "test": 20})
     code = (
         "import logging, sys; logging.basicConfig(level=logging.INFO);"
-        "from kdsearch import data, spec;"
+        "from kdsearch.config import spec; from kdsearch.data import datasets as data;"
         f"raw = data.load_raw(spec.DatasetSpec(name='imagefolder', root={str(root)!r}));"
         "print(int(raw.train.x.sum()), len(raw.train))"
     )
