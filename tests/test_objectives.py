@@ -9,6 +9,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import SYNTHETIC_SPEC
 
 from kdsearch import nets
 from kdsearch.config import spec as specs
@@ -18,7 +19,6 @@ from kdsearch.search import ranking
 from kdsearch.search import study as studies
 from kdsearch.search.storage import open_storage
 from kdsearch.tools import export
-from tests.conftest import SYNTHETIC_SPEC
 
 WIDTHS = [1, 2, 4, 8]
 #: No teacher (nothing to train first); the search varies only the student's width.
