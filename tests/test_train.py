@@ -294,3 +294,15 @@ def test_onecycle_steps_every_batch() -> None:
             cycle.step()
     assert [e.lr for e in history.epochs] == pytest.approx(expected)
     assert expected[0] == pytest.approx(0.1 / 25)
+
+
+def test_trains_and_predicts_in_channels_last_layout_on_the_cpu() -> None:
+    """Channels-last is what makes oneDNN fast on a CPU (bench/layout.py: cnn5 trains ~1.6x
+    and infers ~3x faster): the student must train in it, whatever layout it arrived in."""
+    spec, d = _setup({"train": {"epochs": 1}})
+    model = _model(spec, d)
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert not convs[1].is_contiguous(memory_format=torch.channels_last)
+    fit(Run(spec, model, d, progress=False))
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert d.prepare(d.val.x[:4]).is_contiguous(memory_format=torch.channels_last)

@@ -28,7 +28,7 @@ from kdsearch.config.spec import Spec
 from kdsearch.data import views
 from kdsearch.errors import KDSearchError
 from kdsearch.paths import models_dir, resolve
-from kdsearch.training.loop import DeviceData
+from kdsearch.training.loop import PREDICT_BATCH, DeviceData, place
 from kdsearch.training.model_files import (
     atomic_save,
     input_normalization,
@@ -145,11 +145,12 @@ def slot_views(data: DeviceData, per_image: int | None, seed: int) -> torch.Tens
 
 @torch.no_grad()
 def compute_logits(
-    model: TeacherNet, data: DeviceData, slot_views: torch.Tensor, batch: int = 1024
+    model: TeacherNet, data: DeviceData, slot_views: torch.Tensor, batch: int | None = None
 ) -> torch.Tensor:
     """Teacher logits (fp16, N×V×C on the CPU) for every image under every slot's view."""
     device = data.train.x.device
-    model = model.to(device).eval()
+    batch = batch or PREDICT_BATCH[device.type if device.type == "cuda" else "cpu"]
+    model = place(model, device).eval()
     n, v = slot_views.shape
     out = torch.empty(n, v, data.num_classes, dtype=torch.float16)
     slot_views = slot_views.to(device)
