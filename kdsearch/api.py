@@ -358,11 +358,13 @@ def benchmark_search(
     seeds: Sequence[int] = (0, 1, 2),
     budget_fraction: float = 0.5,
     storage: str | None = None,
+    jobs: int = 1,
 ) -> Any:
     """The spec's grid run to the end against a kdsearch search (TPE + Hyperband) per seed on
     the same data, in epochs (:mod:`kdsearch.tools.bench_search`); returns its result table.
 
     The studies go to ``storage`` (default: a temporary SQLite file, removed afterwards).
+    ``jobs`` studies' workers run at once, in processes that share the CPU threads.
     """
     import tempfile
 
@@ -373,4 +375,4 @@ def benchmark_search(
     _check_inputs(loaded)  # the data and the teacher load, or one line says why
     with tempfile.TemporaryDirectory() as tmp:
         url = storage or f"sqlite:///{tmp}/bench-search.db"
-        return benches.bench(loaded, list(seeds), budget_fraction, url)
+        return benches.bench(loaded, list(seeds), budget_fraction, url, jobs)

@@ -364,7 +364,7 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
     except ValueError:
         raise KDSearchError(f"--seeds: {a.seeds!r} is not a comma list of integers") from None
     result = api.benchmark_search(
-        a.spec, seeds=seeds, budget_fraction=a.budget_fraction, storage=a.storage
+        a.spec, seeds=seeds, budget_fraction=a.budget_fraction, storage=a.storage, jobs=a.jobs
     )
     print(json.dumps(result.to_dict()) if a.json else bench_search.format_table(result))
     return 0
@@ -713,6 +713,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--storage", help="database URL for the studies (default: a temporary SQLite file)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N workers at once (the grid's points, then one search per seed), "
+        "sharing the CPU threads; the accounting is the same as with 1",
     )
     _json_arg(p, "the table")
     sub._choices_actions.sort(key=lambda action: WORKFLOW.index(action.dest))

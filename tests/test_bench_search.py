@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -19,10 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_grid_values_become_ranges():
     rng = bench_search.search_range
     assert rng([0.0, 0.5, 0.9]) == ParamSpec(type="float", low=0.0, high=0.9, log=False)
-    # max/min >= 10: log; geometric (x2 each) though max/min < 10: log too
+    # the scale on which the grid's median sits mid-range
     assert rng([1.0, 4.0, 16.0]) == ParamSpec(type="float", low=1.0, high=16.0, log=True)
     assert rng([1.0, 2.0, 4.0, 8.0]).log
     assert not rng([1.0, 2.0, 3.0, 4.0]).log
+    # the reference's 5% subset grid: temperatures crowd the low end, alphas both ends
+    assert rng([1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 10.0, 20.0, 40.0]).log
+    assert not rng([0.01, 0.1, 0.5, 0.95, 0.999]).log
+    # two values: log when they span a factor of 10
+    assert rng([1e-4, 1e-2]).log
+    assert not rng([2.0, 8.0]).log
     assert rng([2, 8, 32]) == ParamSpec(type="int", low=2, high=32, log=True)
     assert rng([3.0e-3]) == ParamSpec(type="categorical", choices=[3.0e-3])
     assert rng(["hinton", "dkd"]).type == "categorical"
@@ -139,3 +150,114 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, kd_home, spec, message):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr
     assert list(kd_home.iterdir()) == []
+
+
+#: A 4-point grid on the synthetic data, 2 epochs a point: 8 grid epochs, 4 per search at 0.5.
+SMALL_GRID = {
+    "train": {"epochs": 2},
+    "search": {
+        "sampler": {"name": "grid"},
+        "space": {
+            "alpha": {"type": "categorical", "choices": [0.5, 0.9]},
+            "temperature": {"type": "categorical", "choices": [2.0, 8.0]},
+        },
+    },
+}
+
+
+def _write_grid(write_spec, overrides: dict | None = None) -> None:
+    """The synthetic spec with SMALL_GRID's space as its whole space (merge would keep lr)."""
+    path = write_spec(merge(SMALL_GRID, overrides or {}), name="grid")
+    data = yaml.safe_load(path.read_text())
+    data["search"]["space"] = SMALL_GRID["search"]["space"]
+    path.write_text(yaml.safe_dump(data))
+
+
+def _search_params(url: str) -> dict[int, list[dict]]:
+    storage = open_storage(url)
+    out = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        if "-tpe" in summary.study_name:
+            seed = int(summary.study_name.split("-tpe")[1].split("-")[0])
+            trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+            out[seed] = [t.params for t in sorted(trials, key=lambda t: t.number)]
+    return out
+
+
+@pytest.mark.slow
+def test_bench_search_in_parallel_is_repeatable(cli, kd_home, write_spec):
+    """Two runs of ``--jobs 2`` (two processes, so two pids) propose the same trials per seed:
+    the searches' sampler seeds depend on the seed alone, not on who ran them. The grid's
+    points are shared by two workers."""
+    _write_grid(write_spec)
+    runs = []
+    for n in (1, 2):
+        url = f"sqlite:///{kd_home}/bench{n}.db"
+        args = ["--seeds", "0,1", "--budget-fraction", "0.5", "--jobs", "2", "--json"]
+        proc = cli("bench-search", "grid.yaml", "--storage", url, *args)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(_search_params(url))
+        storage = open_storage(url)
+        (grid,) = [s for s in optuna.get_all_study_summaries(storage) if "-grid-" in s.study_name]
+        trials = optuna.load_study(study_name=grid.study_name, storage=storage).trials
+        trained = [t for t in trials if t.intermediate_values]
+        assert len(trained) == 4  # a worker handed a point already running skips it untrained
+        assert len({t.user_attrs["worker"] for t in trained}) == 2, "the grid ran on one worker"
+    assert runs[0].keys() == {0, 1}
+    assert runs[0] == runs[1]
+    assert runs[0][0] != runs[0][1]  # and the seeds differ from each other
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_bench_search_pool_leaves_when_its_parent_dies(kd_home, write_spec):
+    """SIGKILL the bench-search process mid-grid: its pool's workers stop after their epoch
+    and exit, instead of training on or waiting for work forever."""
+    _write_grid(write_spec, {"train": {"epochs": 2000}})
+    url = f"sqlite:///{kd_home}/bench.db"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["bench-search", "grid.yaml", "--jobs", "2", "--seeds", "0", "--storage", url]
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "kdsearch", *args],
+        cwd=kd_home,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        epochs = 0
+        for line in parent.stderr:  # both workers train: two epoch lines
+            epochs += " epoch " in line
+            if epochs >= 2:
+                break
+        children = _children(parent.pid)
+        assert children, "no pool processes found"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    alive = [c for c in children if _alive(c)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"pool processes {alive} outlived their parent"

@@ -84,14 +84,18 @@ def grid_values(name: str, param: ParamSpec) -> list[Any]:
     return [int(v) for v in values] if param.type == "int" else [round(v, 12) for v in values]
 
 
-def worker_seed(spec: Spec, index: int) -> int:
+def worker_seed(spec: Spec, index: int, salt: str | None = None) -> int:
     """A sampler seed per worker, so parallel workers do not propose the same trials.
 
-    Derived from the spec's seed, the worker's index, the host name and the process id, so
-    workers started by separate commands, on one machine or many, differ too.
+    Derived from the spec's seed, the worker's index and ``salt``. The default salt is the host
+    name and process id, so that workers started by separate commands, on one machine or many,
+    differ too. A fixed salt makes the seed a function of spec and index alone: a benchmark that
+    runs its workers one after another (kdsearch.tools.bench_search) is then repeatable.
     """
     base = spec.search.sampler.get("seed", spec.train.seed)
-    text = f"{base}/{index}/{socket.gethostname()}/{os.getpid()}"
+    if salt is None:
+        salt = f"{socket.gethostname()}/{os.getpid()}"
+    text = f"{base}/{index}/{salt}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 

@@ -79,7 +79,7 @@ def plan(n_workers: int, devices: Sequence[str]) -> list[tuple[str, dict[str, st
     return out
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: get SIGTERM if the parent dies, so no worker is ever orphaned (Linux)."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -99,7 +99,7 @@ def spawn(
         args = [sys.executable, "-m", "kdsearch.search.worker", study, str(index), device]
         args += [str(n_trials or 0), str(timeout or 0)]
         child_env = {**os.environ, **env, STORAGE_ENV: storage_url}
-        children.append(subprocess.Popen(args, env=child_env, preexec_fn=_die_with_parent))
+        children.append(subprocess.Popen(args, env=child_env, preexec_fn=die_with_parent))
     stopping = threading.Event()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -130,8 +130,35 @@ def run(
     n_trials: int | None,
     timeout: float | None,
     url: str | None = None,
+    seed_salt: str | None = None,
 ) -> int:
-    """One worker: load once, then run trials until the budget, a timeout or a stop signal."""
+    """One worker: load once, then run trials until the budget, a timeout or a stop signal.
+
+    SIGINT and SIGTERM stop it after the current epoch (the trial is re-queued); the handlers
+    before the call are restored after it, so a process that runs workers one after another
+    (bench-search's pool) is not left deaf to signals. ``seed_salt`` fixes the sampler's seed
+    salt (:func:`kdsearch.search.study.worker_seed`).
+    """
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    try:
+        return _work(study_name, index, device, n_trials, timeout, url, seed_salt, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _work(
+    study_name: str,
+    index: int,
+    device: str,
+    n_trials: int | None,
+    timeout: float | None,
+    url: str | None,
+    seed_salt: str | None,
+    stop: threading.Event,
+) -> int:
     import optuna
     import torch
 
@@ -140,9 +167,6 @@ def run(
     from kdsearch.search.objective import Objective, prune_checkpoints
     from kdsearch.training.experiment import Context
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     # A stop is not a failure worth a traceback: _requeue logs it as one line.
     logging.getLogger("optuna.study._optimize").addFilter(_not_a_stop)
     if os.environ.get("KDSEARCH_THREADS"):
@@ -156,7 +180,7 @@ def run(
     study = optuna.load_study(
         study_name=study_name,
         storage=storage,
-        sampler=studies.make_sampler(spec, studies.worker_seed(spec, index)),
+        sampler=studies.make_sampler(spec, studies.worker_seed(spec, index, seed_salt)),
         pruner=studies.make_pruner(spec),
     )
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

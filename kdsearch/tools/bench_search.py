@@ -25,11 +25,11 @@ its last trial, are not counted).
 
 from __future__ import annotations
 
-import itertools
+import functools
 import math
 import statistics
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,9 @@ TOLERANCE = 0.003
 SAMPLER: dict[str, Any] = {"name": "tpe"}
 #: The search's pruner; ``max_resource`` is the spec's ``train.epochs`` (kdsearch.search.study).
 PRUNER: dict[str, Any] = {"name": "hyperband", "min_resource": 1, "reduction_factor": 3}
+#: The workers' seed salt (kdsearch.search.study.worker_seed): a fixed one makes each search a
+#: function of the spec and its seed, so a rerun proposes the same trials.
+SEED_SALT = "bench-search"
 
 
 @dataclass
@@ -96,30 +99,42 @@ class Result:
         }
 
 
-def _geometric(values: Sequence[float]) -> bool:
-    """Three or more positive values whose consecutive ratios agree within 10%."""
-    if len(values) < 3 or min(values) <= 0:
+def _log_scale(ordered: Sequence[float]) -> bool:
+    """Whether the grid's values are spaced on a log scale rather than a linear one.
+
+    The grid's author placed the points; the search should give each part of the range the
+    weight the grid gave it. So: the scale on which the values' median sits mid-range, i.e.
+    the median is nearer (in ratio) the ends' geometric mean than their arithmetic mean.
+    {1, 4, 16}, {1, 2, 4, 8} and the reference's temperatures {1, 2, 3, ..., 20, 40} are log;
+    {1, 2, 3, 4} and the reference's alphas {0.01, 0.1, 0.5, 0.95, 0.999}, dense at both ends,
+    are linear (on a log scale, alpha > 0.5 would be 15% of the range; the grid gives it 40%).
+    With only two values there is no median to read: log when they span a factor of 10.
+    """
+    low, high = ordered[0], ordered[-1]
+    if low <= 0:
         return False
-    ratios = [b / a for a, b in itertools.pairwise(values)]
-    return max(ratios) <= 1.1 * min(ratios)
+    if len(ordered) < 3:
+        return high / low >= 10
+    median = statistics.median(ordered)
+    to_geometric = abs(math.log(median / math.sqrt(low * high)))
+    to_arithmetic = abs(math.log(median / ((low + high) / 2)))
+    return to_geometric < to_arithmetic
 
 
 def search_range(values: Sequence[Any]) -> ParamSpec:
     """The range a search explores in place of one grid parameter's values.
 
     One value stays pinned, non-numbers stay categorical; numbers become low = min, high = max,
-    an int range when all are ints, on a log scale when all are positive and either
-    max/min >= 10 or the values are geometric (each a constant multiple of the one before).
+    an int range when all are ints, on the scale the grid's values are spaced on
+    (:func:`_log_scale`).
     """
     distinct = sorted(set(values), key=str)
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in distinct)
     if len(distinct) == 1 or not numeric:
         return ParamSpec(type="categorical", choices=list(values))
     ordered = sorted(float(v) for v in distinct)
-    low, high = ordered[0], ordered[-1]
-    log = low > 0 and (high / low >= 10 or _geometric(ordered))
     kind = "int" if all(isinstance(v, int) for v in distinct) else "float"
-    return ParamSpec(type=kind, low=low, high=high, log=log)
+    return ParamSpec(type=kind, low=ordered[0], high=ordered[-1], log=_log_scale(ordered))
 
 
 def search_space(spec: Spec) -> dict[str, ParamSpec]:
@@ -182,10 +197,9 @@ def reach(curve: Sequence[float], target: float, budget: int) -> int | None:
 
 
 def _run(spec: Spec, url: str, name: str, trials: int | None, index: int = 0) -> None:
-    from kdsearch.search import storage, study, worker
+    from kdsearch.search import worker
 
-    study.create(spec, storage.open_storage(url), name, load_if_exists=True)
-    worker.run(name, index, spec.train.device, trials, None, url=url)
+    worker.run(name, index, spec.train.device, trials, None, url=url, seed_salt=SEED_SALT)
 
 
 def _trials(url: str, name: str) -> list[Any]:
@@ -202,7 +216,8 @@ def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
 
     Each call of the worker runs as many trials as surely fit in what is left (a trial costs
     at most ``train.epochs``), at least one; a new worker index per call gives the TPE
-    sampler a fresh seed (kdsearch.search.study.worker_seed), so its random start does not repeat.
+    sampler a new seed (kdsearch.search.study.worker_seed, with :data:`SEED_SALT`), so its
+    random start does not repeat, while a rerun of the benchmark repeats it.
     """
     curve: list[float] = []
     index = 0
@@ -214,22 +229,101 @@ def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
     return curve
 
 
-def bench(spec: Spec, seeds: Sequence[int], fraction: float, url: str) -> Result:
-    """Run the grid, then one search per seed, all in the storage at ``url``."""
+def _in_child(threads: int, verbosity: int) -> None:
+    """A pool process: its share of the CPU threads, the parent's log format, and a SIGTERM
+    when the parent dies, which stops its worker after the epoch (see :func:`_task`)."""
+    import os
+
+    from kdsearch.search import progress, worker
+
+    worker.die_with_parent()
+    os.environ["OMP_NUM_THREADS"] = os.environ["KDSEARCH_THREADS"] = str(threads)
+    progress.configure(verbosity)
+
+
+def _task(task: Callable[[], object], parent: int) -> None:
+    """Run one task in a pool process; leave if the parent died meanwhile.
+
+    A pool process that outlives its parent would wait for the next task forever (it holds
+    the task queue's write end itself, so it never reads end-of-file).
+    """
+    import os
+
+    task()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _execute(tasks: Sequence[Callable[[], object]], jobs: int) -> None:
+    """Run the tasks in order in this process, or ``jobs`` at a time in fresh processes.
+
+    Ctrl-C reaches the pool's processes too (one process group): their workers stop after the
+    epoch and re-queue their trials, and tasks not yet started are cancelled.
+    """
+    if jobs == 1:
+        for task in tasks:
+            task()
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from kdsearch.search import progress
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pool = ProcessPoolExecutor(
+        jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_in_child,
+        initargs=(threads, progress.verbosity()),
+    )
+    try:
+        for done in [pool.submit(_task, task, os.getpid()) for task in tasks]:
+            done.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def bench(spec: Spec, seeds: Sequence[int], fraction: float, url: str, jobs: int = 1) -> Result:
+    """Run the grid and one search per seed, all in the storage at ``url``; ``jobs`` at once.
+
+    The studies do not depend on each other (a search's budget follows from the grid's size,
+    its result is compared with the grid's only afterwards), so with ``jobs`` > 1 the grid's
+    points run on up to ``jobs`` workers and each search in a process of its own, as slots
+    free up. Each search still runs its trials one after another, so its epoch order, and
+    hence its accounting, is the same as with one job.
+    """
+    from kdsearch.search import storage, study
+
     if not 0 < fraction <= 1:
         raise KDSearchError(f"--budget-fraction: {fraction} must be in (0, 1]")
+    if jobs < 1:
+        raise KDSearchError(f"--jobs: {jobs} must be at least 1")
     tag = uuid.uuid4().hex[:6]
     grid = grid_spec(spec)
     grid_name = f"{spec.name}-grid-{tag}"
-    _run(grid, url, grid_name, None)
+    grid_epochs = grid.search.n_trials * spec.train.epochs  # no pruning: every epoch runs
+    budget = max(1, math.floor(fraction * grid_epochs))
+    names = {seed: f"{spec.name}-tpe{seed}-{tag}" for seed in seeds}
+    searches = {seed: search_spec(spec, seed, budget) for seed in seeds}
+    opened = storage.open_storage(url)
+    study.create(grid, opened, grid_name, load_if_exists=False)
+    for seed in seeds:
+        study.create(searches[seed], opened, names[seed], load_if_exists=False)
+    grid_workers = min(jobs, grid.search.n_trials)
+    tasks: list[Callable[[], object]] = [
+        functools.partial(_run, grid, url, grid_name, None, index) for index in range(grid_workers)
+    ]
+    tasks += [
+        functools.partial(run_search, searches[seed], url, names[seed], budget) for seed in seeds
+    ]
+    _execute(tasks, jobs)
     grid_trials = _trials(url, grid_name)
     grid_curve = epoch_curve(grid_trials)
     best = max(t.value for t in grid_trials if t.value is not None)
-    budget = max(1, math.floor(fraction * len(grid_curve)))
     runs = []
     for seed in seeds:
-        name = f"{spec.name}-tpe{seed}-{tag}"
-        curve = run_search(search_spec(spec, seed, budget), url, name, budget)
+        curve = epoch_curve(_trials(url, names[seed]))
         spent = reach(curve, best, budget)
         runs.append(
             SearchRun(
