@@ -37,6 +37,9 @@ from kdsearch.search.trial_files import CheckpointStore, trial_by_number
 from kdsearch.training.experiment import Context, train_student
 from kdsearch.training.loop import EpochResult, History, NonFiniteLoss
 
+#: User attribute of a grid trial skipped because an earlier trial holds its point.
+GRID_DUPLICATE = "grid_duplicate_of"
+
 log = logging.getLogger(__name__)
 
 
@@ -100,6 +103,7 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = suggest(trial, self.spec.search.space)
+        self._skip_taken_grid_point(trial)
         spec = self.spec.with_overrides(params)
         chain = retry_chain(trial)
         root = chain[0] if chain else trial.number
@@ -184,6 +188,36 @@ class Objective:
             return outcome.val_accuracy
         costs = [cost[METRICS[m]] for m in self.spec.search.objectives[1:]]
         return [outcome.val_accuracy, *map(float, costs)]
+
+    def _skip_taken_grid_point(self, trial: optuna.Trial) -> None:
+        """Prune, untrained, a grid trial whose point an earlier live trial already holds.
+
+        Optuna's grid sampler, once every point has started, hands a worker a point that is
+        still running elsewhere, in case that worker died. Here a dead worker's trial is
+        retried from its checkpoint (heartbeats), so the duplicate would only train the same
+        point twice: with 4 workers, up to 3 wasted trials at the end of every grid.
+        """
+        trials = trial.study.get_trials(deepcopy=False)
+        point = next(t for t in trials if t.number == trial.number).system_attrs.get("grid_id")
+        if point is None:
+            return
+        live = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE)
+
+        def pruned_after_training(other: optuna.trial.FrozenTrial) -> bool:
+            return other.state == optuna.trial.TrialState.PRUNED and bool(other.intermediate_values)
+
+        for other in trials:
+            if (
+                other.number < trial.number
+                and other.system_attrs.get("grid_id") == point
+                and (other.state in live or pruned_after_training(other))
+            ):
+                reason = f"grid point {point} is already trained by trial {other.number}"
+                trial.set_user_attr(GRID_DUPLICATE, other.number)
+                trial.set_user_attr("prune_reason", reason)
+                trial.set_user_attr("epochs_run", 0)
+                log.info("trial %d pruned before training: %s", trial.number, reason)
+                raise optuna.TrialPruned(reason)
 
     def _check_constraints(self, trial: optuna.Trial, cost: dict[str, Any]) -> None:
         """Store the trial's constraint excesses; prune it, untrained, if it breaks a limit.
