@@ -10,11 +10,12 @@ unit (an epoch of one trial costs the same whatever its hyperparameters):
    (:func:`search_space`), TPE (:data:`SAMPLER`) and Hyperband (:data:`PRUNER`), given a budget
    of ``fraction`` x the grid's epochs.
 
-Both run through :func:`kdsearch.search.study.create` and :func:`kdsearch.search.worker.run`
-with one worker, so the trials run one after another and "the epochs spent so far" is well
-defined: every epoch of every trial, pruned ones included, in the order the trials started
-(the trial's ``datetime_start``), each read from the trial's per-epoch reports
-(``intermediate_values``).
+Both run through :func:`kdsearch.search.study.create` and :func:`kdsearch.search.worker.run`.
+Each search has one worker, so its trials run one after another and "the epochs spent so far"
+is well defined: every epoch of every trial, pruned ones included, in the order the trials
+started (the trial's ``datetime_start``), each read from the trial's per-epoch reports
+(``intermediate_values``). With ``jobs`` > 1 the grid's points share workers and the searches
+run side by side, each still alone in its study (:func:`bench`).
 
 For each search: ``reach`` is the number of epochs spent when an epoch's validation accuracy
 first came within :data:`TOLERANCE` of the grid's best (None if it never did within the
