@@ -413,3 +413,28 @@ def test_cli_validate_good_spec(kd_home: Path, cli: Callable[..., Any]) -> None:
     proc = cli("validate", str(STUDIES / "digits_quick.yaml"))
     assert proc.returncode == 0, proc.stderr
     assert "ok (study digits_quick, 4 searched parameters)" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("pruner", "epochs", "first_rung"),
+    [
+        ({"name": "hyperband"}, 50, 16),  # a third of the epochs, not Optuna's 1
+        ({"name": "hyperband"}, 2, 1),
+        ({"name": "hyperband", "min_resource": 3}, 50, 3),  # the spec's own wins
+    ],
+)
+def test_hyperband_first_rung_waits_for_a_third_of_training(pruner, epochs, first_rung):
+    """Distillation's best settings start slowest (bench/SEARCH.md): a rung at epoch 1 prunes
+    them first, so Hyperband's default first rung is a third of the epochs."""
+    from kdsearch.search.study import make_pruner
+
+    spec = from_dict(
+        {
+            **SYNTHETIC_SPEC,
+            "train": {**SYNTHETIC_SPEC["train"], "epochs": epochs},
+            "search": {**SYNTHETIC_SPEC["search"], "pruner": pruner},
+        }
+    )
+    made = make_pruner(spec)
+    assert made._min_resource == first_rung
+    assert made._max_resource == epochs

@@ -41,8 +41,9 @@ from kdsearch.errors import KDSearchError
 TOLERANCE = 0.003
 #: The search's sampler; ``seed`` is set per run.
 SAMPLER: dict[str, Any] = {"name": "tpe"}
-#: The search's pruner; ``max_resource`` is the spec's ``train.epochs`` (kdsearch.search.study).
-PRUNER: dict[str, Any] = {"name": "hyperband", "min_resource": 1, "reduction_factor": 3}
+#: The search's pruner; ``min_resource`` (a third of ``train.epochs``) and ``max_resource`` are
+#: kdsearch's Hyperband defaults (kdsearch.search.study.make_pruner).
+PRUNER: dict[str, Any] = {"name": "hyperband", "reduction_factor": 3}
 #: The workers' seed salt (kdsearch.search.study.worker_seed): a fixed one makes each search a
 #: function of the spec and its seed, so a rerun proposes the same trials.
 SEED_SALT = "bench-search"
