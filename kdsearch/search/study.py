@@ -124,10 +124,11 @@ def hyperband_min_resource(epochs: int) -> int:
 
     In distillation the best settings start slowest: on the CIFAR-10 5% subset grid (45 alpha x
     T points, 50 epochs) a point's accuracy after epoch 1 ranks the points *against* their final
-    accuracy (Spearman -0.84), and only from about epoch 20 on with it (+0.88). Rungs at epochs
-    1, 3 and 9 prune the best points first; replayed on that grid's curves, a search with the
-    first rung at a third of the epochs reached the grid's best in 31 of 50 seeds, with
-    Optuna's 1 in 11 (bench/replay_search.py, bench/SEARCH.md).
+    accuracy (Spearman -0.84), and only from about epoch 20 on with it (+0.88). Rungs after
+    epochs 2, 4 and 10 (Optuna's min_resource 1) prune the best points first. Replayed on that
+    grid's curves, searches with the first rung at a third of the epochs reached the grid's
+    best in 31 of 50 seeds, with Optuna's 1 in 11; run live, the median of three seeds reached
+    it after 10% of the grid's epochs (bench/replay_search.py, bench/SEARCH.md).
     """
     return max(1, epochs // 3)
 
