@@ -16,7 +16,6 @@ spec or a :class:`~kdsearch.config.spec.Spec`. Problems a user can fix raise
 
 from __future__ import annotations
 
-import signal
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -151,14 +150,9 @@ def run_workers(
     studies.load_spec(storages.open_storage(url, existing=True), name)
     if n_workers > 1:
         return worker.spawn(name, url, n_workers, chosen, n_trials, timeout)
-    # This process is the worker, and its signal handlers stop it; give the caller's back.
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # This process is the worker; worker.run gives the caller's signal handlers back.
     worker.configure_logging(0)
-    try:
-        return worker.run(name, 0, chosen[0], n_trials, timeout, url)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    return worker.run(name, 0, chosen[0], n_trials, timeout, url)
 
 
 def study_status(storage: str | None = None, study: StudyRef | None = None) -> list[dict[str, Any]]:
