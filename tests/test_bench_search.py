@@ -261,3 +261,30 @@ def test_bench_search_pool_leaves_when_its_parent_dies(kd_home, write_spec):
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"pool processes {alive} outlived their parent"
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_ends_bench_search_in_its_search_phase(kd_home, write_spec):
+    """A search is a loop of worker calls: Ctrl-C must end the loop, not only its current
+    worker (which would leave the next one training on to the budget)."""
+    _write_grid(write_spec, {"train": {"epochs": 300}})
+    data = yaml.safe_load((kd_home / "grid.yaml").read_text())
+    data["search"]["space"] = {"alpha": {"type": "categorical", "choices": [0.5]}}
+    (kd_home / "grid.yaml").write_text(yaml.safe_dump(data))
+    args = ["bench-search", "grid.yaml", "--seeds", "0", "--budget-fraction", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdsearch", *args, "--storage", f"sqlite:///{kd_home}/b.db"],
+        cwd=kd_home,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = 0
+    for line in proc.stderr:  # the grid's trial 0, then the search's
+        started += "trial 0 started" in line
+        if started == 2 and " epoch " in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err

@@ -131,15 +131,17 @@ def run(
     timeout: float | None,
     url: str | None = None,
     seed_salt: str | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """One worker: load once, then run trials until the budget, a timeout or a stop signal.
 
     SIGINT and SIGTERM stop it after the current epoch (the trial is re-queued); the handlers
     before the call are restored after it, so a process that runs workers one after another
-    (bench-search's pool) is not left deaf to signals. ``seed_salt`` fixes the sampler's seed
-    salt (:func:`kdsearch.search.study.worker_seed`).
+    (bench-search's pool) is not left deaf to signals. ``stop``, if given, is the Event those
+    handlers set: a caller that runs workers in a loop sees the signal and ends its loop too.
+    ``seed_salt`` fixes the sampler's seed salt (:func:`kdsearch.search.study.worker_seed`).
     """
-    stop = threading.Event()
+    stop = stop or threading.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
     try:

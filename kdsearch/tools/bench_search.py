@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -198,10 +199,18 @@ def reach(curve: Sequence[float], target: float, budget: int) -> int | None:
     return None
 
 
-def _run(spec: Spec, url: str, name: str, trials: int | None, index: int = 0) -> None:
+def _run(
+    spec: Spec,
+    url: str,
+    name: str,
+    trials: int | None,
+    index: int = 0,
+    stop: threading.Event | None = None,
+) -> None:
     from kdsearch.search import worker
 
-    worker.run(name, index, spec.train.device, trials, None, url=url, seed_salt=SEED_SALT)
+    device = spec.train.device
+    worker.run(name, index, device, trials, None, url=url, seed_salt=SEED_SALT, stop=stop)
 
 
 def _trials(url: str, name: str) -> list[Any]:
@@ -223,9 +232,12 @@ def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
     """
     curve: list[float] = []
     index = 0
+    stop = threading.Event()
     while len(curve) < budget:
         trials = max(1, (budget - len(curve)) // spec.train.epochs)
-        _run(spec, url, name, trials, index)
+        _run(spec, url, name, trials, index, stop)
+        if stop.is_set():  # Ctrl-C, or the pool's parent died: end the search, not one worker
+            raise KeyboardInterrupt
         curve = epoch_curve(_trials(url, name))
         index += 1
     return curve
@@ -251,9 +263,11 @@ def _task(task: Callable[[], object], parent: int) -> None:
     """
     import os
 
-    task()
-    if os.getppid() != parent:
-        os._exit(1)
+    try:
+        task()
+    finally:
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _execute(tasks: Sequence[Callable[[], object]], jobs: int) -> None:
