@@ -279,12 +279,16 @@ def test_one_ctrl_c_ends_bench_search_in_its_search_phase(kd_home, write_spec):
         stderr=subprocess.PIPE,
         text=True,
     )
-    started = 0
-    for line in proc.stderr:  # the grid's trial 0, then the search's
-        started += "trial 0 started" in line
-        if started == 2 and " epoch " in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        started = 0
+        for line in proc.stderr:  # the grid's trial 0, then the search's
+            started += "trial 0 started" in line
+            if started == 2 and " epoch " in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a search that ignored the signal must not train on after the test
+        proc.wait()
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
