@@ -364,6 +364,7 @@ def benchmark_search(
 
     from kdsearch.tools import bench_search as benches
 
+    _at_least("--jobs", jobs, 1)  # before the data and teacher load
     loaded = validate(spec)
     benches.grid_spec(loaded)  # refuse a spec that is not a grid before anything runs
     _check_inputs(loaded)  # the data and the teacher load, or one line says why

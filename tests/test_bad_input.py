@@ -213,6 +213,10 @@ CASES = {
         lambda h, w: ["worker", "--study", "synth", "--storage", DB, "--n-workers", "0"],
         "--n-workers 0: must be >= 1",
     ),
+    "bench-search without jobs": (
+        lambda h, w: ["bench-search", str(w()), "--storage", DB, "--jobs", "0"],
+        "--jobs 0: must be >= 1",
+    ),
     "no trials": (
         lambda h, w: ["worker", "--study", "synth", "--storage", DB, "--n-trials", "0"],
         "--n-trials 0: must be >= 1",

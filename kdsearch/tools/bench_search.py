@@ -313,8 +313,6 @@ def bench(spec: Spec, seeds: Sequence[int], fraction: float, url: str, jobs: int
 
     if not 0 < fraction <= 1:
         raise KDSearchError(f"--budget-fraction: {fraction} must be in (0, 1]")
-    if jobs < 1:
-        raise KDSearchError(f"--jobs: {jobs} must be at least 1")
     tag = uuid.uuid4().hex[:6]
     grid = grid_spec(spec)
     grid_name = f"{spec.name}-grid-{tag}"
