@@ -90,6 +90,20 @@ def test_search_from_python(
     assert md == kd_home / "report" / "report.md" and f"trial {result['trial']}" in md.read_text()
 
 
+def test_a_baseline_trains_without_its_teacher(
+    write_spec: Callable[..., Path], kd_home: Path, one_torch_thread: None
+) -> None:
+    """``train`` at alpha 0 never asks the teacher: no teacher cache is built for it (on
+    CIFAR-10 that is minutes of teacher inference before a baseline's first epoch)."""
+    spec = write_spec({"train": {"epochs": 1}})
+    cache = kd_home / "models" / "cache"
+    base = kdsearch.train_student(spec, kd_home / "base.pt", overrides={"distill.alpha": 0})
+    assert Path(base["checkpoint"]).is_file()
+    assert not list(cache.glob("teacher-*.pt"))
+    kdsearch.train_student(spec, kd_home / "kd.pt", overrides={"distill.alpha": 0.5})
+    assert len(list(cache.glob("teacher-*.pt"))) == 1  # where the distilled run's cache goes
+
+
 def test_a_missing_database_is_an_error_not_a_new_file(kd_home: Path) -> None:
     """Reading a study never creates the database it names (a typo would look empty)."""
     with pytest.raises(KDSearchError, match=r"no such database file kd\.db"):

@@ -26,6 +26,7 @@ from kdsearch.training.loop import (
     evaluate,
     fit,
 )
+from kdsearch.training.teacher import OnlineTeacher, TeacherNet
 
 CPU = torch.device("cpu")
 
@@ -233,6 +234,41 @@ def test_a_last_batch_of_one_image_is_skipped() -> None:
     assert len(d.train) == 257
     history = fit(Run(spec, _model(spec, d), d, progress=False))
     assert history.epochs[0].images == 256 and math.isfinite(history.epochs[0].train_loss)
+
+
+def _training_batch_sizes(model: torch.nn.Module) -> list[int]:
+    """The sizes of the batches ``model`` will see in training mode, filled in as it trains."""
+    sizes: list[int] = []
+
+    def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if module.training:
+            sizes.append(len(args[0]))
+
+    model.register_forward_pre_hook(record)
+    return sizes
+
+
+def test_a_baseline_with_few_labels_trains_on_its_labeled_images_in_full_batches() -> None:
+    """At 25 % of the labels (64 of 256 images) the baseline (alpha 0) trains on the 64 labeled
+    images, one full batch of 64 per epoch; a distilled run still trains on all 256, since the
+    teacher's term learns from the unlabeled ones too."""
+    spec, d = _setup(
+        {
+            "dataset": {"val_fraction": 0.0, "labeled_fraction": 0.25, "options": {"n_train": 256}},
+            "train": {"epochs": 2, "batch_size": 64},
+        }
+    )
+    assert len(d.train) == 256 and int((d.train.y >= 0).sum()) == 64
+    teacher = OnlineTeacher(TeacherNet(_model(spec, d), (0.5,) * 3, (0.25,) * 3), d.view_set)
+    for run_teacher, alpha, images, batches in ((None, 0.5, 64, [64]), (teacher, 0.0, 64, [64])):
+        run_spec = from_dict(merge(spec.to_dict(), {"distill": {"alpha": alpha}}))
+        model = _model(run_spec, d)
+        seen = _training_batch_sizes(model)
+        history = fit(Run(run_spec, model, d, teacher=run_teacher, progress=False))
+        assert [e.images for e in history.epochs] == [images] * 2, (run_teacher, alpha)
+        assert seen == batches * 2, (run_teacher, alpha)
+    distilled = fit(Run(spec, _model(spec, d), d, teacher=teacher, progress=False))
+    assert [e.images for e in distilled.epochs] == [256] * 2
 
 
 def test_resume_state_written_for_another_run_is_not_resumed(
