@@ -70,7 +70,8 @@ def run_one(cell: str, seed: int) -> str:
     start = time.time()
     proc = subprocess.run([exe, *cmd[1:]], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        return f"{cell} seed {seed}: failed ({proc.stderr.strip().splitlines()[-1:]})"
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"{cell} seed {seed}: failed: {last}"
     data = json.loads(proc.stdout)
     data.update(command=" ".join(cmd), wall_seconds=round(time.time() - start, 1))
     result.write_text(json.dumps(data, indent=1))
