@@ -7,6 +7,7 @@ budget is raised with `extend` and which `delete` then removes with its files.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -29,6 +31,8 @@ STATUS_KEYS = {
     "study",
     "direction",
     "n_trials",
+    "epoch_budget",
+    "epochs_trained",
     "finished",
     "states",
     "best",
@@ -213,15 +217,10 @@ def test_quiet_worker_prints_no_progress(cli, write_spec, kd_home):
     assert Path(kd_home / "s.db").exists()
 
 
-def test_status_counts_rate_and_time_left():
-    """Rate = epochs reported / wall time since the first start; time left from the mean
-    epochs of finished trials (hand-built trials, so every number is known)."""
-    import datetime as dt
-
-    import optuna
-
+def _hand_built_study() -> tuple[Any, dt.datetime]:
+    """Study "s" (budget 4 trials of 2 epochs): two complete trials and one running, started
+    10 s apart from t0, so every status number is known; its storage and t0."""
     from kdsearch.search.study import SPEC_ATTR
-    from kdsearch.tools.status import study_status
 
     storage = optuna.storages.RDBStorage("sqlite:///:memory:")
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
@@ -255,6 +254,15 @@ def test_status_counts_rate_and_time_left():
             if row.state == optuna.trial.TrialState.COMPLETE:
                 row.datetime_complete = row.datetime_start + dt.timedelta(seconds=10)
         session.commit()
+    return storage, t0
+
+
+def test_status_counts_rate_and_time_left():
+    """Rate = epochs reported / wall time since the first start; time left from the mean
+    epochs of finished trials (hand-built trials, so every number is known)."""
+    from kdsearch.tools.status import study_status
+
+    storage, t0 = _hand_built_study()
     s = study_status(storage, "s", now=t0 + dt.timedelta(seconds=25))
     assert s["states"]["complete"] == 2 and s["states"]["running"] == 1 and s["finished"] == 2
     best = {"number": 1, "value": 0.75, "params": {"alpha": 0.2}, "test_accuracy": 0.74}
@@ -263,3 +271,19 @@ def test_status_counts_rate_and_time_left():
     assert s["epochs_per_second"] == pytest.approx(5 / 25)
     # one trial still to start (4 - 2 finished - 1 running) x 2 epochs + 1 epoch left, at 0.2/s
     assert s["seconds_left"] == pytest.approx(15)
+
+
+def test_status_of_a_search_budgeted_in_epochs():
+    """A bench-search search spends an epoch budget (its n_trials only caps it): status
+    counts epochs against that budget and the time left is the epochs left at the rate."""
+    from kdsearch.search.study import EPOCH_BUDGET_ATTR
+    from kdsearch.tools.status import format_status, study_status
+
+    storage, t0 = _hand_built_study()
+    optuna.load_study(study_name="s", storage=storage).set_user_attr(EPOCH_BUDGET_ATTR, 20)
+    s = study_status(storage, "s", now=t0 + dt.timedelta(seconds=25))
+    assert (s["epoch_budget"], s["epochs_trained"]) == (20, 5)
+    assert s["seconds_left"] == pytest.approx((20 - 5) / 0.2)
+    assert format_status(s).splitlines()[0] == (
+        "s: 5/20 epochs trained, 2 trials finished (1 running, 2 complete)"
+    )

@@ -28,6 +28,9 @@ from kdsearch.search import storage as storages
 SPEC_ATTR = "kdsearch_spec"
 VERSION_ATTR = "kdsearch_spec_version"
 ID_ATTR = "kdsearch_study_id"
+#: A study whose budget is epochs, not trials (a ``bench-search`` search): the epochs it may
+#: train in all. Its ``search.n_trials`` then only caps the trials, and status reads this.
+EPOCH_BUDGET_ATTR = "kdsearch_epoch_budget"
 
 
 def study_id(study: Any) -> str | None:

@@ -323,7 +323,8 @@ def bench(spec: Spec, seeds: Sequence[int], fraction: float, url: str, jobs: int
     opened = storage.open_storage(url)
     study.create(grid, opened, grid_name, load_if_exists=False)
     for seed in seeds:
-        study.create(searches[seed], opened, names[seed], load_if_exists=False)
+        created = study.create(searches[seed], opened, names[seed], load_if_exists=False)
+        created.set_user_attr(study.EPOCH_BUDGET_ATTR, budget)
     grid_workers = min(jobs, grid.search.n_trials)
     tasks: list[Callable[[], object]] = [
         functools.partial(_run, grid, url, grid_name, None, index) for index in range(grid_workers)

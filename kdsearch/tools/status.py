@@ -5,7 +5,8 @@ reaches the database. A worker is live while its RUNNING trial's heartbeat is fr
 the spec's grace period (without heartbeats, e.g. through the gRPC proxy, every RUNNING trial
 counts). The rate is epochs reported per second of wall time since the study's first trial
 started, all workers together; the time left assumes the remaining trials run as many epochs
-as the finished ones did on average.
+as the finished ones did on average. A ``bench-search`` search is budgeted in epochs, not
+trials (its ``n_trials`` only caps it), so for it the budget and the time left are epochs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from kdsearch.search import ranking
 from kdsearch.search.progress import fmt_params, fmt_seconds
-from kdsearch.search.study import SPEC_ATTR
+from kdsearch.search.study import EPOCH_BUDGET_ATTR, SPEC_ATTR
 
 
 def _spec_search(study: Any) -> dict[str, Any]:
@@ -36,6 +37,21 @@ def _live_trial_ids(storage: Any, study: Any, grace_period: int | None) -> set[i
     stale = set(probe._get_stale_trial_ids(study._study_id))
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     return {t._trial_id for t in running} - stale
+
+
+def _trial_budget_epochs(
+    budget: int, finished: list[Any], live: list[Any], epochs_per_trial: int | None
+) -> float:
+    """Epochs a trial budget still holds: the trials yet to start at the finished ones' mean
+    length (the spec's epochs before any finished), plus what the running ones lack."""
+    per_trial = (
+        sum(len(t.intermediate_values) for t in finished) / len(finished)
+        if finished
+        else epochs_per_trial or 1
+    )
+    to_start = max(0, budget - len(finished) - len(live))
+    running_left = sum(max(0.0, per_trial - len(t.intermediate_values)) for t in live)
+    return to_start * per_trial + running_left
 
 
 def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -74,20 +90,24 @@ def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dic
     rate = epochs_done / elapsed if elapsed > 0 else None
 
     budget = search.get("n_trials")
-    left = None
-    if budget is not None and rate:
-        per_trial = (
-            sum(len(t.intermediate_values) for t in finished) / len(finished)
-            if finished
-            else epochs_per_trial or 1
+    epoch_budget = study.user_attrs.get(EPOCH_BUDGET_ATTR)
+    if epoch_budget is not None:
+        spent = epochs_done >= epoch_budget
+        to_train: float | None = max(0, epoch_budget - epochs_done)
+    else:
+        spent = len(finished) >= (budget or 0)
+        to_train = (
+            None
+            if budget is None
+            else _trial_budget_epochs(budget, finished, live, epochs_per_trial)
         )
-        to_start = max(0, budget - len(finished) - len(live))
-        running_left = sum(max(0.0, per_trial - len(t.intermediate_values)) for t in live)
-        left = (to_start * per_trial + running_left) / rate
+    left = to_train / rate if rate and to_train is not None else None
     return {
         "study": name,
         "direction": "/".join(d.name.lower() for d in study.directions),
         "n_trials": budget,
+        "epoch_budget": epoch_budget,
+        "epochs_trained": epochs_done,
         "finished": len(finished),
         "states": counts,
         "best": best,
@@ -101,7 +121,7 @@ def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dic
             for t in live
         ],
         "epochs_per_second": rate,
-        "seconds_left": left if (running or len(finished) < (budget or 0)) else 0.0,
+        "seconds_left": 0.0 if spent and not running else left,
     }
 
 
@@ -122,8 +142,12 @@ def all_statuses(storage: Any, name: str | None = None) -> list[dict[str, Any]]:
 def format_status(s: dict[str, Any]) -> str:
     """A few lines for a person: the same facts as the JSON."""
     states = ", ".join(f"{n} {k}" for k, n in s["states"].items() if n)
-    budget = s["n_trials"] if s["n_trials"] is not None else "?"
-    lines = [f"{s['study']}: {s['finished']}/{budget} trials finished ({states or 'no trials'})"]
+    if s["epoch_budget"] is not None:
+        done = f"{s['epochs_trained']}/{s['epoch_budget']} epochs trained, {s['finished']} trials"
+    else:
+        budget = s["n_trials"] if s["n_trials"] is not None else "?"
+        done = f"{s['finished']}/{budget} trials"
+    lines = [f"{s['study']}: {done} finished ({states or 'no trials'})"]
     b = s["best"]
     if b:
         test = b["test_accuracy"]
