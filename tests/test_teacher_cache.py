@@ -297,8 +297,12 @@ def test_online_and_cached_distillation_train_the_same_student(
         out = kd_home / "models" / f"student-{mode}.pt"
         train_student(ctx, spec, out, progress=False)
         states.append(torch.load(out, weights_only=True)["state_dict"])
-    # Weights only: Adam turns the fp16-sized noise on the (BN-cancelled) conv biases into
-    # full-size steps, while a teacher fed the wrong input moves every weight by ~2 lr.
+    # One Adam step (48 training images, one batch) moves each weight by about lr times the
+    # sign of its gradient, so the runs differ only where a sign differs. Weights only, by the
+    # share of elements that moved: fp16 rounding of the cache flips a few near-zero gradients
+    # (under 0.1 % of any tensor, which ones depending on the thread count; every BN-cancelled
+    # bias), a teacher fed the un-augmented images instead of the views flips 1.5-4 % of each
+    # conv and linear weight.
     weights = [k for k in states[0] if k.endswith("weight")]
-    for key in weights:
-        torch.testing.assert_close(states[1][key], states[0][key], rtol=0, atol=1e-4, msg=key)
+    moved = {k: ((states[1][k] - states[0][k]).abs() > 1e-4).float().mean().item() for k in weights}
+    assert max(moved.values()) < 0.01, moved
