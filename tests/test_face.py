@@ -287,3 +287,21 @@ def test_status_of_a_search_budgeted_in_epochs():
     assert format_status(s).splitlines()[0] == (
         "s: 5/20 epochs trained, 2 trials finished (1 running, 2 complete)"
     )
+
+
+@pytest.mark.parametrize("verbosity", [0, 1])
+def test_other_libraries_log_warnings_only(verbosity):
+    """kdsearch's lines follow the verbosity; another library's INFO or DEBUG line (matplotlib
+    building its font cache on a new machine) never reaches stderr, its warnings do."""
+    code = (
+        "import logging; from kdsearch.search import progress;"
+        f"progress.configure({verbosity});"
+        "logging.getLogger('matplotlib.font_manager').info('generated new fontManager');"
+        "logging.getLogger('matplotlib.font_manager').debug('findfont');"
+        "logging.getLogger('kdsearch.search.worker').info('ours');"
+        "logging.getLogger('kdsearch.search.worker').debug('our detail');"
+        "logging.getLogger('PIL').warning('theirs, a warning')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    messages = [line.split(": ", 1)[1] for line in proc.stderr.splitlines()]
+    assert messages == [*["ours", "our detail"][: 1 + verbosity], "theirs, a warning"]

@@ -51,7 +51,11 @@ class _TqdmHandler(logging.StreamHandler):
 def configure(level: int | None = None, worker: int | None = None) -> None:
     """One handler and format for every logger; ``level`` is a verbosity (-1, 0, 1).
 
-    Called once a command has been parsed (so ``--help`` never imports Optuna)."""
+    The verbosity sets kdsearch's loggers (and, in :func:`route_optuna`, Optuna's); every
+    other library logs warnings and errors only, at any verbosity: their INFO and DEBUG lines
+    (matplotlib building its font cache on a new machine, say) are not the user's business,
+    and would break the one-line promise of an error. Called once a command has been parsed
+    (so ``--help`` never imports Optuna)."""
     if level is not None:
         os.environ[VERBOSITY_ENV] = str(level)
     level = verbosity()
@@ -60,7 +64,8 @@ def configure(level: int | None = None, worker: int | None = None) -> None:
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s {who}%(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
-    logging.basicConfig(level=LEVELS[level], handlers=[handler], force=True)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("kdsearch").setLevel(LEVELS[level])
     route_optuna()
 
 
