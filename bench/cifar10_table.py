@@ -61,6 +61,12 @@ def command(cell: str, seed: int) -> list[str]:
     return ["kdsearch", "train", SPEC, *sets, f"--set=train.seed={seed}", "--out", out, "--json"]
 
 
+def _utc(seconds: float) -> str:
+    """A wall-clock time as the runs' JSON files record it (the date tells which session, and
+    so which teacher fine-tune, a run belongs to: docs/cifar10.md, section 1)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
 def run_one(cell: str, seed: int) -> str:
     """Train one cell and seed into its JSON result; a line saying how it went."""
     result = RESULTS / f"{cell}-s{seed}.json"
@@ -73,7 +79,12 @@ def run_one(cell: str, seed: int) -> str:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return f"{cell} seed {seed}: failed: {last}"
     data = json.loads(proc.stdout)
-    data.update(command=" ".join(cmd), wall_seconds=round(time.time() - start, 1))
+    data.update(
+        command=" ".join(cmd),
+        wall_seconds=round(time.time() - start, 1),
+        started_utc=_utc(start),
+        ended_utc=_utc(time.time()),
+    )
     result.write_text(json.dumps(data, indent=1))
     return f"{cell} seed {seed}: test {data['test_accuracy']:.4f} in {data['wall_seconds']:.0f} s"
 
