@@ -3,6 +3,8 @@
     .venv/bin/python bench/cifar10_table.py list                    # every cell's command
     .venv/bin/python bench/cifar10_table.py run --jobs 2 [--cells d0-base d0-ks] [--seeds 0,1,2]
     .venv/bin/python bench/cifar10_table.py table                   # mean ± std per cell
+    python3 bench/cifar10_table.py run --jobs 4 --device cuda \
+        --set distill.teacher_cache=all_views --results DIR         # on a GPU (bench/gpu_check.sh)
 
 Each cell is one ``kdsearch train studies/cifar10_jpg.yaml`` with fixed overrides, run once per
 seed on one torch thread (the box's cores go to parallel cells, which is faster on a CPU than
@@ -54,11 +56,17 @@ CELLS: dict[str, dict[str, float]] = {
 }
 
 
-def command(cell: str, seed: int) -> list[str]:
-    """The ``kdsearch train`` command line of one cell and seed."""
+def command(cell: str, seed: int, extra: list[str], device: str | None) -> list[str]:
+    """The ``kdsearch train`` command line of one cell and seed.
+
+    ``extra`` are further KEY=VALUE overrides for every cell (a GPU run's cache mode, say).
+    """
     sets = [f"--set={key}={value}" for key, value in CELLS[cell].items()]
+    sets += [f"--set={item}" for item in extra]
     out = f"models/cifar10/{cell}-s{seed}.pt"
-    return ["kdsearch", "train", SPEC, *sets, f"--set=train.seed={seed}", "--out", out, "--json"]
+    where = ["--device", device] if device else []
+    cmd = ["kdsearch", "train", SPEC, *sets, f"--set=train.seed={seed}", *where]
+    return [*cmd, "--out", out, "--json"]
 
 
 def _utc(seconds: float) -> str:
@@ -67,14 +75,12 @@ def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
 
 
-def run_one(cell: str, seed: int) -> str:
-    """Train one cell and seed into its JSON result; a line saying how it went."""
-    result = RESULTS / f"{cell}-s{seed}.json"
-    cmd = command(cell, seed)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDSEARCH_THREADS": "1"}
-    exe = str(Path(sys.executable).with_name("kdsearch"))
+def run_one(cmd: list[str], result: Path, threads: int) -> str:
+    """Run one cell's command into its JSON result; a line saying how it went."""
+    cell, seed = result.stem.rsplit("-s", 1)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "KDSEARCH_THREADS": str(threads)}
     start = time.time()
-    proc = subprocess.run([exe, *cmd[1:]], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", *cmd], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return f"{cell} seed {seed}: failed: {last}"
@@ -89,10 +95,10 @@ def run_one(cell: str, seed: int) -> str:
     return f"{cell} seed {seed}: test {data['test_accuracy']:.4f} in {data['wall_seconds']:.0f} s"
 
 
-def load() -> dict[str, dict[int, dict[str, Any]]]:
+def load(results: Path) -> dict[str, dict[int, dict[str, Any]]]:
     """Every finished run, by cell and seed."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
-    for path in sorted(RESULTS.glob("*-s*.json")):
+    for path in sorted(results.glob("*-s*.json")):
         cell, seed = path.stem.rsplit("-s", 1)
         runs.setdefault(cell, {})[int(seed)] = json.loads(path.read_text())
     return runs
@@ -132,19 +138,38 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated (default 0,1,2)")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the spec's)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further override for every cell",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help=f"folder of the runs' JSON files (default {RESULTS})",
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     todo = [(c, s) for s in seeds for c in args.cells]
     if args.action == "list":
         for cell, seed in todo:
-            print(" ".join(command(cell, seed)))
+            print(" ".join(command(cell, seed, args.set, args.device)))
     elif args.action == "table":
-        print(table(load()))
+        print(table(load(args.results)))
     else:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        todo = [(c, s) for c, s in todo if not (RESULTS / f"{c}-s{s}.json").exists()]
+        args.results.mkdir(parents=True, exist_ok=True)
+        jobs = [
+            (command(c, s, args.set, args.device), args.results / f"{c}-s{s}.json", args.threads)
+            for c, s in todo
+            if not (args.results / f"{c}-s{s}.json").exists()
+        ]
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            for done in as_completed([pool.submit(run_one, c, s) for c, s in todo]):
+            for done in as_completed([pool.submit(run_one, *job) for job in jobs]):
                 print(done.result(), flush=True)
 
 
