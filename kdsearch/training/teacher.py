@@ -223,6 +223,18 @@ def teacher_logits(spec: Spec, data: DeviceData) -> CachedTeacher | OnlineTeache
     if spec.teacher is None:
         return None
     model = load_teacher(spec, data.num_classes).to(data.train.x.device)
-    if spec.distill.cache_views() == 0:
+    per_image = spec.distill.cache_views()
+    if per_image == 0:
         return OnlineTeacher(model, data.view_set)
+    if per_image is not None and per_image < len(data.view_set):
+        # A distilled student can only train on views whose teacher outputs are stored, while
+        # a baseline trains on all of them: the two no longer see the same augmentation.
+        log.warning(
+            "distill.teacher_cache sampled:%d: distilled students train on %d of the %d "
+            "augmented views of each image, baselines on all of them, which cost 1.9 points "
+            "on CIFAR-10 (docs/cifar10.md); use all_views (built once for every trial) or none",
+            per_image,
+            per_image,
+            len(data.view_set),
+        )
     return build_or_load(model, data, spec)[0]
