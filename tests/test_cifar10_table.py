@@ -26,21 +26,25 @@ def test_each_cell_is_the_spec_with_its_overrides(cell: str) -> None:
     assert spec.student.kwargs["dropout"] == overrides["student.kwargs.dropout"]
     assert spec.dataset.labeled_fraction == overrides.get("dataset.labeled_fraction", 1.0)
     assert spec.train.seed == 2
-    cmd = cifar10_table.command(cell, 2)
+    cmd = cifar10_table.command(cell, 2, [], None)
     assert cmd[:3] == ["kdsearch", "train", cifar10_table.SPEC] and "--set=train.seed=2" in cmd
+    assert "--device" not in cmd  # the spec's device
+    gpu = cifar10_table.command(cell, 2, ["distill.teacher_cache=all_views"], "cuda")
+    assert "--set=distill.teacher_cache=all_views" in gpu
+    assert gpu[gpu.index("--device") + 1] == "cuda"
+    kdsearch.validate(
+        ROOT / cifar10_table.SPEC, {**overrides, "distill.teacher_cache": "all_views"}
+    )
 
 
-def test_table_is_the_mean_and_spread_of_the_runs_found(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(cifar10_table, "RESULTS", tmp_path)
+def test_table_is_the_mean_and_spread_of_the_runs_found(tmp_path: Path) -> None:
     for seed, test in ((0, 0.80), (2, 0.82)):
         run = {"test_accuracy": test, "val_accuracy": 0.81, "wall_seconds": 600.0 * (seed + 1)}
         (tmp_path / f"d0-kd-s{seed}.json").write_text(json.dumps(run))
     (tmp_path / "part-base-s1.json").write_text(
         json.dumps({"test_accuracy": 0.5, "val_accuracy": 0.49, "wall_seconds": 60.0})
     )
-    rows = cifar10_table.table(cifar10_table.load()).splitlines()[2:]
+    rows = cifar10_table.table(cifar10_table.load(tmp_path)).splitlines()[2:]
     assert rows == [
         "| d0-kd | 0, 2 | 80.00, 82.00 | 81.00 ± 1.41 | 81.00, 81.00 | 10, 30 |",
         "| part-base | 1 | 50.00 | 50.00 | 49.00 | 1 |",
