@@ -231,7 +231,7 @@ def teacher_logits(spec: Spec, data: DeviceData) -> CachedTeacher | OnlineTeache
         # a baseline trains on all of them: the two no longer see the same augmentation.
         log.warning(
             "distill.teacher_cache sampled:%d: distilled students train on %d of the %d "
-            "augmented views of each image, baselines on all of them, which cost 1.9 points "
+            "augmented views of each image, baselines on all of them, which cost up to 2 points "
             "on CIFAR-10 (docs/cifar10.md); use all_views (built once for every trial) or none",
             per_image,
             per_image,
