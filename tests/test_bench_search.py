@@ -265,6 +265,46 @@ def test_bench_search_pool_leaves_when_its_parent_dies(kd_home, write_spec):
     assert not alive, f"pool processes {alive} outlived their parent"
 
 
+def _pool_processes(pid: int) -> list[int]:
+    """The parent's ProcessPoolExecutor processes (not multiprocessing's resource tracker)."""
+    out = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            out.append(child)
+    return out
+
+
+@pytest.mark.slow
+def test_bench_search_pool_leaves_when_its_parent_dies_while_they_start(kd_home, write_spec):
+    """SIGKILL the bench-search process the moment its pool processes exist, before they could
+    ask for a signal on its death: they must still leave, not wait for work forever."""
+    _write_grid(write_spec, {"train": {"epochs": 2000}})
+    url = f"sqlite:///{kd_home}/bench.db"
+    args = ["bench-search", "grid.yaml", "--jobs", "2", "--seeds", "0", "--storage", url]
+    parent = subprocess.Popen([sys.executable, "-m", "kdsearch", *args], cwd=kd_home)
+    try:
+        deadline = time.monotonic() + 120
+        pool: list[int] = []
+        while len(pool) < 2 and parent.poll() is None and time.monotonic() < deadline:
+            pool = _pool_processes(parent.pid)
+            time.sleep(0.01)
+        assert len(pool) == 2, "the pool's two processes did not start"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(c) for c in pool) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    alive = [c for c in pool if _alive(c)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"pool processes {alive} outlived their parent"
+
+
 @pytest.mark.slow
 def test_one_ctrl_c_ends_bench_search_in_its_search_phase(kd_home, write_spec):
     """A search is a loop of worker calls: Ctrl-C must end the loop, not only its current

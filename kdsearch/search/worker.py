@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -79,10 +80,17 @@ def plan(n_workers: int, devices: Sequence[str]) -> list[tuple[str, dict[str, st
     return out
 
 
-def die_with_parent() -> None:
-    """In the child: get SIGTERM if the parent dies, so no worker is ever orphaned (Linux)."""
+def die_with_parent(parent: int) -> None:
+    """In the child: get SIGTERM if ``parent`` (the pid that started it) dies, so no worker is
+    ever orphaned (Linux).
+
+    A parent that died before this call sends no signal (the child was re-parented already),
+    so that case is checked after asking for it: the child leaves at once.
+    """
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def spawn(
@@ -95,11 +103,12 @@ def spawn(
 ) -> int:
     """Run ``n_workers`` worker processes to the end; returns the worst exit code."""
     children: list[subprocess.Popen[bytes]] = []
+    orphan_guard = functools.partial(die_with_parent, os.getpid())
     for index, (device, env) in enumerate(plan(n_workers, devices)):
         args = [sys.executable, "-m", "kdsearch.search.worker", study, str(index), device]
         args += [str(n_trials or 0), str(timeout or 0)]
         child_env = {**os.environ, **env, STORAGE_ENV: storage_url}
-        children.append(subprocess.Popen(args, env=child_env, preexec_fn=die_with_parent))
+        children.append(subprocess.Popen(args, env=child_env, preexec_fn=orphan_guard))
     stopping = threading.Event()
 
     def forward(signum: int, _frame: FrameType | None) -> None:

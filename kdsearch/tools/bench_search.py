@@ -243,14 +243,15 @@ def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
     return curve
 
 
-def _in_child(threads: int, verbosity: int) -> None:
+def _in_child(threads: int, verbosity: int, parent: int) -> None:
     """A pool process: its share of the CPU threads, the parent's log format, and a SIGTERM
-    when the parent dies, which stops its worker after the epoch (see :func:`_task`)."""
+    when the parent dies, which stops its worker after the epoch (see :func:`_task`); a
+    parent already gone ends it here."""
     import os
 
     from kdsearch.search import progress, worker
 
-    worker.die_with_parent()
+    worker.die_with_parent(parent)
     os.environ["OMP_NUM_THREADS"] = os.environ["KDSEARCH_THREADS"] = str(threads)
     progress.configure(verbosity)
 
@@ -291,7 +292,7 @@ def _execute(tasks: Sequence[Callable[[], object]], jobs: int) -> None:
         jobs,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_in_child,
-        initargs=(threads, progress.verbosity()),
+        initargs=(threads, progress.verbosity(), os.getpid()),
     )
     try:
         for done in [pool.submit(_task, task, os.getpid()) for task in tasks]:
