@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -22,6 +23,18 @@ from kdsearch.config.spec import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the commands the tests start take Ctrl-C as they would at a terminal.
+
+    A suite started in the background (``make test &``, ``nohup``) inherits SIGINT ignored,
+    and every command it starts would too, so the Ctrl-C tests would see a command train on.
+    A handler, unlike "ignored", is reset to the default in each program the suite starts.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 #: A small, fast study on synthetic CIFAR-shaped data: trials take well under a second.
 SYNTHETIC_SPEC: dict[str, Any] = {
