@@ -230,6 +230,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _assert_all_leave(pids: list[int]) -> None:
+    """Within a minute every one of ``pids`` has exited; any left are killed, then reported."""
+    deadline = time.monotonic() + 60
+    while any(_alive(c) for c in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    alive = [c for c in pids if _alive(c)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"pool processes {alive} outlived their parent"
+
+
 @pytest.mark.slow
 def test_bench_search_pool_leaves_when_its_parent_dies(kd_home, write_spec):
     """SIGKILL the bench-search process mid-grid: its pool's workers stop after their epoch
@@ -256,13 +267,7 @@ def test_bench_search_pool_leaves_when_its_parent_dies(kd_home, write_spec):
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 60
-    while any(_alive(c) for c in children) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    alive = [c for c in children if _alive(c)]
-    for pid in alive:
-        os.kill(pid, signal.SIGKILL)
-    assert not alive, f"pool processes {alive} outlived their parent"
+    _assert_all_leave(children)
 
 
 def _pool_processes(pid: int) -> list[int]:
@@ -296,13 +301,7 @@ def test_bench_search_pool_leaves_when_its_parent_dies_while_they_start(kd_home,
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 60
-    while any(_alive(c) for c in pool) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    alive = [c for c in pool if _alive(c)]
-    for pid in alive:
-        os.kill(pid, signal.SIGKILL)
-    assert not alive, f"pool processes {alive} outlived their parent"
+    _assert_all_leave(pool)
 
 
 @pytest.mark.slow
