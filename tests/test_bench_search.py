@@ -304,6 +304,54 @@ def test_bench_search_pool_leaves_when_its_parent_dies_while_they_start(kd_home,
     _assert_all_leave(pool)
 
 
+#: Linux's exit(2) system call number, which ends the calling thread alone.
+SYS_EXIT = {"x86_64": 60, "aarch64": 93}
+
+#: bench-search whose main thread ends (the rest of the process lives on) on SIGUSR1.
+MAIN_THREAD_EXITS = """
+import ctypes, signal, sys
+from kdsearch.cli import main
+libc = ctypes.CDLL(None)
+signal.signal(signal.SIGUSR1, lambda *_: libc.syscall({nr}, 0))
+sys.argv = ["kdsearch", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_bench_search_pool_leaves_when_its_parents_main_thread_dies_first(kd_home, write_spec):
+    """A SIGKILLed parent's threads end one by one, and the kernel signals the pool once per
+    step: first when the thread that spawned it ends, while the process (so ``getppid()``)
+    lives on, and two such signals close together arrive as one. Ending the parent's main
+    thread alone replays that first step: the pool must leave, not take the next task."""
+    import platform
+
+    if platform.machine() not in SYS_EXIT:
+        pytest.skip(f"no exit(2) number known for {platform.machine()}")
+    _write_grid(write_spec, {"train": {"epochs": 2000}})
+    url = f"sqlite:///{kd_home}/bench.db"
+    script = MAIN_THREAD_EXITS.format(nr=SYS_EXIT[platform.machine()])
+    args = ["bench-search", "grid.yaml", "--jobs", "2", "--seeds", "0", "--storage", url]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=kd_home,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in parent.stderr:
+            if " epoch " in line:
+                break
+        pool = _pool_processes(parent.pid)
+        assert len(pool) == 2, "the pool's two processes did not start"
+        parent.send_signal(signal.SIGUSR1)
+        _assert_all_leave(pool)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
 @pytest.mark.slow
 def test_one_ctrl_c_ends_bench_search_in_its_search_phase(kd_home, write_spec):
     """A search is a loop of worker calls: Ctrl-C must end the loop, not only its current

@@ -80,15 +80,15 @@ def plan(n_workers: int, devices: Sequence[str]) -> list[tuple[str, dict[str, st
     return out
 
 
-def die_with_parent(parent: int) -> None:
-    """In the child: get SIGTERM if ``parent`` (the pid that started it) dies, so no worker is
-    ever orphaned (Linux).
+def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """In the child: get ``signum`` if ``parent`` (the pid that started it) dies, so no worker
+    is ever orphaned (Linux).
 
     A parent that died before this call sends no signal (the child was re-parented already),
     so that case is checked after asking for it: the child leaves at once.
     """
     with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         os._exit(1)
 

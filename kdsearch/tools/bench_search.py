@@ -243,31 +243,51 @@ def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
     return curve
 
 
+#: Set in a pool process when its parent dies: it leaves after its task (:func:`_task`).
+_ORPHANED = threading.Event()
+
+
+def _orphaned(_signum: int, _frame: object) -> None:
+    """SIGHUP, the pool's signal for its parent's death: note it, then stop the worker after
+    its epoch with the SIGTERM a worker obeys (no worker running: the process just ends).
+
+    A signal of its own because the kernel signals once per step of the parent's death, the
+    first when the thread that spawned the pool ends while the rest of the parent still lives
+    (so ``getppid()`` still names it), and two signals close together arrive as one: a plain
+    SIGTERM would stop the task but leave no trace that the parent is dying.
+    """
+    import signal
+
+    _ORPHANED.set()
+    signal.raise_signal(signal.SIGTERM)
+
+
 def _in_child(threads: int, verbosity: int, parent: int) -> None:
-    """A pool process: its share of the CPU threads, the parent's log format, and a SIGTERM
-    when the parent dies, which stops its worker after the epoch (see :func:`_task`); a
-    parent already gone ends it here."""
+    """A pool process: its share of the CPU threads, the parent's log format, and a signal
+    when the parent dies (:func:`_orphaned`); a parent already gone ends it here."""
     import os
+    import signal
 
     from kdsearch.search import progress, worker
 
-    worker.die_with_parent(parent)
+    signal.signal(signal.SIGHUP, _orphaned)
+    worker.die_with_parent(parent, signal.SIGHUP)
     os.environ["OMP_NUM_THREADS"] = os.environ["KDSEARCH_THREADS"] = str(threads)
     progress.configure(verbosity)
 
 
 def _task(task: Callable[[], object], parent: int) -> None:
-    """Run one task in a pool process; leave if the parent died meanwhile.
+    """Run one task in a pool process; leave if the parent died, or began to, meanwhile.
 
-    A pool process that outlives its parent would wait for the next task forever (it holds
-    the task queue's write end itself, so it never reads end-of-file).
+    A pool process that outlives its parent would take the next task, or wait for one
+    forever (it holds the task queue's write end itself, so it never reads end-of-file).
     """
     import os
 
     try:
         task()
     finally:
-        if os.getppid() != parent:
+        if _ORPHANED.is_set() or os.getppid() != parent:
             os._exit(1)
 
 
