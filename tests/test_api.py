@@ -34,6 +34,18 @@ def test_import_kdsearch_loads_no_torch_optuna_or_pandas() -> None:
     assert out.stdout.split() == ["[]", "True"], out.stdout
 
 
+def test_the_spec_and_status_modules_load_no_torch() -> None:
+    """Reading specs and ``kdsearch status`` need no torch (3-4 s to import): the data
+    package's registry loads on first use, not when the spec imports its normalizations."""
+    code = "import sys, kdsearch.config, kdsearch.tools.status; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"], out.stdout
+    from kdsearch import data
+    from kdsearch.data import datasets
+
+    assert data.register is datasets.register and data.load is datasets.load
+
+
 def test_every_api_name_is_the_api_function_even_after_the_tools_load() -> None:
     """No API name is a submodule's: importing ``kdsearch.tools.best`` would otherwise replace
     ``kdsearch.tools.best`` with the module."""
