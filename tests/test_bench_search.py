@@ -258,7 +258,7 @@ def test_bench_search_pool_leaves_when_its_parent_dies(kd_home, write_spec):
     )
     try:
         epochs = 0
-        for line in parent.stderr:  # both workers train: two epoch lines
+        for line in parent.stderr:  # training has begun: two epoch lines
             epochs += " epoch " in line
             if epochs >= 2:
                 break
