@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from kdsearch import nets
 from kdsearch.config.spec import Spec, from_dict, merge
 from kdsearch.data import datasets as data
+from kdsearch.data.augment import for_dataset
 from kdsearch.errors import KDSearchError
 from kdsearch.search.objective import Objective
 from kdsearch.training.experiment import Context
@@ -65,14 +66,14 @@ def _run(
     """Train the spec's student against a fixed random cnn5 teacher; returns the history."""
     if epochs is not None:
         spec = spec.with_overrides({"train.epochs": epochs})
-    d = DeviceData.from_splits(data.load(spec.dataset), CPU, spec.dataset.augment)
+    d = DeviceData.from_splits(data.load(spec.dataset), CPU, for_dataset(spec.dataset))
     torch.manual_seed(123)
     net = nets.create("cnn5", num_classes=d.num_classes, num_channels=8)
     # Like a loaded teacher: uint8 in, normalized with its own (here the data's) constants.
     teacher_net = TeacherNet(net, tuple(d.mean.flatten().tolist()), tuple(d.std.flatten().tolist()))
     teacher_net.eval()
     if online:
-        teacher = OnlineTeacher(teacher_net, d.view_set)
+        teacher = OnlineTeacher(teacher_net, d.augment)
     else:
         slots = slot_views(d, 4, 0)
         teacher = CachedTeacher(compute_logits(teacher_net, d, slots), slots)

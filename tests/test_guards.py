@@ -22,6 +22,7 @@ from conftest import SYNTHETIC_SPEC
 from kdsearch import nets
 from kdsearch.config.spec import from_dict, merge
 from kdsearch.data import datasets
+from kdsearch.data.augment import PadCrop, for_dataset
 from kdsearch.data.datasets import Images
 from kdsearch.search import storage, study, worker
 from kdsearch.search.objective import suggest
@@ -256,7 +257,7 @@ def test_pivot_takes_the_best_trial_of_each_cell():
 
 def _context(spec, teacher) -> Context:
     splits = datasets.load(spec.dataset)
-    data = DeviceData.from_splits(splits, torch.device("cpu"), spec.dataset.augment)
+    data = DeviceData.from_splits(splits, torch.device("cpu"), for_dataset(spec.dataset))
     return Context(spec, torch.device("cpu"), data, teacher, splits.num_classes)
 
 
@@ -293,7 +294,7 @@ def test_all_views_cache_trains_like_the_online_teacher(tmp_path, one_torch_thre
     table = compute_logits(teacher, ctx.data, slot_views(ctx.data, None, 0))
     ctx.teacher = CachedTeacher(table, slot_views(ctx.data, None, 0))
     cached = _student_weights(ctx, spec, tmp_path / "cached.pt")
-    ctx.teacher = OnlineTeacher(_Fp16(teacher), ctx.data.view_set)
+    ctx.teacher = OnlineTeacher(_Fp16(teacher), ctx.data.augment)
     online = _student_weights(ctx, spec, tmp_path / "online.pt")
     baseline = _student_weights(ctx, spec.with_overrides({"alpha": 0.0}), tmp_path / "baseline.pt")
     assert torch.allclose(cached, online, atol=1e-5), (cached - online).abs().max()
@@ -313,7 +314,9 @@ def test_cache_path_changes_with_the_training_images(change, kd_home):
 
     def path(dataset: dict) -> Path:
         spec = spec_of(dataset={**SYNTHETIC_SPEC["dataset"], **dataset})
-        data = DeviceData.from_splits(datasets.load(spec.dataset), torch.device("cpu"), True)
+        data = DeviceData.from_splits(
+            datasets.load(spec.dataset), torch.device("cpu"), PadCrop(True)
+        )
         return cache_path(teacher, data, spec)
 
     assert path({}) == path({})
@@ -372,8 +375,9 @@ def test_sampler_uses_log_scale():
 def test_augment_false_trains_on_the_plain_images():
     spec = spec_of(teacher=None, dataset={"augment": False}, distill={"alpha": 0.0})
     ctx = Context.load(spec, "cpu", with_teacher=False)
-    assert ctx.data.view_set.tolist() == [views_identity()]
-    assert len(Context.load(spec_of(teacher=None), "cpu", with_teacher=False).data.view_set) > 1
+    assert ctx.data.augment.all_views().tolist() == [views_identity()]
+    augmented = Context.load(spec_of(teacher=None), "cpu", with_teacher=False).data.augment
+    assert len(augmented.all_views()) > 1
 
 
 def views_identity() -> int:

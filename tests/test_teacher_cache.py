@@ -40,7 +40,7 @@ def _setup(
 
 def _online(model: torch.nn.Module, ctx: Context, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The teacher run on images ``x`` under views ``v``, as the online path does."""
-    online = OnlineTeacher(model, ctx.data.view_set)
+    online = OnlineTeacher(model, ctx.data.augment)
     return online.logits(torch.arange(len(x)), None, views.apply(x, v))
 
 
@@ -74,7 +74,7 @@ def test_cached_loss_equals_online_loss(write_spec: Callable[..., Path]) -> None
     assert len(set(view_idx.tolist())) > 10  # really different views per image
     x = views.apply(d.train.x[idx], view_idx)
     from_cache = cached.logits(idx, token, x)
-    online = OnlineTeacher(model, d.view_set).logits(idx, None, x)
+    online = OnlineTeacher(model, d.augment).logits(idx, None, x)
     _assert_fp16_close(from_cache, online)
     student = torch.randn(32, d.num_classes, generator=gen) * 2
     labels = d.train.y[idx]
@@ -307,7 +307,7 @@ def test_teacher_normalizes_with_its_own_constants(
         own = model.net(views.normalize(x, mean, std))
         students = model.net(d.prepare(x))
     assert (own - students).abs().max() > 0.1
-    online = OnlineTeacher(model, d.view_set).logits(torch.arange(len(x)), None, x)
+    online = OnlineTeacher(model, d.augment).logits(torch.arange(len(x)), None, x)
     torch.testing.assert_close(online, own)
     cached, _ = build_or_load(model, d, spec)
     for j in range(2):

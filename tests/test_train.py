@@ -14,6 +14,7 @@ from conftest import SYNTHETIC_SPEC
 from kdsearch import nets
 from kdsearch.config.spec import Spec, from_dict, merge
 from kdsearch.data import datasets as data
+from kdsearch.data.augment import for_dataset
 from kdsearch.data.datasets import Images
 from kdsearch.files import safe_load
 from kdsearch.training.loop import (
@@ -38,7 +39,7 @@ def _setup(overrides: dict[str, Any] | None = None) -> tuple[Spec, DeviceData]:
     """A spec (no teacher: the plain loop) and its synthetic data on the CPU."""
     spec = from_dict(merge(SYNTHETIC_SPEC, {"teacher": None, **(overrides or {})}))
     splits = data.load(spec.dataset)
-    return spec, DeviceData.from_splits(splits, CPU, spec.dataset.augment)
+    return spec, DeviceData.from_splits(splits, CPU, for_dataset(spec.dataset))
 
 
 def _model(spec: Spec, data_: DeviceData, init_seed: int = 0) -> torch.nn.Module:
@@ -261,7 +262,7 @@ def test_with_few_labels_the_baseline_takes_the_distilled_runs_batches() -> None
         }
     )
     assert len(d.train) == 256 and int((d.train.y >= 0).sum()) == 64
-    teacher = OnlineTeacher(TeacherNet(_model(spec, d), (0.5,) * 3, (0.25,) * 3), d.view_set)
+    teacher = OnlineTeacher(TeacherNet(_model(spec, d), (0.5,) * 3, (0.25,) * 3), d.augment)
     for run_teacher, alpha in ((None, 0.5), (teacher, 0.0), (teacher, 0.5)):
         run_spec = from_dict(merge(spec.to_dict(), {"distill": {"alpha": alpha}}))
         model = _model(run_spec, d)

@@ -52,6 +52,27 @@ class DatasetSpec:
     #: ``cifar10``, ``cifar100``, ``imagenet`` or ``MEAN,MEAN,MEAN/STD,STD,STD``. A teacher
     #: always uses the constants stored in its checkpoint.
     normalization: str | None = None
+    #: Side (px) of the square the network sees, in training and evaluation; unset: the data
+    #: set's own size (32 for CIFAR, digits and synthetic data, and for image folders).
+    image_size: int | None = None
+    #: Shorter side (px) image folders are decoded to and kept at; unset: ``image_size`` for
+    #: the pad crop, ``image_size / 0.875`` for random-resized crops (torchvision's 224 of 256),
+    #: so evaluation's centre crop is torchvision's resize + centre crop.
+    storage_size: int | None = None
+    #: Resize whole images to a square, ignoring their aspect ratio (the default keeps it and
+    #: cuts the long side's edges).
+    squash: bool = False
+    #: Training crop: ``pad`` (the CIFAR pad-4 crop, 162 exact views), ``random_resized``
+    #: (torchvision's RandomResizedCrop at ``image_size``, scale ``[min_scale, 1]``) or
+    #: ``auto``: pad up to 64 px, random-resized above.
+    crop: Literal["auto", "pad", "random_resized"] = "auto"
+    min_scale: float = 0.08
+    #: Where decoded images live: ``memory`` (each process its own copy, on the device when it
+    #: fits), ``mmap`` (one file every process maps, batches copied in the background) or
+    #: ``auto``: memory up to 1 GiB of decoded images, mmap above.
+    store: Literal["auto", "memory", "mmap"] = "auto"
+    #: Skip (and count) image files that cannot be decoded instead of stopping on the first.
+    skip_unreadable: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
@@ -60,6 +81,42 @@ class DatasetSpec:
         in_range(f"{path}.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
         in_range(f"{path}.subset_fraction", self.subset_fraction, 0.0, 1.0, low_open=True)
         in_range(f"{path}.labeled_fraction", self.labeled_fraction, 0.0, 1.0, low_open=True)
+        in_range(f"{path}.min_scale", self.min_scale, 0.0, 1.0, low_open=True)
+        for key in ("image_size", "storage_size"):
+            if getattr(self, key) is not None:
+                in_range(f"{path}.{key}", getattr(self, key), 8, 4096)
+        if self.crop_mode == "pad" and self.storage_size not in (None, self.image_size):
+            raise KDSearchError(
+                f"{path}.storage_size: {self.storage_size} differs from image_size "
+                f"({self.image_size or 32}), which the pad crop keeps; remove storage_size or "
+                "set crop: random_resized"
+            )
+        if self.storage_size is not None and self.storage_size < self.input_size:
+            raise KDSearchError(
+                f"{path}.storage_size: {self.storage_size} is below image_size "
+                f"({self.input_size}); the centre crop needs at least image_size pixels"
+            )
+
+    @property
+    def input_size(self) -> int:
+        """The side (px) of the network's input."""
+        return self.image_size or 32
+
+    @property
+    def crop_mode(self) -> str:
+        """``pad`` or ``random_resized``: ``crop`` with ``auto`` resolved by the input size."""
+        if self.crop != "auto":
+            return self.crop
+        return "random_resized" if self.input_size > 64 else "pad"
+
+    @property
+    def stored_size(self) -> int:
+        """The side (px) images are kept at: ``storage_size`` or its default."""
+        if self.storage_size is not None:
+            return self.storage_size
+        if self.crop_mode == "pad":
+            return self.input_size
+        return round(self.input_size / 0.875)
 
 
 @dataclass(frozen=True)
@@ -454,6 +511,18 @@ def _check_methods(spec: Spec) -> None:
         )
 
 
+def _check_cache(spec: Spec) -> None:
+    """Random-resized crops are continuous: no cache can hold every view of them."""
+    if spec.teacher is None or spec.distill.cache_views() is not None:
+        return
+    if spec.dataset.crop_mode == "random_resized" and spec.dataset.augment:
+        raise KDSearchError(
+            "distill.teacher_cache: all_views cannot enumerate random-resized crops "
+            f"(dataset.image_size {spec.dataset.input_size}); use sampled:K (K views per image, "
+            "K at least train.epochs) or none (the teacher runs on every batch)"
+        )
+
+
 def from_dict(data: dict[str, Any]) -> Spec:
     """Validate plain data into a :class:`Spec` (the form stored on a study, too)."""
     spec = build(Spec, data, "")
@@ -464,6 +533,7 @@ def from_dict(data: dict[str, Any]) -> Spec:
             f"({SPEC_VERSION}); upgrade kdsearch"
         )
     _check_space(spec)
+    _check_cache(spec)
     return spec
 
 

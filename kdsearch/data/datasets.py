@@ -35,17 +35,48 @@ UNLABELED = -100
 
 @dataclass(frozen=True)
 class Images:
-    """Images (uint8, N×3×32×32) with integer labels (``UNLABELED`` where withheld)."""
+    """Images (uint8, N×3×S×S) with integer labels (``UNLABELED`` where withheld).
+
+    With ``rows`` set, ``x`` is a store shared by every process (a memory-mapped file) and
+    image ``i`` is ``x[rows[i]]``: subsets and splits select rows instead of copying pixels,
+    which would give each worker a private copy of the data set.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def shared(self) -> bool:
+        """Whether the pixels stay in the shared store (gathered per batch, never copied)."""
+        return self.rows is not None
+
     def subset(self, idx: np.ndarray | torch.Tensor) -> Images:
         idx = torch.as_tensor(idx, dtype=torch.long)
+        if self.rows is not None:
+            return Images(self.x, self.y[idx], self.rows[idx])
         return Images(self.x[idx], self.y[idx])
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """The pixels of images ``idx`` (a copy for a shared store, on the store's device)."""
+        if self.rows is None:
+            return self.x[idx]
+        return self.x.index_select(0, self.rows[idx.cpu()])
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor:
+        """The pixels of images ``start`` to ``stop - 1``."""
+        if self.rows is None:
+            return self.x[start:stop]
+        return self.take(torch.arange(start, min(stop, len(self))))
+
+    def materialized(self) -> Images:
+        """The same images in this process's own memory (the small-data path)."""
+        if self.rows is None:
+            return self
+        return Images(self.take(torch.arange(len(self))), self.y)
 
 
 @dataclass(frozen=True)
@@ -83,16 +114,70 @@ names = _LOADERS.names
 
 
 def load_raw(spec: DatasetSpec) -> RawDataset:
-    """The data set's train and test parts; ``dataset.normalization`` replaces its constants."""
+    """The data set's train and test parts, at the spec's stored size and in its store;
+    ``dataset.normalization`` replaces its constants."""
     loader = _LOADERS.get(spec.name)
+    options = dict(spec.options)
+    folder = spec.name == "imagefolder"
+    if folder:  # decoded once at the stored size, into a cache file that can be mapped
+        options.update(
+            storage_size=spec.stored_size,
+            squash=spec.squash,
+            skip_unreadable=spec.skip_unreadable,
+            mmap=True,
+        )
     try:
-        raw = loader(resolve(spec.root), spec.download, **spec.options)
+        raw = loader(resolve(spec.root), spec.download, **options)
     except TypeError as err:
         raise KDSearchError(f"dataset.options: {err} (for data set {spec.name!r})") from None
+    if not folder:
+        raw = replace(
+            raw,
+            train=_resized(raw.train, spec.stored_size),
+            test=_resized(raw.test, spec.stored_size),
+        )
+    raw = _stored(raw, spec.store, already_mapped=folder)
     if spec.normalization is not None:
         mean, std = normalization.parse(spec.normalization, "dataset.normalization")
         raw = replace(raw, mean=mean, std=std)
     return raw
+
+
+def _resized(images: Images, side: int) -> Images:
+    """``images`` resized to ``side``² (antialiased bilinear), for a built-in data set whose
+    own size differs from the spec's ``image_size``."""
+    if images.x.shape[-1] == side and images.x.shape[-2] == side:
+        return images
+    out = torch.empty((len(images), images.x.shape[1], side, side), dtype=torch.uint8)
+    for first in range(0, len(images), 1024):
+        part = images.x[first : first + 1024].float()
+        part = torch.nn.functional.interpolate(
+            part, size=(side, side), mode="bilinear", antialias=True, align_corners=False
+        )
+        out[first : first + 1024] = part.round().clamp(0, 255).to(torch.uint8)
+    return Images(out, images.y)
+
+
+def _stored(raw: RawDataset, mode: str, already_mapped: bool) -> RawDataset:
+    """Train and test images in the store ``dataset.store`` names (see :mod:`store`).
+
+    ``already_mapped``: the loader returned tensors mapped from its own cache file.
+    """
+    from kdsearch.data import store
+
+    nbytes = raw.train.x.numel() + raw.test.x.numel()
+    if store.mapped(mode, nbytes):
+
+        def keep(images: Images) -> Images:
+            x = images.x if already_mapped else store.share(images.x)
+            return Images(x, images.y, torch.arange(len(images)))
+
+    else:
+
+        def keep(images: Images) -> Images:
+            return Images(images.x.clone(), images.y) if already_mapped else images
+
+    return replace(raw, train=keep(raw.train), test=keep(raw.test))
 
 
 def split(raw: RawDataset, spec: DatasetSpec) -> Splits:
@@ -167,14 +252,30 @@ def cifar100(root: Path, download: bool) -> RawDataset:
 
 
 @register("imagefolder")
-def imagefolder(root: Path, download: bool, image_size: int = 32) -> RawDataset:
-    """Your own images: ``root/train/<class>/*`` and ``root/test/<class>/*``.
+def imagefolder(
+    root: Path,
+    download: bool,
+    storage_size: int = 32,
+    squash: bool = False,
+    skip_unreadable: bool = False,
+    mmap: bool = False,
+) -> RawDataset:
+    """Your own images: ``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val/``).
 
+    Stored at ``storage_size`` pixels square (see :mod:`kdsearch.data.imagefolder`).
     Normalization constants are the training images' own (unless the spec gives them).
     """
+    import logging
+
     from kdsearch.data import imagefolder as folders
 
-    parts, classes = folders.load(root, image_size)
+    parts, classes, skipped = folders.load(root, storage_size, squash, skip_unreadable, mmap)
+    if any(skipped.values()):
+        logging.getLogger(__name__).warning(
+            "skipped unreadable images in %s: %s",
+            root,
+            ", ".join(f"{len(names)} of {split}" for split, names in skipped.items()),
+        )
     train, test = (Images(*parts[split]) for split in folders.SPLITS)
     return RawDataset(train, test, len(classes), *_stats_in_chunks(train.x), classes)
 
@@ -254,9 +355,21 @@ def _stats_in_chunks(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+#: The settings that decide what a network sees at evaluation, stored with a checkpoint.
+SIZE_KEYS = ("image_size", "storage_size", "squash", "crop")
+
+
 def describe(spec: DatasetSpec) -> dict[str, Any]:
-    """The identity of a data set as stored in checkpoint metadata."""
-    out = {"name": spec.name, "options": dict(spec.options)}
+    """The identity of a data set as stored in checkpoint metadata (with its sizes and crop
+    where they are not the defaults, so `evaluate` sees what training evaluated on)."""
+    out: dict[str, Any] = {"name": spec.name, "options": dict(spec.options)}
     if spec.name == "imagefolder":
         out["root"] = spec.root
+    if spec.image_size is not None or spec.storage_size is not None or spec.squash:
+        out.update(
+            image_size=spec.input_size,
+            storage_size=spec.stored_size,
+            squash=spec.squash,
+            crop=spec.crop_mode,
+        )
     return out

@@ -241,8 +241,8 @@ class Objective:
         model = nets.create(
             spec.student.arch, num_classes=self.ctx.num_classes, **spec.student.kwargs
         )
-        shape = tuple(self.ctx.data.train.x.shape[1:])
-        return nets.measure(model, shape, self.ctx.device)
+        side = spec.dataset.input_size
+        return nets.measure(model, (3, side, side), self.ctx.device)
 
     def _discard(self, trial: optuna.Trial, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)

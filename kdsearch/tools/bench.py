@@ -32,6 +32,7 @@ from torch import nn
 
 from kdsearch import nets
 from kdsearch.config.spec import Spec, from_dict
+from kdsearch.data.augment import PadCrop
 from kdsearch.data.datasets import Images, load
 from kdsearch.errors import KDSearchError
 from kdsearch.training.loop import DeviceData, Run, fit, resolve_device
@@ -156,7 +157,7 @@ def build_cache(
     teacher: nn.Module, data: DeviceData, spec: Spec
 ) -> tuple[CachedTeacher, float, int]:
     """The teacher cache as a study builds it (in memory, no file): table, seconds, bytes."""
-    device = data.train.x.device
+    device = data.device
     start = time.perf_counter()
     slots = slot_views(data, spec.distill.cache_views(), spec.train.seed)
     net = TeacherNet(teacher, data.mean.flatten().tolist(), data.std.flatten().tolist())
@@ -237,7 +238,7 @@ def run(device_name: str = "cpu", images: int | None = None) -> tuple[dict[str, 
             f"train on; use {max(2, images + 1)}"
         )
     distill, plain = _spec(images, ALPHA, cache_mode), _spec(images, 0.0, cache_mode)
-    data = DeviceData.from_splits(load(distill.dataset), device, augment=True)
+    data = DeviceData.from_splits(load(distill.dataset), device, PadCrop(augment=True))
     torch.manual_seed(0)
     teacher = nets.create("resnet18").eval()
     say = functools.partial(print, "bench:", file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ import torch
 
 from kdsearch import nets
 from kdsearch.config.spec import DatasetSpec
-from kdsearch.data import datasets
+from kdsearch.data import augment, datasets
 from kdsearch.errors import KDSearchError
 from kdsearch.training.loop import DeviceData, predict, resolve_device
 from kdsearch.training.model_files import input_normalization, load_checkpoint, model_of
@@ -30,10 +30,12 @@ def evaluate_checkpoint(
         dataset = specs.load(spec_path).dataset
     else:
         meta = ckpt.get("dataset", {})
+        sizes = {k: meta[k] for k in datasets.SIZE_KEYS if k in meta}
         dataset = DatasetSpec(
             name=meta.get("name", "cifar10"),
             root=meta.get("root", DatasetSpec.root),
             options=meta.get("options", {}),
+            **sizes,
         )
     dev = resolve_device(device or "auto")
     splits = datasets.load(dataset)
@@ -44,7 +46,8 @@ def evaluate_checkpoint(
         )
     # The network sees its input normalized as it was trained, whatever the data set's are.
     mean, std = input_normalization(ckpt)
-    data = DeviceData.from_splits(replace(splits, mean=mean, std=std), dev, augment=False)
+    view = augment.for_dataset(replace(dataset, augment=False))
+    data = DeviceData.from_splits(replace(splits, mean=mean, std=std), dev, view)
     model = model_of(ckpt).to(dev)
     logits = predict(model, data, data.test)
     y = data.test.y

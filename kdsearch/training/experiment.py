@@ -17,7 +17,7 @@ import torch
 
 from kdsearch import nets
 from kdsearch.config.spec import Spec
-from kdsearch.data import datasets
+from kdsearch.data import augment, datasets
 from kdsearch.errors import KDSearchError
 from kdsearch.training.loop import (
     DeviceData,
@@ -53,7 +53,7 @@ class Context:
     def load(cls, spec: Spec, device: str | None = None, with_teacher: bool = True) -> Context:
         dev = resolve_device(device or spec.train.device)
         splits = datasets.load(spec.dataset)
-        data = DeviceData.from_splits(splits, dev, spec.dataset.augment)
+        data = DeviceData.from_splits(splits, dev, augment.for_dataset(spec.dataset))
         teacher = None
         if with_teacher and spec.teacher is not None:
             from kdsearch.training.teacher import teacher_logits

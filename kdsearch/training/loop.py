@@ -34,6 +34,8 @@ from torch import nn
 from kdsearch import distill
 from kdsearch.config.spec import Spec
 from kdsearch.data import views
+from kdsearch.data.augment import Augmentation
+from kdsearch.data.batches import batches
 from kdsearch.data.datasets import UNLABELED, Images, Splits
 from kdsearch.errors import KDSearchError
 from kdsearch.files import atomic_save, safe_load
@@ -56,7 +58,8 @@ class TeacherLogits(Protocol):
     model: nn.Module | None
 
     def draw_views(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
-        """A view index per image (and a token ``logits`` needs to find them)."""
+        """A view per image (see :mod:`kdsearch.data.augment`), and a token ``logits`` needs to
+        find them."""
 
     def logits(self, idx: torch.Tensor, token: Any, images: torch.Tensor) -> torch.Tensor:
         """Teacher logits for images ``idx`` under the drawn views (``images``: those views as
@@ -74,7 +77,11 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class DeviceData:
-    """The splits on one device, plus normalization constants shaped for broadcasting."""
+    """The splits for one device, plus normalization constants shaped for broadcasting.
+
+    Images in process memory move onto the device; images in a shared store stay there (only
+    their labels move) and reach the device a batch at a time (:mod:`kdsearch.data.batches`).
+    """
 
     train: Images
     val: Images
@@ -82,11 +89,13 @@ class DeviceData:
     mean: torch.Tensor
     std: torch.Tensor
     num_classes: int
-    view_set: torch.Tensor
+    augment: Augmentation
 
     @classmethod
-    def from_splits(cls, splits: Splits, device: torch.device, augment: bool) -> DeviceData:
+    def from_splits(cls, splits: Splits, device: torch.device, augment: Augmentation) -> DeviceData:
         def move(images: Images) -> Images:
+            if images.shared:
+                return Images(images.x, images.y.to(device), images.rows)
             return Images(images.x.to(device), images.y.to(device))
 
         return cls(
@@ -96,12 +105,20 @@ class DeviceData:
             mean=torch.tensor(splits.mean, device=device).view(-1, 1, 1),
             std=torch.tensor(splits.std, device=device).view(-1, 1, 1),
             num_classes=splits.num_classes,
-            view_set=views.view_set(augment).to(device),
+            augment=augment,
         )
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images to the network's input: normalized float, channels-last (see place)."""
         return views.normalize(x, self.mean, self.std).contiguous(memory_format=torch.channels_last)
+
+    def centred(self, images: Images, start: int, stop: int) -> torch.Tensor:
+        """Images ``start`` to ``stop - 1`` in their evaluation view, uint8 on the device."""
+        return self.augment.centre(images.chunk(start, stop)).to(self.device)
 
 
 @dataclass
@@ -169,9 +186,16 @@ def make_schedule(optimizer: torch.optim.Optimizer, spec: Spec, steps_per_epoch:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-#: Images per forward pass without gradients. On a CPU, batches that fit the caches win:
-#: cnn5 and ResNet-20 infer 1.5-4x faster at 256 than at 1024 (bench/RESULTS.md).
+#: Images per forward pass without gradients, at 32 px. On a CPU, batches that fit the caches
+#: win: cnn5 and ResNet-20 infer 1.5-4x faster at 256 than at 1024 (bench/RESULTS.md).
 PREDICT_BATCH = {"cuda": 8192, "cpu": 256}
+
+
+def predict_batch(device: torch.device, side: int) -> int:
+    """:data:`PREDICT_BATCH` for ``side``-pixel images: the same pixels per batch (at least 16),
+    so a 224 px batch holds what a 32 px one does."""
+    base = PREDICT_BATCH["cuda" if device.type == "cuda" else "cpu"]
+    return max(16, base * 32 * 32 // (side * side))
 
 
 def place(model: nn.Module, device: torch.device) -> nn.Module:
@@ -189,7 +213,7 @@ def predict(
     No gradients are kept, so a GPU takes far bigger batches than training does; a batch that
     runs out of memory is halved and retried.
     """
-    batch = batch or PREDICT_BATCH["cuda" if images.x.is_cuda else "cpu"]
+    batch = batch or predict_batch(data.device, images.x.shape[-1])
     try:
         return _predict(model, data, images, batch)
     except torch.OutOfMemoryError:
@@ -201,12 +225,12 @@ def predict(
 
 def _predict(model: nn.Module, data: DeviceData, images: Images, batch: int) -> torch.Tensor:
     was_training = model.training
-    model = place(model, images.x.device).eval()
+    model = place(model, data.device).eval()
     out = []
     try:
         for start in range(0, len(images), batch):
-            with _autocast(images.x.device):
-                out.append(model(data.prepare(images.x[start : start + batch])).float())
+            with _autocast(data.device):
+                out.append(model(data.prepare(data.centred(images, start, start + batch))).float())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, data.num_classes)
@@ -254,7 +278,7 @@ class Run:
 def fit(run: Run) -> History:
     """Train ``run.model`` to the spec's epochs, resuming from ``workdir/last.pt`` if present."""
     spec, model, data = run.spec, run.model, run.data
-    device = data.train.x.device
+    device = data.device
     torch.manual_seed(spec.train.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -342,7 +366,7 @@ def _attach_hooks(
     # Layer names are the architecture's own, not those of the normalizing wrapper around it.
     named = getattr(teacher_net, "net", teacher_net)
     hooks = (student, distill.FeatureHooks(named, method.teacher_layers(), "teacher"))
-    raw = data.train.x[:2]  # the teacher normalizes its uint8 input itself
+    raw = data.centred(data.train, 0, 2)  # the teacher normalizes its uint8 input itself
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -368,7 +392,7 @@ def _train_epoch(
     Returns (mean loss, mean of each named term, correct labeled, images used).
     """
     spec, data = run.spec, run.data
-    device = data.train.x.device
+    device = data.device
     distilling = run.teacher is not None and spec.distill.alpha > 0
     n, bs = len(data.train), spec.train.batch_size
     order = torch.randperm(n, device=device, generator=gen)
@@ -378,16 +402,14 @@ def _train_epoch(
     used = _used(n, spec)
     per_batch = _per_batch(spec)
     run.model.train()
-    for first in range(0, used, bs):
+    for idx, pixels in batches(data.train, order[:used], bs, device):
         if run.should_stop():
             raise StopRequested(f"stop requested during epoch {epoch + 1}")
-        idx = order[first : first + bs]
         if distilling:
-            view_idx, token = run.teacher.draw_views(idx, gen)
+            view, token = run.teacher.draw_views(idx, gen)
         else:
-            pick = torch.randint(len(data.view_set), (len(idx),), device=device, generator=gen)
-            view_idx, token = data.view_set[pick], None
-        raw = views.apply(data.train.x[idx], view_idx)
+            view, token = data.augment.draw(len(idx), gen), None
+        raw = data.augment.apply(pixels, view)
         x = data.prepare(raw)
         y = data.train.y[idx]
         with _autocast(device):

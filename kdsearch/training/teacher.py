@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,10 @@ from torch import nn
 
 from kdsearch.config.spec import Spec
 from kdsearch.data import views
+from kdsearch.data.augment import Augmentation
 from kdsearch.errors import KDSearchError
 from kdsearch.paths import models_dir, resolve
-from kdsearch.training.loop import PREDICT_BATCH, DeviceData, place
+from kdsearch.training.loop import DeviceData, place, predict_batch
 from kdsearch.training.model_files import (
     atomic_save,
     input_normalization,
@@ -104,15 +106,14 @@ class CachedTeacher:
 
 
 class OnlineTeacher:
-    """The teacher run on every batch: for augmentations that cannot be enumerated."""
+    """The teacher run on every batch: for features, or views no cache holds."""
 
-    def __init__(self, model: TeacherNet, view_set: torch.Tensor) -> None:
+    def __init__(self, model: TeacherNet, augment: Augmentation) -> None:
         self.model = model.eval()
-        self.view_set = view_set
+        self.augment = augment
 
     def draw_views(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
-        pick = torch.randint(len(self.view_set), (len(idx),), device=idx.device, generator=gen)
-        return self.view_set[pick], None
+        return self.augment.draw(len(idx), gen), None
 
     @torch.no_grad()
     def logits(self, idx: torch.Tensor, token: Any, images: torch.Tensor) -> torch.Tensor:
@@ -125,20 +126,27 @@ def cache_key(model: TeacherNet, data: DeviceData, spec: Spec) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(data.train.x.cpu().numpy().tobytes())
+    for first in range(0, len(data.train), 4096):  # a chunk at a time: no copy of a big store
+        h.update(data.train.chunk(first, first + 4096).cpu().contiguous().numpy())
     per_image = spec.distill.cache_views()
     seed = spec.train.seed if per_image else None  # only sampled views depend on the seed
-    h.update(repr((spec.dataset.augment, per_image, seed)).encode())
+    h.update(repr((data.augment.describe(), per_image, seed)).encode())
     h.update(str(CACHE_FORMAT).encode())
     return h.hexdigest()[:24]
 
 
 def slot_views(data: DeviceData, per_image: int | None, seed: int) -> torch.Tensor:
-    """N×V view indices: every view, or ``per_image`` seeded draws per image."""
-    n, view_set = len(data.train), data.view_set.cpu()
+    """The views each image's slots hold: N×V view indices (every view, or ``per_image``
+    distinct seeded ones) for enumerable views, N×V×5 seeded boxes for random-resized crops."""
+    n, augment = len(data.train), data.augment
+    gen = torch.Generator().manual_seed(seed)
+    if not augment.enumerable:
+        if per_image is None:  # refused with the spec; kept as a guard for direct callers
+            raise KDSearchError("distill.teacher_cache: all_views needs enumerable views")
+        return augment.draw(n * per_image, gen).view(n, per_image, -1)
+    view_set = augment.all_views()
     if per_image is None or per_image >= len(view_set):
         return view_set.expand(n, -1).clone()
-    gen = torch.Generator().manual_seed(seed)
     keys = torch.rand(n, len(view_set), generator=gen)
     return view_set[keys.argsort(dim=1)[:, :per_image]]
 
@@ -148,17 +156,18 @@ def compute_logits(
     model: TeacherNet, data: DeviceData, slot_views: torch.Tensor, batch: int | None = None
 ) -> torch.Tensor:
     """Teacher logits (fp16, N×V×C on the CPU) for every image under every slot's view."""
-    device = data.train.x.device
-    batch = batch or PREDICT_BATCH[device.type if device.type == "cuda" else "cpu"]
+    device = data.device
+    batch = batch or predict_batch(device, data.train.x.shape[-1])
     model = place(model, device).eval()
-    n, v = slot_views.shape
+    n, v = slot_views.shape[:2]
     out = torch.empty(n, v, data.num_classes, dtype=torch.float16)
     slot_views = slot_views.to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for j in range(v):
-        for first in range(0, n, batch):
-            idx = torch.arange(first, min(n, first + batch), device=device)
-            x = views.apply(data.train.x[idx], slot_views[idx, j])
+    for first in range(0, n, batch):
+        idx = torch.arange(first, min(n, first + batch), device=device)
+        pixels = data.train.chunk(first, first + batch).to(device)
+        for j in range(v):
+            x = data.augment.apply(pixels, slot_views[idx, j])
             with autocast:
                 out[first : first + len(idx), j] = model(x).float().cpu().half()
     return out
@@ -176,12 +185,13 @@ def _read(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        # Mapped, not read: every worker on the machine shares one copy through the page cache.
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         logits, view_ids = blob["logits"], blob["view_ids"]
         if (
             blob["format"] == CACHE_FORMAT
             and _checksum(logits, view_ids) == blob["checksum"]
-            and logits.shape[:2] == view_ids.shape
+            and logits.shape[:2] == view_ids.shape[:2]
         ):
             return blob
         reason = "checksum mismatch"
@@ -214,7 +224,7 @@ def build_or_load(model: TeacherNet, data: DeviceData, spec: Spec) -> tuple[Cach
                 "checksum": _checksum(logits, slots),
             }
             atomic_save(blob, path)
-    device = data.train.x.device
+    device = data.device
     return CachedTeacher(blob["logits"].to(device), blob["view_ids"].to(device)), path
 
 
@@ -222,11 +232,12 @@ def teacher_logits(spec: Spec, data: DeviceData) -> CachedTeacher | OnlineTeache
     """What the training loop distills from, per ``distill.teacher_cache``; None without one."""
     if spec.teacher is None:
         return None
-    model = load_teacher(spec, data.num_classes).to(data.train.x.device)
+    model = load_teacher(spec, data.num_classes).to(data.device)
     per_image = spec.distill.cache_views()
     if per_image == 0:
-        return OnlineTeacher(model, data.view_set)
-    if per_image is not None and per_image < min(len(data.view_set), spec.train.epochs):
+        return OnlineTeacher(model, data.augment)
+    n_views = len(data.augment.all_views()) if data.augment.enumerable else math.inf
+    if per_image is not None and per_image < min(n_views, spec.train.epochs):
         # A distilled student can only train on views whose teacher outputs are stored, while
         # a baseline trains on all of them. With fewer stored views than epochs the two no
         # longer see the same augmentation; with at least as many (sampled:32 for 30 epochs)
@@ -238,7 +249,7 @@ def teacher_logits(spec: Spec, data: DeviceData) -> CachedTeacher | OnlineTeache
             "train.epochs, all_views or none",
             per_image,
             per_image,
-            len(data.view_set),
+            n_views,
             spec.train.epochs,
         )
     return build_or_load(model, data, spec)[0]
