@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,11 +17,13 @@ from subprocess import CompletedProcess
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from kdsearch.config import spec as specs
 from kdsearch.data import datasets as data
+from kdsearch.data import imagefolder as folders
 from kdsearch.errors import KDSearchError
 
 CLI = Callable[..., CompletedProcess[str]]
@@ -74,10 +77,10 @@ def test_tree_loads_with_sorted_classes_rgb_and_resizing(kd_home: Path) -> None:
     assert raw.std == pytest.approx(x.std((0, 2, 3)).tolist(), abs=1e-9)
 
 
-def test_image_size_option_resizes(kd_home: Path) -> None:
+def test_storage_size_is_part_of_the_cache_key(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics")
-    raw = data.load_raw(_spec(root, options={"image_size": 16}))
-    assert raw.train.x.shape[1:] == (3, 16, 16)
+    assert data.imagefolder(root, False).train.x.shape[1:] == (3, 32, 32)
+    assert data.imagefolder(root, False, storage_size=16).train.x.shape[1:] == (3, 16, 16)
 
 
 def test_spec_normalization_replaces_the_computed_one(kd_home: Path) -> None:
@@ -88,24 +91,123 @@ def test_spec_normalization_replaces_the_computed_one(kd_home: Path) -> None:
     assert (raw.mean, raw.std) == ((0.5,) * 3, (0.25,) * 3)
 
 
-def test_mismatched_class_folders_is_one_clear_error(kd_home: Path) -> None:
+def test_held_out_class_missing_from_training_is_one_clear_error(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics")
     (root / "test" / "ship").rename(root / "test" / "shipp")
     with pytest.raises(KDSearchError) as err:
         data.load_raw(_spec(root))
     msg = str(err.value)
-    assert "different class folders" in msg and "'ship'" in msg and "'shipp'" in msg
-    assert "\n" not in msg
+    assert "pics/test has class folders that" in msg and "pics/train lacks: 'shipp'" in msg
+    assert "add them to train/ or remove them from test/" in msg and "\n" not in msg
 
 
-def test_missing_split_folder_names_the_layout(kd_home: Path) -> None:
+def test_held_out_labels_follow_class_names_when_it_lacks_a_class(
+    kd_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No test/cat: dog and ship keep their training indices 1 and 2, not their own 0 and 1."""
+    root = write_tree(kd_home / "pics", {"train": 2, "test": 2})
+    shutil.rmtree(root / "test" / "cat")
+    with caplog.at_level(logging.WARNING, logger="kdsearch.data.imagefolder"):
+        raw = data.load_raw(_spec(root))
+    assert raw.classes == CLASSES
+    assert raw.test.y.tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
+    for i in (0, 1, 4, 5):  # the PNG files: the class's bright channel is exactly 200
+        assert (raw.test.x[i, raw.test.y[i]] == 200).all()
+    assert any("training classes 'cat'" in r.getMessage() for r in caplog.records)
+
+
+def test_val_is_the_held_out_split_where_there_is_no_test(kd_home: Path) -> None:
+    root = write_tree(kd_home / "pics", {"train": 2, "val": 1})
+    raw = data.load_raw(_spec(root))
+    assert len(raw.train) == 3 * 4 and len(raw.test) == 3 * 3
+    assert raw.test.y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_with_test_and_val_test_is_held_out_and_val_ignored(
+    kd_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_tree(kd_home / "pics", {"train": 2, "test": 1, "val": 3})
+    with caplog.at_level(logging.WARNING, logger="kdsearch.data.imagefolder"):
+        raw = data.load_raw(_spec(root))
+    assert len(raw.test) == 3 * 3  # test/'s 3 files per class, not val/'s 5
+    assert any("val/ is not used" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_split_folder_names_both_layouts(kd_home: Path) -> None:
     root = kd_home / "pics"
     (root / "train" / "cat").mkdir(parents=True)
+    (root / "val").mkdir()
     with pytest.raises(KDSearchError, match=r"train: Found no valid file for the classes cat"):
         data.load_raw(_spec(root))
     Image.fromarray(_pixels(0, 0)).save(root / "train" / "cat" / "a.png")
-    with pytest.raises(KDSearchError, match=r"test is not a folder.*train/<class>/"):
+    (root / "val").rmdir()
+    with pytest.raises(KDSearchError) as err:
         data.load_raw(_spec(root))
+    msg = str(err.value)
+    assert "has no test or val folder" in msg and "pics/test/<class>/" in msg
+    assert "pics/val/<class>/" in msg and "\n" not in msg
+
+
+def _bands(width: int, height: int) -> np.ndarray:
+    """A ``width×height`` image: green outer quarters, red and blue centre quarters."""
+    quarter = width // 4
+    img = np.zeros((height, width, 3), np.uint8)
+    img[:, :quarter, 1] = img[:, 3 * quarter :, 1] = 255
+    img[:, quarter : 2 * quarter, 0] = 255
+    img[:, 2 * quarter : 3 * quarter, 2] = 255
+    return img
+
+
+def _colour(column: torch.Tensor) -> str:
+    """The one saturated colour of a ``3×n`` strip of pixels, or "mixed"."""
+    for name, rgb in (("red", (255, 0, 0)), ("green", (0, 255, 0)), ("blue", (0, 0, 255))):
+        if (column.int() - torch.tensor(rgb)[:, None]).abs().max() <= 8:
+            return name
+    return "mixed"
+
+
+def test_shorter_side_resized_and_centre_kept_or_squashed(kd_home: Path) -> None:
+    """40×20 and 20×40 stored at 16: the centre 20×20 square, or with squash all of it."""
+    root = kd_home / "pics"
+    for split in ("train", "test"):
+        (root / split / "a").mkdir(parents=True)
+        Image.fromarray(_bands(40, 20)).save(root / split / "a" / "wide.png")
+        Image.fromarray(_bands(40, 20).transpose(1, 0, 2)).save(root / split / "a" / "tall.png")
+    crop = folders.load(root, 16)[0]["train"][0]
+    squash = folders.load(root, 16, squash=True)[0]["train"][0]
+    assert crop.shape == squash.shape == (2, 3, 16, 16)
+    tall, wide = crop[0], crop[1]  # sorted file names
+    cropped = ["red"] * 7 + ["mixed"] * 2 + ["blue"] * 7
+    assert [_colour(wide[:, :, c]) for c in range(16)][1:-1] == cropped[1:-1]
+    assert [_colour(tall[:, r, :]) for r in range(16)][1:-1] == cropped[1:-1]
+    whole = [_colour(squash[1][:, :, c]) for c in range(16)]
+    assert whole[:3] == ["green"] * 3 and whole[-3:] == ["green"] * 3
+    assert "red" in whole and "blue" in whole
+
+
+def test_image_modes_become_rgb_with_transparency_on_white(kd_home: Path) -> None:
+    folder = kd_home / "pics" / "train" / "a"
+    folder.mkdir(parents=True)
+    Image.new("L", (4, 4), 77).save(folder / "1-grey.png")
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(folder / "2-grey16.png")
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putpixel((0, 0), 1)  # blue, opaque; the rest red and transparent
+    palette.save(folder / "3-palette.png", transparency=0)
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 255  # red, transparent ...
+    rgba[0, 0] = (0, 0, 255, 255)  # ... but one opaque blue pixel
+    rgba[0, 1] = (0, 0, 0, 128)  # and one half-transparent black one
+    Image.fromarray(rgba, "RGBA").save(folder / "4-rgba.png")
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(folder / "5-cmyk.tif")
+    shutil.copytree(folder.parent, kd_home / "pics" / "test")
+    x = folders.load(kd_home / "pics", 4)[0]["train"][0].permute(0, 2, 3, 1)
+    grey, grey16, pal, rgba_, cmyk = x.tolist()
+    assert grey[1][1] == [77, 77, 77] and grey16[1][1] == [156, 156, 156]  # 40000 / 256
+    assert pal[0][0] == [0, 0, 255] and pal[1][1] == [255, 255, 255]
+    assert rgba_[0][0] == [0, 0, 255] and rgba_[1][1] == [255, 255, 255]
+    assert rgba_[0][1] == pytest.approx([127, 127, 127], abs=1)
+    assert cmyk[1][1] == [255, 0, 0]
 
 
 def test_decoded_images_are_cached_and_refreshed_when_files_change(
@@ -136,6 +238,82 @@ def test_corrupt_image_is_named(kd_home: Path) -> None:
     (root / "test" / "dog" / "0000.png").write_bytes(b"not a png")
     with pytest.raises(KDSearchError, match=r"dog/0000.png is not a readable image"):
         data.load_raw(_spec(root))
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_jpeg_is_one_line_naming_the_file_and_the_fix(kd_home: Path) -> None:
+    root = write_tree(kd_home / "pics")
+    _truncate(root / "train" / "dog" / "big.jpg")
+    with pytest.raises(KDSearchError) as err:
+        data.imagefolder(root, False)
+    msg = str(err.value)
+    assert "dog/big.jpg is not a readable image (image file is truncated" in msg
+    assert "dataset.skip_unreadable: true" in msg and "\n" not in msg
+
+
+def test_skip_unreadable_skips_counts_and_lists_the_files(
+    kd_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_tree(kd_home / "pics", {"train": 2, "test": 2})
+    _truncate(root / "train" / "dog" / "big.jpg")
+    (root / "test" / "cat" / "0001.png").write_bytes(b"not a png")
+    _truncate(root / "test" / "ship" / "0000.png")
+    with caplog.at_level(logging.WARNING, logger="kdsearch.data"):
+        raw = data.imagefolder(root, False, skip_unreadable=True)
+    assert any("1 of train, 2 of test" in r.getMessage() for r in caplog.records)
+    assert len(raw.train) == 3 * 4 - 1 and len(raw.test) == 3 * 4 - 2
+    assert raw.train.y.tolist() == [0] * 4 + [1] * 3 + [2] * 4
+    assert (raw.train.x[6] == raw.train.x[6, 0]).all()  # dog's gray.png, moved up one row
+    skipped = folders.load(root, 32, skip_unreadable=True)[2]
+    assert skipped == {
+        "train": ["train/dog/big.jpg"],
+        "test": ["test/cat/0001.png", "test/ship/0000.png"],
+    }
+
+
+def _mapped_file(t: torch.Tensor) -> str | None:
+    """The file whose memory map holds ``t``'s pixels (Linux), or None for private memory."""
+    ptr = t.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        low, high = (int(v, 16) for v in fields[0].split("-"))
+        if low <= ptr < high:
+            return fields[5] if len(fields) > 5 and fields[5].startswith("/") else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
+def test_mmap_load_maps_the_cache_file_and_equals_a_plain_load(kd_home: Path) -> None:
+    root = write_tree(kd_home / "pics")
+    first = folders.load(root, 32, mmap=True)[0]  # decoded, then mapped from the new file
+    plain = folders.load(root, 32)[0]
+    mapped = folders.load(root, 32, mmap=True)[0]
+    (cache,) = (kd_home / "models" / "cache").glob("images-*.pt")
+    for split in folders.SPLITS:
+        for a, b, c in zip(first[split], plain[split], mapped[split], strict=True):
+            assert torch.equal(a, b) and torch.equal(b, c)
+        assert _mapped_file(plain[split][0]) is None
+        assert _mapped_file(first[split][0]) == _mapped_file(mapped[split][0]) == str(cache)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_truncated_cache_file_is_rebuilt_with_a_warning(
+    kd_home: Path, caplog: pytest.LogCaptureFixture, mmap: bool
+) -> None:
+    root = write_tree(kd_home / "pics")
+    first = folders.load(root, 32)[0]
+    (cache,) = (kd_home / "models" / "cache").glob("images-*.pt")
+    _truncate(cache)
+    with caplog.at_level(logging.INFO, logger="kdsearch.data.imagefolder"):
+        again = folders.load(root, 32, mmap=mmap)[0]
+    assert any("is unreadable" in r.getMessage() for r in caplog.records)
+    assert any("decoding the images" in r.getMessage() for r in caplog.records)
+    assert torch.equal(again["train"][0], first["train"][0])
+    assert torch.load(cache, weights_only=True, mmap=True)["format"] == folders.FORMAT
 
 
 @pytest.mark.slow
