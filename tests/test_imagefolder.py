@@ -81,6 +81,7 @@ def test_storage_size_is_part_of_the_cache_key(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics")
     assert data.imagefolder(root, False).train.x.shape[1:] == (3, 32, 32)
     assert data.imagefolder(root, False, storage_size=16).train.x.shape[1:] == (3, 16, 16)
+    assert len(list((kd_home / "models" / "cache").glob("images-*.pt"))) == 2
 
 
 def test_spec_normalization_replaces_the_computed_one(kd_home: Path) -> None:
