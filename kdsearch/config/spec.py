@@ -455,8 +455,7 @@ def _check_registries(spec: Spec) -> None:
             if ALIASES.get(k, k).startswith(f"{key}.kwargs.")
         ]
         for arch in archs:  # every searched architecture takes every set or searched kwarg
-            if arch not in nets.names():
-                raise unknown_name(f"{key}.arch", arch, nets.names())
+            nets.check_arch(arch, f"{key}.arch")
             allowed = nets.kwarg_names(arch)
             for name in [*net.kwargs, *searched]:
                 if name not in allowed:

@@ -1,7 +1,8 @@
 """The network zoo: every architecture registered by name, plus size measurements.
 
 Importing this package imports each network module so its ``@register`` runs; add a network by
-writing one module with a decorated builder and listing it here.
+writing one module with a decorated builder and listing it here. torchvision and timm models
+are named ``torchvision:NAME`` and ``timm:NAME`` (:mod:`kdsearch.nets.library`).
 """
 
 from __future__ import annotations
@@ -9,15 +10,21 @@ from __future__ import annotations
 from kdsearch.nets import cnn5, densenet, preresnet, resnet, resnet_cifar, resnext, wrn  # noqa: F401
 from kdsearch.nets.cost import Cost, measure
 from kdsearch.nets.flops import count_parameters, forward_flops
-from kdsearch.nets.registry import create, kwarg_names, names, register
+from kdsearch.nets.heads import replace_head
+from kdsearch.nets.library import is_library, without_weights
+from kdsearch.nets.registry import check_arch, create, kwarg_names, names, register
 
 __all__ = [
     "Cost",
+    "check_arch",
     "count_parameters",
     "create",
     "forward_flops",
+    "is_library",
     "kwarg_names",
     "measure",
     "names",
     "register",
+    "replace_head",
+    "without_weights",
 ]
