@@ -80,8 +80,14 @@ def load_model(path: str | Path, what: str = "checkpoint") -> nn.Module:
 
 
 def model_of(ckpt: dict[str, Any]) -> nn.Module:
-    """The network of a loaded kdsearch checkpoint, in eval mode on the CPU."""
-    model = nets.create(ckpt["arch"], num_classes=ckpt["num_classes"], **ckpt["kwargs"])
+    """The network of a loaded kdsearch checkpoint, in eval mode on the CPU.
+
+    Built without its pretrained-weights argument: the checkpoint holds the weights, and a
+    machine without internet must load what one with internet trained.
+    """
+    arch = ckpt["arch"]
+    kwargs = nets.without_weights(arch, ckpt["kwargs"])
+    model = nets.create(arch, num_classes=ckpt["num_classes"], **kwargs)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
@@ -140,22 +146,29 @@ def mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 5) -
     return "; ".join(parts) or None
 
 
+def default_normalization(arch: str) -> str:
+    """What an imported ``arch`` was most likely trained with: torchvision and timm models on
+    ImageNet with its constants, the zoo's networks (the reference's) on CIFAR-10."""
+    return "imagenet" if nets.is_library(arch) else "cifar10"
+
+
 def import_reference(
     path: Path,
     arch: str,
     out: Path,
     num_classes: int = 10,
     kwargs: dict[str, Any] | None = None,
-    normalize: str = "cifar10",
+    normalize: str | None = None,
 ) -> nn.Module:
     """Convert a saved state dict (plain, or under ``state_dict``) into a kdsearch checkpoint.
 
     Reads files saved on CUDA, from ``nn.DataParallel`` (``module.`` keys) and by torch < 0.4.1
     (no ``num_batches_tracked``); other top-level keys (``best_prec1``, ``epoch``,
     ``optim_dict``) are ignored. ``normalize`` names the input normalization the network was
-    trained with, stored so every later use feeds it the same. Nothing is written unless every
-    key and shape matches ``arch``.
+    trained with (default :func:`default_normalization`), stored so every later use feeds it
+    the same. Nothing is written unless every key and shape matches ``arch``.
     """
+    normalize = normalize or default_normalization(arch)
     mean, std = normalization.parse(normalize, "import-checkpoint --normalization")
     raw = safe_load(path, "import-checkpoint")
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
@@ -163,7 +176,7 @@ def import_reference(
         raise KDSearchError(
             f"import-checkpoint: {path} holds neither a state dict nor a dict with 'state_dict'"
         )
-    model = nets.create(arch, num_classes=num_classes, **(kwargs or {}))
+    model = nets.create(arch, num_classes=num_classes, **nets.without_weights(arch, kwargs or {}))
     state = fill_batch_counts(model, strip_prefix(state))
     problem = mismatch(model, state)
     if problem:
