@@ -298,8 +298,8 @@ def train_teacher(
     init: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train the spec's teacher to ``out`` (default: its ``teacher.checkpoint``); with
-    ``init``, fine-tune it from that checkpoint (same arch and classes; its input
-    normalization is kept).
+    ``init``, fine-tune it from that checkpoint (same arch; its input normalization is kept,
+    and its head is replaced if it was trained on another class count).
 
     An existing file there is refused before any training unless ``force``: studies and
     teacher caches were built on it, and replacing it would silently change what they

@@ -8,6 +8,7 @@ select anything).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,8 @@ from kdsearch.training.model_files import (
     save_model,
     update_metrics,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,8 +93,9 @@ def train_student(
 ) -> Outcome:
     """Train ``spec.student`` (distilled when ``spec.distills``) and write ``out`` (best epoch).
 
-    With ``init`` (a kdsearch checkpoint of the same arch and classes) training starts from its
-    weights and keeps its input normalization: fine-tuning, e.g. an imported public teacher.
+    With ``init`` (a kdsearch checkpoint of the same arch) training starts from its weights,
+    with a fresh head if it was trained on another class count, and keeps its input
+    normalization: fine-tuning, e.g. an imported public teacher.
     """
     torch.manual_seed(spec.train.seed)  # initial weights follow train.seed too
     data = ctx.data
@@ -146,17 +150,33 @@ def train_student(
 def _initial(
     path: Path, spec: Spec, num_classes: int
 ) -> tuple[torch.nn.Module, tuple[float, ...], tuple[float, ...]]:
-    """The network of checkpoint ``path`` and its normalization, checked against the spec."""
+    """The network of checkpoint ``path`` and its normalization, checked against the spec.
+
+    A checkpoint of the same network for another class count (an imported ImageNet model, say)
+    gets a fresh head for this run's classes: that is what fine-tuning it means. The weights
+    arguments (``weights``, ``pretrained``) are left out of the comparison, since the
+    checkpoint's weights replace whatever they would load.
+    """
     ckpt = load_checkpoint(path, "--init")
-    if ckpt["arch"] != spec.student.arch or ckpt["num_classes"] != num_classes:
+    arch = spec.student.arch
+    if ckpt["arch"] != arch:
         raise KDSearchError(
-            f"--init: {path} holds a {ckpt['arch']} for {ckpt['num_classes']} classes, but "
-            f"this run trains a {spec.student.arch} for {num_classes}; pass a checkpoint of "
-            "the same arch and class count"
+            f"--init: {path} holds a {ckpt['arch']}, but this run trains a {arch}; pass a "
+            "checkpoint of the same arch"
         )
-    if ckpt["kwargs"] != dict(spec.student.kwargs):
+    theirs, ours = (nets.without_weights(arch, k) for k in (ckpt["kwargs"], spec.student.kwargs))
+    if theirs != ours:
         raise KDSearchError(
-            f"--init: {path} was built with {ckpt['kwargs']}, this run with "
-            f"{dict(spec.student.kwargs)}; make the spec's kwargs match"
+            f"--init: {path} was built with {theirs}, this run with {ours}; make the spec's "
+            "kwargs match"
         )
-    return model_of(ckpt).train(), *input_normalization(ckpt)
+    model = model_of(ckpt).train()
+    if ckpt["num_classes"] != num_classes:
+        nets.replace_head(model, ckpt["num_classes"], num_classes, f"--init: {path}")
+        log.info(
+            "--init: replaced the %d-class head of %s with a %d-class one",
+            ckpt["num_classes"],
+            arch,
+            num_classes,
+        )
+    return model, *input_normalization(ckpt)
