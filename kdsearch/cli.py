@@ -257,6 +257,7 @@ def cmd_nets(a: argparse.Namespace) -> int:
                 f"{r['arch']:<18} {r['parameters']:>12,} params {r['mflops']:>10,.1f} MFLOPs  "
                 f"kwargs: {', '.join(r['kwargs']) or '-'}"
             )
+        print(LIBRARY_NETS)
     return 0
 
 
@@ -264,10 +265,9 @@ def cmd_import_checkpoint(a: argparse.Namespace) -> int:
     from kdsearch.training import model_files as checkpoint
 
     kwargs = dict(_parse_set(k) for k in a.kwarg)
-    checkpoint.import_reference(
-        Path(a.path), a.arch, Path(a.out), a.num_classes, kwargs, a.normalization
-    )
-    print(f"wrote {a.out} ({a.arch}, {a.num_classes} classes, {a.normalization} normalization)")
+    norm = a.normalization or checkpoint.default_normalization(a.arch)
+    checkpoint.import_reference(Path(a.path), a.arch, Path(a.out), a.num_classes, kwargs, norm)
+    print(f"wrote {a.out} ({a.arch}, {a.num_classes} classes, {norm} normalization)")
     return 0
 
 
@@ -373,6 +373,12 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
 # --- parser -------------------------------------------------------------------------------
 
 
+#: How to name a torchvision or timm model; here, not in kdsearch.nets, so help imports no torch.
+LIBRARY_NETS = (
+    "library models: torchvision:NAME (torchvision.models.list_models()), "
+    "timm:NAME (pip install 'kdsearch[timm]'; timm.list_models())"
+)
+
 #: ``kdsearch --help`` lists the commands in the order a user runs them.
 WORKFLOW = (
     "validate",
@@ -443,15 +449,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdsearch",
         description="Hyperparameter search for knowledge distillation, on PyTorch and Optuna.",
+        epilog=f"Networks: the zoo (kdsearch nets), or {LIBRARY_NETS}.",
     )
     parser.add_argument("--version", action="version", version=f"kdsearch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> Any:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str, epilog: str | None = None
+    ) -> Any:
         p = sub.add_parser(
             name,
             help=help,
             description=help,
+            epilog=epilog,
             formatter_class=_DefaultsFormatter,
         )
         p.set_defaults(fn=fn)
@@ -472,8 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init",
         metavar="CHECKPOINT",
-        help="fine-tune: start from this kdsearch checkpoint (same arch and classes) and keep "
-        "its input normalization",
+        help="fine-tune: start from this kdsearch checkpoint (same arch) and keep its input "
+        "normalization; a head for another class count is replaced",
     )
     _device_arg(p)
     _json_arg(p)
@@ -612,24 +622,37 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the one the studies' specs name)",
     )
 
-    p = add("nets", cmd_nets, "list the architectures with parameter counts and FLOPs")
+    p = add(
+        "nets",
+        cmd_nets,
+        "list the architectures with parameter counts and FLOPs",
+        epilog=f"Besides these, {LIBRARY_NETS}; give their arguments as kwargs, "
+        "e.g. weights: DEFAULT (torchvision) or pretrained: true (timm).",
+    )
     p.add_argument("--num-classes", type=int, default=10, help="output classes of each net")
     _json_arg(p, "the list")
 
     p = add(
         "import-checkpoint",
         cmd_import_checkpoint,
-        "convert a reference best.pth.tar or state dict into a kdsearch checkpoint",
+        "convert a reference best.pth.tar or a torchvision/timm state dict into a kdsearch "
+        "checkpoint",
     )
     p.add_argument("path", help="the reference checkpoint")
-    p.add_argument("--arch", required=True, help="kdsearch architecture (see `kdsearch nets`)")
-    p.add_argument("--num-classes", type=int, default=10, help="output classes of the net")
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="kdsearch architecture (see `kdsearch nets`), torchvision:NAME or timm:NAME",
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=10, help="output classes of the net (ImageNet: 1000)"
+    )
     p.add_argument(
         "--normalization",
         "--dataset",
-        default="cifar10",
         help="input normalization the net was trained with: cifar10, cifar100, imagenet or "
-        "MEAN,MEAN,MEAN/STD,STD,STD (default: cifar10)",
+        "MEAN,MEAN,MEAN/STD,STD,STD (default: imagenet for torchvision: and timm: models, "
+        "their own convention; cifar10 for the zoo's)",
     )
     p.add_argument(
         "--kwarg",
