@@ -343,3 +343,51 @@ def test_online_and_cached_distillation_train_the_same_student(
     weights = [k for k in states[0] if k.endswith("weight")]
     moved = {k: ((states[1][k] - states[0][k]).abs() > 1e-4).float().mean().item() for k in weights}
     assert max(moved.values()) < 0.01, moved
+
+
+#: Random-resized crops at 32 px from images stored at 40 px (the synthetic teacher is a 32 px
+#: cnn5); a sampled cache is the only cache such crops can have.
+CROPS = {
+    "dataset": {"image_size": 32, "storage_size": 40, "crop": "random_resized"},
+    "distill": {"teacher_cache": "sampled:3"},
+}
+
+
+def test_sampled_random_resized_crops_are_cached_with_their_boxes(
+    write_spec: Callable[..., Path],
+) -> None:
+    """Each slot stores its crop box and flip; the teacher's logits on the crop rebuilt from
+    that box equal the cached ones (within fp16 storage rounding), and the boxes the loop draws
+    from the cache are exactly the stored ones, so the student trains on the teacher's crops."""
+    spec, ctx, model = _setup(write_spec, CROPS)
+    d = ctx.data
+    cached, _ = build_or_load(model, d, spec)
+    n = len(d.train)
+    assert cached.view_ids.shape == (n, 3, 5) and cached.table.shape == (n, 3, d.num_classes)
+    assert len({tuple(b) for b in cached.view_ids[:, 0].tolist()}) > n // 2  # per image
+    pixels = d.train.chunk(0, n)
+    for j in range(3):
+        x = d.augment.apply(pixels, cached.view_ids[:, j])
+        online = OnlineTeacher(model, d.augment).logits(torch.arange(n), None, x)
+        _assert_fp16_close(cached.table[:, j].float(), online)
+        assert (cached.table[:, j].float() - online.half().float()).abs().max() < 1e-2
+    idx = torch.arange(n)
+    boxes, slot = cached.draw_views(idx, torch.Generator().manual_seed(0))
+    assert torch.equal(boxes, cached.view_ids[idx, slot])
+    x = d.augment.apply(pixels, boxes)
+    torch.testing.assert_close(
+        cached.logits(idx, slot, x),
+        OnlineTeacher(model, d.augment).logits(idx, None, x).half().float(),
+        atol=1e-2,
+        rtol=0,
+    )
+
+
+def test_a_crop_cache_depends_on_the_crop_settings(write_spec: Callable[..., Path]) -> None:
+    """Another min_scale or stored size draws other boxes, so it is another cache file."""
+    spec, ctx, model = _setup(write_spec, CROPS)
+    base = teacher.cache_key(model, ctx.data, spec)
+    for change in ({"min_scale": 0.5}, {"storage_size": 44}):
+        other = specs.load(write_spec(merge({**SMALL, **CROPS}, {"dataset": change}), "o"))
+        other_ctx = Context.load(other, "cpu", with_teacher=False)
+        assert teacher.cache_key(model, other_ctx.data, other) != base, change
