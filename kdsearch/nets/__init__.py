@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kdsearch.nets import cnn5, densenet, preresnet, resnet, resnet_cifar, resnext, wrn  # noqa: F401
 from kdsearch.nets.cost import Cost, measure
-from kdsearch.nets.flops import count_parameters, forward_flops
+from kdsearch.nets.flops import check_input_size, count_parameters, forward_flops
 from kdsearch.nets.heads import replace_head
 from kdsearch.nets.library import is_library, without_weights
 from kdsearch.nets.registry import check_arch, create, kwarg_names, names, register
@@ -17,6 +17,7 @@ from kdsearch.nets.registry import check_arch, create, kwarg_names, names, regis
 __all__ = [
     "Cost",
     "check_arch",
+    "check_input_size",
     "count_parameters",
     "create",
     "forward_flops",

@@ -242,6 +242,7 @@ class Objective:
             spec.student.arch, num_classes=self.ctx.num_classes, **spec.student.kwargs
         )
         side = spec.dataset.input_size
+        nets.check_input_size(model, side, spec.student.arch)
         return nets.measure(model, (3, side, side), self.ctx.device)
 
     def _discard(self, trial: optuna.Trial, workdir: Path) -> None:

@@ -109,6 +109,7 @@ def train_student(
             mean=torch.tensor(mean, device=ctx.device).view(-1, 1, 1),
             std=torch.tensor(std, device=ctx.device).view(-1, 1, 1),
         )
+    nets.check_input_size(model, spec.dataset.input_size, spec.student.arch)
     parameters = nets.count_parameters(model)
 
     def save_best(m: torch.nn.Module, r: EpochResult) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdsearch import nets
 from kdsearch.config.spec import Spec
 from kdsearch.data import views
 from kdsearch.data.augment import Augmentation
@@ -233,6 +234,7 @@ def teacher_logits(spec: Spec, data: DeviceData) -> CachedTeacher | OnlineTeache
     if spec.teacher is None:
         return None
     model = load_teacher(spec, data.num_classes).to(data.device)
+    nets.check_input_size(model.net, spec.dataset.input_size, f"the teacher {spec.teacher.arch}")
     per_image = spec.distill.cache_views()
     if per_image == 0:
         return OnlineTeacher(model, data.augment)
