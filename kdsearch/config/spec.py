@@ -69,7 +69,7 @@ class DatasetSpec:
     min_scale: float = 0.08
     #: Where decoded images live: ``memory`` (each process its own copy, on the device when it
     #: fits), ``mmap`` (one file every process maps, batches copied in the background) or
-    #: ``auto``: memory up to 1 GiB of decoded images, mmap above.
+    #: ``auto``: memory up to 512 MiB of decoded images, mmap above.
     store: Literal["auto", "memory", "mmap"] = "auto"
     #: Skip (and count) image files that cannot be decoded instead of stopping on the first.
     skip_unreadable: bool = False

@@ -1,5 +1,7 @@
-"""Images as uint8 tensors: the data-set registry and splits (``datasets``) and the exact
-augmentation views shared by the student and the teacher cache (``views``).
+"""Images as uint8 tensors: the data-set registry and splits (``datasets``), image folders
+(``imagefolder``), where decoded images live (``store``) and how batches reach the device
+(``batches``), and the augmentation views shared by the student and the teacher cache
+(``augment``: the pad crop's exact views in ``views``, random-resized crops in ``crops``).
 
 The registry's names load on first use, so that the spec (which imports
 :mod:`kdsearch.data.normalization`) can be read without torch.

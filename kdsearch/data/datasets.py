@@ -1,9 +1,10 @@
 """Data sets as uint8 tensors, and the train/validation/test splits of a spec.
 
-Every data set is loaded whole into memory as ``N×3×32×32`` uint8 (CIFAR-10 is 150 MB), so
-that training can keep it on the device and augment with batched tensor ops (see
-:mod:`kdsearch.data.views`). A registry maps ``dataset.name`` to a loader; adding a data set is one
-decorated function.
+Every data set is decoded once to ``N×3×S×S`` uint8 at the spec's stored size. A small one
+(CIFAR-10 is 150 MB) is loaded whole into memory, so that training can keep it on the device
+and augment with batched tensor ops (see :mod:`kdsearch.data.augment`); a big one stays in a
+memory-mapped file that every process shares (:mod:`kdsearch.data.store`). A registry maps
+``dataset.name`` to a loader; adding a data set is one decorated function.
 
 Validation is a seeded split held out of the *training* set; the test set is only ever used for
 final numbers, never for model selection.
@@ -342,11 +343,12 @@ def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def _stats_in_chunks(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """:func:`_stats` for big image sets (50,000 CIFAR images as float32 take 600 MB): float64
-    sums over chunks."""
+    sums over chunks of about 4 million pixels (32 MB), whatever the image size."""
     total = torch.zeros(3, dtype=torch.float64)
     squares = torch.zeros(3, dtype=torch.float64)
-    for first in range(0, len(x), 4096):
-        chunk = x[first : first + 4096].double() / 255
+    step = max(1, (1 << 22) // max(1, x[0].numel()))
+    for first in range(0, len(x), step):
+        chunk = x[first : first + step].double() / 255
         total += chunk.sum((0, 2, 3))
         squares += chunk.square().sum((0, 2, 3))
     n = x.numel() // 3

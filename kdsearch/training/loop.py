@@ -1,16 +1,19 @@
 """The one training loop, for baselines and distillation alike.
 
-Data lives on the training device as uint8 tensors; each epoch shuffles with ``randperm`` on
-the device, draws one augmentation view per image, and crops, flips and normalizes the batch
-with tensor ops (no DataLoader). The teacher is a :class:`~kdsearch.training.teacher.TeacherLogits`
-(cached or online) or ``None``; with alpha = 0 it is never asked, so the baseline is the same
-loop with the distillation term off: the same batches and steps, images without labels
-(``dataset.labeled_fraction``) included, so at partial labels the two arms differ by the
-teacher's term alone. (Trained on its labeled images only, a digits baseline with 65 labels
-took one step per epoch and ended at 13–23 % test accuracy.) The method ``distill.loss`` names
-(:mod:`kdsearch.distill`) turns each batch into named loss terms, which the loop sums and logs
-per epoch; its own parameters (a FitNets regressor) train and resume with the student's, and
-the features it asks for are read by forward hooks on the student and the online teacher.
+Data lives on the training device as uint8 tensors (or, for big data sets, in a memory-mapped
+store whose batches a background thread gathers and copies ahead, :mod:`kdsearch.data.batches`);
+each epoch shuffles with ``randperm`` on the device, draws one augmentation view per image (a
+pad-crop index or a random-resized crop box, :mod:`kdsearch.data.augment`), and crops, flips and
+normalizes the batch with tensor ops (no DataLoader). The teacher is a :class:`TeacherLogits`
+(cached or online, :mod:`kdsearch.training.teacher`) or ``None``; with alpha = 0 it is never
+asked, so the baseline is the same loop with the distillation term off: the same batches and
+steps, images without labels (``dataset.labeled_fraction``) included, so at partial labels the
+two arms differ by the teacher's term alone. (Trained on its labeled images only, a digits
+baseline with 65 labels took one step per epoch and ended at 13–23 % test accuracy.) The method
+``distill.loss`` names (:mod:`kdsearch.distill`) turns each batch into named loss terms, which
+the loop sums and logs per epoch; its own parameters (a FitNets regressor) train and resume with
+the student's, and the features it asks for are read by forward hooks on the student and the
+online teacher.
 
 After every epoch the loop evaluates validation accuracy over all validation images, saves a
 resumable state (model, optimizer, scheduler, RNG, history) and calls ``on_epoch``, where the
