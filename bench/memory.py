@@ -1,0 +1,98 @@
+"""Memory of N worker processes holding a data set: each its own copy, or one mapped store.
+
+    .venv/bin/python bench/memory.py studies/imagenette.yaml --workers 1 4
+    .venv/bin/python bench/memory.py SPEC --workers 1 4 --json
+
+For each store (``memory``: every process decodes nothing but reads the decoded cache into its
+own memory, kdsearch's path before the mapped store; ``mmap``: every process maps one file) and
+each N, N processes load the spec's splits as a worker does (``Context.load`` without the
+teacher), read every training, validation and test pixel once (an epoch touches them all), and
+wait. The figure is the sum of their proportional set sizes (PSS, ``/proc/PID/smaps_rollup``):
+a page shared by k processes counts 1/k to each, so the sum is what the machine really holds.
+The decoded cache is built before the first measurement, so decoding is not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HOLD = """
+import sys, time, torch
+from kdsearch.config import spec as specs
+from kdsearch.training.experiment import Context
+spec = specs.load(sys.argv[1]).with_overrides({"dataset.store": sys.argv[2]})
+ctx = Context.load(spec, "cpu", with_teacher=False)
+total = 0
+for images in (ctx.data.train, ctx.data.val, ctx.data.test):
+    for first in range(0, len(images), 64):
+        total += int(images.chunk(first, first + 64).sum(dtype=torch.int64))
+print("ready", total, flush=True)
+time.sleep(3600)
+"""
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of process ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Pss line for process {pid}")
+
+
+def measure(spec: str, store: str, n: int) -> dict[str, Any]:
+    """Summed PSS of ``n`` processes holding the data of ``spec`` in ``store``."""
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOLD, spec, store],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    try:
+        for proc in procs:
+            line = proc.stdout.readline() if proc.stdout else ""
+            if not line.startswith("ready"):
+                raise RuntimeError(f"a holder process failed (exit {proc.wait()})")
+        pss = [pss_kib(p.pid) for p in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    return {
+        "store": store,
+        "workers": n,
+        "pss_mib_total": round(sum(pss) / 1024, 1),
+        "pss_mib_per_worker": [round(p / 1024, 1) for p in pss],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--stores", nargs="+", default=["memory", "mmap"])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    measure(args.spec, "mmap", 1)  # decodes the folder once, if its cache is missing
+    rows = [measure(args.spec, store, n) for store in args.stores for n in args.workers]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    one = {r["store"]: r["pss_mib_total"] for r in rows if r["workers"] == min(args.workers)}
+    print(f"{'store':8} {'workers':>7} {'PSS MiB':>9} {'x one':>6}")
+    for r in rows:
+        ratio = r["pss_mib_total"] / one[r["store"]]
+        print(f"{r['store']:8} {r['workers']:7d} {r['pss_mib_total']:9.1f} {ratio:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
