@@ -1,7 +1,7 @@
 """Memory of N worker processes holding a data set: each its own copy, or one mapped store.
 
     .venv/bin/python bench/memory.py studies/imagenette.yaml --workers 1 4
-    .venv/bin/python bench/memory.py SPEC --workers 1 4 --json
+    .venv/bin/python bench/memory.py SPEC --set dataset.image_size=128 --workers 1 4 --json
 
 For each store (``memory``: every process decodes nothing but reads the decoded cache into its
 own memory, kdsearch's path before the mapped store; ``mmap``: every process maps one file) and
@@ -22,11 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HOLD = """
-import sys, time, torch
+import json, sys, time, torch
 from kdsearch.config import spec as specs
 from kdsearch.training.experiment import Context
-spec = specs.load(sys.argv[1]).with_overrides({"dataset.store": sys.argv[2]})
+spec = specs.load(sys.argv[1]).with_overrides(json.loads(sys.argv[2]))
 ctx = Context.load(spec, "cpu", with_teacher=False)
 total = 0
 for images in (ctx.data.train, ctx.data.val, ctx.data.test):
@@ -45,12 +47,13 @@ def pss_kib(pid: int) -> int:
     raise RuntimeError(f"no Pss line for process {pid}")
 
 
-def measure(spec: str, store: str, n: int) -> dict[str, Any]:
+def measure(spec: str, store: str, n: int, overrides: dict[str, Any]) -> dict[str, Any]:
     """Summed PSS of ``n`` processes holding the data of ``spec`` in ``store``."""
     start = time.perf_counter()
+    settings = json.dumps({**overrides, "dataset.store": store})
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", HOLD, spec, store],
+            [sys.executable, "-c", HOLD, spec, settings],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -80,10 +83,12 @@ def main() -> None:
     parser.add_argument("spec")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--stores", nargs="+", default=["memory", "mmap"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    measure(args.spec, "mmap", 1)  # decodes the folder once, if its cache is missing
-    rows = [measure(args.spec, store, n) for store in args.stores for n in args.workers]
+    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    measure(args.spec, "mmap", 1, overrides)  # decodes the folder once, if its cache is missing
+    rows = [measure(args.spec, store, n, overrides) for store in args.stores for n in args.workers]
     if args.json:
         print(json.dumps(rows, indent=1))
         return
