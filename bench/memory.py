@@ -9,6 +9,8 @@ each N, N processes load the spec's splits as a worker does (``Context.load`` wi
 teacher), read every training, validation and test pixel once (an epoch touches them all), and
 wait. The figure is the sum of their proportional set sizes (PSS, ``/proc/PID/smaps_rollup``):
 a page shared by k processes counts 1/k to each, so the sum is what the machine really holds.
+It is split into the mapped store's share (the same whatever the number of workers) and each
+process's own memory (the runtime, its heap and, in memory, its copy of the images).
 The decoded cache is built before the first measurement, so decoding is not measured.
 """
 
@@ -47,6 +49,22 @@ def pss_kib(pid: int) -> int:
     raise RuntimeError(f"no Pss line for process {pid}")
 
 
+def mapped_cache_kib(pid: int) -> int:
+    """PSS in KiB of the process's mappings of kdsearch's cache files (the mapped store).
+
+    The rest of a process's PSS is its own: the Python and torch runtime, the allocator's
+    heap, and, with the in-memory store, its private copy of the images.
+    """
+    total, in_cache = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            in_cache = len(head) >= 6 and "/models/cache/" in head[5]
+        elif in_cache and line.startswith("Pss:"):
+            total += int(head[1])
+    return total
+
+
 def measure(spec: str, store: str, n: int, overrides: dict[str, Any]) -> dict[str, Any]:
     """Summed PSS of ``n`` processes holding the data of ``spec`` in ``store``."""
     start = time.perf_counter()
@@ -65,6 +83,7 @@ def measure(spec: str, store: str, n: int, overrides: dict[str, Any]) -> dict[st
             if not line.startswith("ready"):
                 raise RuntimeError(f"a holder process failed (exit {proc.wait()})")
         pss = [pss_kib(p.pid) for p in procs]
+        mapped = [mapped_cache_kib(p.pid) for p in procs]
     finally:
         for proc in procs:
             proc.kill()
@@ -74,6 +93,10 @@ def measure(spec: str, store: str, n: int, overrides: dict[str, Any]) -> dict[st
         "workers": n,
         "pss_mib_total": round(sum(pss) / 1024, 1),
         "pss_mib_per_worker": [round(p / 1024, 1) for p in pss],
+        "mapped_store_pss_mib": round(sum(mapped) / 1024, 1),
+        "own_pss_mib_per_worker": [
+            round((p - m) / 1024, 1) for p, m in zip(pss, mapped, strict=True)
+        ],
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -93,10 +116,15 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
     one = {r["store"]: r["pss_mib_total"] for r in rows if r["workers"] == min(args.workers)}
-    print(f"{'store':8} {'workers':>7} {'PSS MiB':>9} {'x one':>6}")
+    head = ("store", "workers", "PSS MiB", "x one", "mapped", "own/worker")
+    print("{:8} {:>7} {:>9} {:>6} {:>8} {:>10}".format(*head))
     for r in rows:
         ratio = r["pss_mib_total"] / one[r["store"]]
-        print(f"{r['store']:8} {r['workers']:7d} {r['pss_mib_total']:9.1f} {ratio:6.2f}")
+        own = sum(r["own_pss_mib_per_worker"]) / r["workers"]
+        print(
+            f"{r['store']:8} {r['workers']:7d} {r['pss_mib_total']:9.1f} {ratio:6.2f} "
+            f"{r['mapped_store_pss_mib']:8.1f} {own:10.1f}"
+        )
 
 
 if __name__ == "__main__":

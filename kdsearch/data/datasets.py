@@ -176,7 +176,8 @@ def _stored(raw: RawDataset, mode: str, already_mapped: bool) -> RawDataset:
     else:
 
         def keep(images: Images) -> Images:
-            return Images(images.x.clone(), images.y) if already_mapped else images
+            # Both copied: a label tensor left on the file would keep all of it mapped.
+            return Images(images.x.clone(), images.y.clone()) if already_mapped else images
 
     return replace(raw, train=keep(raw.train), test=keep(raw.test))
 
