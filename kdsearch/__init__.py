@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "benchmark_search",
     "compare_studies",
+    "confirm_study",
     "create_study",
     "delete_study",
     "evaluate_best",

@@ -176,6 +176,31 @@ def extend_study(study: StudyRef, n_trials: int, storage: str | None = None) -> 
     return studies.extend(storages.open_storage(storages.resolve_url(url)), name, n_trials)
 
 
+def confirm_study(
+    study: StudyRef,
+    storage: str | None = None,
+    *,
+    top: int | None = None,
+    seeds: int | None = None,
+    budgets: Mapping[str, float] | None = None,
+) -> list[tuple[int, int]]:
+    """Queue confirmation trials: the ``top`` best configurations (with several objectives,
+    the most accurate Pareto members within ``budgets``) again with ``seeds`` new seeds each.
+
+    Defaults: the spec's ``search.confirm``, else 3 and 3. Workers run the queued trials
+    (``run_workers``); returns the (trial, seed) pairs queued now.
+    """
+    from kdsearch.search import confirm
+    from kdsearch.search import study as studies
+
+    name, url = _where(study, storage)
+    opened, spec = studies.open_study(name, url)
+    default = spec.search.confirm
+    top = top if top is not None else (default.top if default else 3)
+    seeds = seeds if seeds is not None else (default.seeds if default else 3)
+    return confirm.enqueue(opened, spec, top, seeds, budgets)
+
+
 def delete_study(study: StudyRef, storage: str | None = None) -> Path | None:
     """Delete the study, its checkpoints and logs (no confirmation); returns its folder."""
     from kdsearch.search import objective
@@ -197,20 +222,32 @@ def trials_table(
     pivot: tuple[str, str] | None = None,
     bins: int = 4,
     pareto: bool = False,
+    by: str = "auto",
 ) -> pd.DataFrame:
     """The study's trials, best first, as ``export-table`` shows them (empty if none).
 
     ``state``: ``complete``, ``pruned`` or ``all``; ``top``: only the best K; ``columns``:
     only these; ``pivot=(row, col)``: the best value per cell over two parameters, a
     continuous one cut into ``bins`` quantile ranges; ``pareto``: only the non-dominated
-    trials (for several objectives), objective columns first.
+    trials (for several objectives), objective columns first; ``by``: ``trial``, or
+    ``configuration`` for one row per configuration with its mean over seeds and tie mark
+    (``auto``: per configuration once the study has confirmation trials). ``df.attrs
+    ["confidence"]`` holds the study's noise sentence.
     """
     from kdsearch.tools import export
 
     name, url = _where(study, storage)
     wanted = list(columns) if columns else None
     return export.table(
-        name, url, state=state, top=top, columns=wanted, pivot_on=pivot, bins=bins, pareto=pareto
+        name,
+        url,
+        state=state,
+        top=top,
+        columns=wanted,
+        pivot_on=pivot,
+        bins=bins,
+        pareto=pareto,
+        by=by,
     )
 
 

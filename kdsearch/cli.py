@@ -115,6 +115,29 @@ def cmd_worker(a: argparse.Namespace) -> int:
     return code
 
 
+def _budgets(a: argparse.Namespace) -> dict[str, float]:
+    limits = {"student_params": a.max_params, "flops": a.max_flops, "latency_ms": a.max_latency_ms}
+    return {k: v for k, v in limits.items() if v is not None}
+
+
+def cmd_confirm(a: argparse.Namespace) -> int:
+    from kdsearch import api
+    from kdsearch.search import storage
+
+    url = storage.resolve_url(a.storage)
+    queued = api.confirm_study(a.study, url, top=a.top, seeds=a.seeds, budgets=_budgets(a))
+    configs = sorted({n for n, _ in queued})
+    if queued:
+        print(
+            f"study {a.study}: queued {len(queued)} confirmation trials "
+            f"(trials {', '.join(map(str, configs))}, seeds {sorted({s for _, s in queued})})"
+        )
+        print(f"next: kdsearch worker --study {a.study} --storage '{storage.mask(url)}'")
+    else:
+        print(f"study {a.study}: every asked confirmation run is queued, running or done")
+    return 0
+
+
 def cmd_status(a: argparse.Namespace) -> int:
     from kdsearch import api
     from kdsearch.tools import status
@@ -180,6 +203,7 @@ def cmd_export_table(a: argparse.Namespace) -> int:
             pivot_on=(row, col) if a.pivot else None,
             bins=a.bins,
             pareto=a.pareto,
+            by=a.by,
         )
         if df.empty:
             # No columns to write either (they come from the trials): say so, write nothing.
@@ -193,6 +217,8 @@ def cmd_export_table(a: argparse.Namespace) -> int:
         export.write(df, a.output, a.format)
     else:
         print(export.render(df, a.format))
+    if "confidence" in df.attrs:
+        print(f"kdsearch: {df.attrs['confidence']}", file=sys.stderr)
     return 0
 
 
@@ -295,14 +321,13 @@ def cmd_best(a: argparse.Namespace) -> int:
     from kdsearch.tools import best
 
     seeds = best.parse_seeds(a.seeds) if a.retrain else []  # a typo fails before any work
-    limits = {"student_params": a.max_params, "flops": a.max_flops, "latency_ms": a.max_latency_ms}
     result = api.evaluate_best(
         a.study,
         a.storage,
         retrain=a.retrain,
         seeds=seeds,
         baseline=a.baseline,
-        budgets={k: v for k, v in limits.items() if v is not None},
+        budgets=_budgets(a),
         device=a.device,
     )
     if a.json:
@@ -388,6 +413,7 @@ WORKFLOW = (
     "worker",
     "status",
     "extend",
+    "confirm",
     "export-table",
     "best",
     "report",
@@ -430,6 +456,15 @@ def _study_arg(p: argparse.ArgumentParser, required: bool = True, what: str = ""
 
 def _json_arg(p: argparse.ArgumentParser, what: str = "the result") -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def _budget_args(p: argparse.ArgumentParser, which: str) -> None:
+    for flag, what in (
+        ("--max-params", "student parameters"),
+        ("--max-flops", "forward FLOPs per image"),
+        ("--max-latency-ms", "latency at batch 1 (ms, on the worker's device)"),
+    ):
+        p.add_argument(flag, type=float, metavar="N", help=f"{which} with at most N {what}")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -566,6 +601,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-trials", type=int, required=True, help="the new budget, larger than the current one"
     )
 
+    p = add(
+        "confirm",
+        cmd_confirm,
+        "train the best configurations again with new seeds (run by the workers)",
+        epilog="Queued as trials of the study, counted apart from its budget; workers run them "
+        "(kdsearch worker). With several objectives, the most accurate Pareto members are "
+        "confirmed. Defaults: the spec's search.confirm, else 3 and 3.",
+    )
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--top", type=int, metavar="K", help="confirm the K best configurations")
+    p.add_argument("--seeds", type=int, metavar="N", help="new seeds per configuration")
+    _budget_args(p, "Pareto members")
+
     p = add("delete", cmd_delete, "delete a study, its checkpoints and TensorBoard logs")
     _study_arg(p)
     _storage_arg(p)
@@ -604,6 +653,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         metavar="K",
         help="ranges per parameter for --pivot (default: 4)",
+    )
+    p.add_argument(
+        "--by",
+        choices=["auto", "trial", "configuration"],
+        default="auto",
+        help="one row per trial, or per configuration (mean ± std over its seeds, tie marks); "
+        "auto: per configuration once the study has confirmation trials",
     )
     p.add_argument(
         "--compare",
@@ -684,14 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the alpha = 0 student with the best trial's other hyperparameters and seed "
         "(trained once, then stored on the study)",
     )
-    for flag, what in (
-        ("--max-params", "student parameters"),
-        ("--max-flops", "forward FLOPs per image"),
-        ("--max-latency-ms", "latency at batch 1 (ms, on the worker's device)"),
-    ):
-        p.add_argument(
-            flag, type=float, metavar="N", help=f"the most accurate trial with at most N {what}"
-        )
+    _budget_args(p, "the most accurate trial")
     _device_arg(p)
     _json_arg(p)
 

@@ -240,6 +240,24 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
+class ConfirmSpec:
+    """Confirmation runs (:mod:`kdsearch.search.confirm`): once the search budget is spent,
+    the ``top`` best distinct configurations are trained again with ``seeds`` new seeds each,
+    so the study can rank configurations by their mean over seeds instead of one lucky draw."""
+
+    top: int = 3
+    seeds: int = 3
+
+    def check(self, path: str) -> None:
+        for key in ("top", "seeds"):
+            if getattr(self, key) < 1:
+                raise KDSearchError(
+                    f"{path}.{key}: {getattr(self, key)} must be at least 1 (or remove "
+                    f"{path} to confirm nothing)"
+                )
+
+
+@dataclass(frozen=True)
 class SearchSpec:
     direction: Literal["maximize", "minimize"] = "maximize"
     n_trials: int = 20
@@ -259,6 +277,9 @@ class SearchSpec:
     #: Ceilings on costs, ``{student_params: {max: 100000}}``: a trial over one is pruned
     #: before training and is never a study's best.
     constraints: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: ``{top: K, seeds: N}``: after the search, re-train the K best configurations with N new
+    #: seeds each (confirmation trials, counted apart from ``n_trials``); unset: none.
+    confirm: ConfirmSpec | None = None
 
     @property
     def directions(self) -> list[str]:

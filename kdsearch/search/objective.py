@@ -11,6 +11,9 @@ study's folder (:func:`kdsearch.search.study.folder`), so a retry of a killed tr
 heartbeat re-queues it with the same parameters) resumes from the last finished epoch instead
 of starting over. The state records the study id, the chain and the parameters it was written
 for, and only a run with the same three resumes it.
+
+A confirmation trial (:mod:`kdsearch.search.confirm`) trains its queued parameters with its
+own ``train.seed`` and is never pruned: its value is one more seed of a configuration.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from kdsearch import nets
 from kdsearch.config.metrics import METRICS
 from kdsearch.config.spec import ParamSpec, Spec
-from kdsearch.search import progress, ranking
+from kdsearch.search import confidence, confirm, progress, ranking
 from kdsearch.search import study as studies
 from kdsearch.search.trial_files import CheckpointStore, trial_by_number
 from kdsearch.training.experiment import Context, train_student
@@ -105,6 +108,11 @@ class Objective:
         params = suggest(trial, self.spec.search.space)
         self._skip_taken_grid_point(trial)
         spec = self.spec.with_overrides(params)
+        attrs = trial.user_attrs
+        confirming = ranking.CONFIRM_OF in attrs
+        if confirming:
+            self._skip_duplicate_confirmation(trial, attrs[ranking.CONFIRM_OF], attrs[ranking.SEED])
+            spec = spec.with_overrides({"train.seed": attrs[ranking.SEED]})
         chain = retry_chain(trial)
         root = chain[0] if chain else trial.number
         workdir = self.folder / f"trial-{root:05d}"
@@ -116,8 +124,9 @@ class Objective:
         for key, value in cost.items():
             trial.set_user_attr(key, value)
         self._check_constraints(trial, cost)
-        # Optuna reports and prunes only single-objective trials.
+        # Optuna reports and prunes only single-objective trials; a confirmation is not pruned.
         single = len(self.spec.search.objectives) == 1
+        prunable = single and not confirming
 
         def on_resume(history: History) -> None:
             # Re-report the epochs the killed attempt finished, so the pruner sees the curve.
@@ -140,7 +149,7 @@ class Objective:
             rate = r.images / r.seconds if r.seconds else 0.0
             epochs, best = self.spec.train.epochs, history.best_val
             progress.epoch_done(trial.number, r.epoch, epochs, r.val_accuracy, best, rate)
-            if single and trial.should_prune():
+            if prunable and trial.should_prune():
                 trial.set_user_attr("epochs_run", len(history.epochs))
                 raise optuna.TrialPruned(
                     f"val accuracy {r.val_accuracy:.4f} at epoch {r.epoch + 1}"
@@ -219,6 +228,19 @@ class Objective:
                 log.info("trial %d pruned before training: %s", trial.number, reason)
                 raise optuna.TrialPruned(reason)
 
+    def _skip_duplicate_confirmation(self, trial: optuna.Trial, of: int, seed: int) -> None:
+        """Prune, untrained, a confirmation run that another trial already trains (two
+        workers queued it at the same moment)."""
+        other = confirm.duplicate_of(trial.study, trial.number, of, seed)
+        if other is None:
+            return
+        reason = f"trial {other} already runs seed {seed} of trial {of}"
+        trial.set_user_attr(confirm.DUPLICATE, other)
+        trial.set_user_attr("prune_reason", reason)
+        trial.set_user_attr("epochs_run", 0)
+        log.info("trial %d pruned before training: %s", trial.number, reason)
+        raise optuna.TrialPruned(reason)
+
     def _check_constraints(self, trial: optuna.Trial, cost: dict[str, Any]) -> None:
         """Store the trial's constraint excesses; prune it, untrained, if it breaks a limit.
 
@@ -253,8 +275,10 @@ class Objective:
 
 def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) -> None:
     """Delete the checkpoints (local and uploaded) of all but the best ``keep`` complete
-    trials."""
+    search trials, by their own value and by their configuration's mean over seeds
+    (confirmation trials keep their test accuracy, not their checkpoint)."""
     kept = {t.number for t in ranking.ranked(study)[:keep]}
+    kept |= {r.configuration.trial.number for r in confidence.rank(study).rows[:keep]}
     if ranking.multi(study):  # the front is what a user picks from: keep all of it
         kept |= {t.number for t in ranking.pareto(study)}
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

@@ -117,6 +117,8 @@ def trial_done(_study: Any, trial: Any) -> None:
     value = "-" if not trial.values else f"{trial.values[0]:.4f}"
     took = fmt_seconds(trial.duration.total_seconds()) if trial.duration else "?"
     epochs = trial.user_attrs.get("epochs_run", len(trial.intermediate_values))
+    of = trial.user_attrs.get("confirm_of")
+    what = f"seed {trial.user_attrs.get('seed')} of trial {of}" if of is not None else ""
     log.info(
         "trial %d %s: val %s after %d epochs in %s (%s)",
         trial.number,
@@ -124,5 +126,5 @@ def trial_done(_study: Any, trial: Any) -> None:
         value,
         epochs,
         took,
-        fmt_params(trial.params),
+        what or fmt_params(trial.params),
     )

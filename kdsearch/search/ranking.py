@@ -12,6 +12,11 @@ training.
 Every reader of a study (best, export, status, report) ranks trials through this module, so
 none of them can report a trial over a ceiling, and all of them read accuracy the same way,
 whether the study has one objective or several.
+
+Confirmation trials (:mod:`kdsearch.search.confirm`) re-run a search trial's configuration
+with another seed. They are not candidates of their own: :func:`complete`, :func:`best` and
+:func:`pareto` see search trials only, and :mod:`kdsearch.search.confidence` folds the
+confirmations into their configuration's mean.
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from kdsearch.config.metrics import METRICS
+
+#: User attribute of a confirmation trial: the number of the search trial it re-runs.
+CONFIRM_OF = "confirm_of"
+#: User attribute of a confirmation trial: its ``train.seed``.
+SEED = "seed"
+
+
+def is_confirmation(trial: Any) -> bool:
+    """Whether ``trial`` re-runs another trial's configuration with a new seed."""
+    return CONFIRM_OF in trial.user_attrs
 
 
 def cost(trial: Any, metric: str) -> float | None:
@@ -65,11 +80,11 @@ def sign(study: Any) -> int:
 
 
 def complete(study: Any) -> list[Any]:
-    """Complete trials within the constraints: the only ones that may be called best."""
+    """Complete search trials within the constraints: the only ones that may be called best."""
     import optuna
 
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return [t for t in done if feasible(t)]
+    return [t for t in done if feasible(t) and not is_confirmation(t)]
 
 
 def ranked(study: Any, trials: list[Any] | None = None) -> list[Any]:
@@ -104,8 +119,25 @@ def best(
 
 
 def pareto(study: Any) -> list[Any]:
-    """The non-dominated feasible trials (Optuna's ``best_trials``), most accurate first."""
-    return ranked(study, [t for t in study.best_trials if feasible(t)])
+    """The non-dominated feasible search trials, most accurate first.
+
+    Optuna's ``best_trials`` would count confirmation trials, and a configuration's luckier
+    seed would push its own search trial off the front.
+    """
+    import numpy as np
+
+    pool = complete(study)
+    if not pool:
+        return []
+    # Every objective as "larger is better": accuracy first, then the negated costs.
+    signs = np.array([sign(study)] + [-1] * (len(study.directions) - 1), dtype=float)
+    values = np.array([t.values for t in pool], dtype=float) * signs
+    front = [
+        t
+        for t, v in zip(pool, values, strict=True)
+        if not np.any(np.all(values >= v, axis=1) & np.any(values > v, axis=1))
+    ]
+    return ranked(study, front)
 
 
 def describe_budgets(budgets: Mapping[str, float]) -> str:

@@ -5,11 +5,15 @@ round-robin over ``--devices``), passes the storage URL through the environment 
 password never shows in ``ps``), forwards SIGINT/SIGTERM to them and waits. Each worker loads
 the spec from the study, the data and the teacher once, and runs Optuna's ``optimize`` loop.
 
-Budget: the spec's ``search.n_trials`` counts finished trials (complete or pruned) across all
-workers; Optuna's ``MaxTrialsCallback`` stops a worker after a trial once it is reached. A
-worker that started a trial before the last one finished still completes it, so a study ends
-with at most ``n_trials + workers - 1`` finished trials, plus the retries of trials whose
-worker died near the end, which the last workers run before leaving (:func:`finish_orphans`).
+Budget: the spec's ``search.n_trials`` counts finished search trials (complete or pruned)
+across all workers; a callback stops a worker after a trial once it is reached. A worker that
+started a trial before the last one finished still completes it, so a study ends with at most
+``n_trials + workers - 1`` finished search trials, plus the retries of trials whose worker died
+near the end, which the last workers run before leaving (:func:`finish_orphans`).
+
+Confirmation: once the budget is met, a worker queues the spec's confirmation trials
+(``search.confirm``; :mod:`kdsearch.search.confirm`), and every worker runs queued ones
+(also those ``kdsearch confirm`` queued) until none waits. They do not count toward the budget.
 
 Failures: a failed trial does not count toward the budget, so a failure that repeats (a value
 that cannot be computed, out of memory on every trial) would loop for ever: a worker whose
@@ -173,6 +177,7 @@ def _work(
     import optuna
     import torch
 
+    from kdsearch.search import confirm, ranking
     from kdsearch.search import storage as storages
     from kdsearch.search import study as studies
     from kdsearch.search.objective import Objective, prune_checkpoints
@@ -194,12 +199,18 @@ def _work(
         sampler=studies.make_sampler(spec, studies.worker_seed(spec, index, seed_salt)),
         pruner=studies.make_pruner(spec),
     )
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
     def budget_met() -> bool:
-        return len(study.get_trials(deepcopy=False, states=finished)) >= s.n_trials
+        return search_trials_finished(study) >= s.n_trials
 
-    if budget_met() and not _orphans(study, storage):
+    def confirmations_due() -> bool:
+        if s.confirm and budget_met() and ranking.complete(study):
+            queued = confirm.enqueue(study, spec, s.confirm.top, s.confirm.seeds)
+            if queued:
+                log.info("search budget met: %d confirmation trials queued", len(queued))
+        return confirm.waiting(study)
+
+    if budget_met() and not _orphans(study, storage) and not confirmations_due():
         log.info("study %s has reached its budget of %d trials", study_name, s.n_trials)
         return 0
     if studies.study_id(study) is None:
@@ -221,10 +232,14 @@ def _work(
 
     catch = (torch.OutOfMemoryError,)
 
-    def run_retry() -> None:
+    def run_one() -> None:  # a queued retry or confirmation comes first in Optuna's queue
         study.optimize(
             objective, n_trials=1, callbacks=[after_trial, progress.trial_done], catch=catch
         )
+
+    def stop_at_budget(st: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        if budget_met():
+            st.stop()
 
     started = time.monotonic()
     ran = 0
@@ -239,15 +254,16 @@ def _work(
                     objective,
                     n_trials=(n_trials - ran) if n_trials else None,
                     timeout=left,
-                    callbacks=[
-                        optuna.study.MaxTrialsCallback(s.n_trials, states=finished),
-                        after_trial,
-                        progress.trial_done,
-                    ],
+                    callbacks=[stop_at_budget, after_trial, progress.trial_done],
                     catch=catch,
                 )
-            if budget_met():
-                finish_orphans(study, storage, run_retry, stop.is_set)
+            while budget_met() and not stop.is_set():
+                if confirmations_due():
+                    run_one()
+                    continue
+                finish_orphans(study, storage, run_one, stop.is_set)
+                if not confirm.waiting(study):
+                    break
             break
         except Exception as err:
             ran += objective.trials_started - before
@@ -255,6 +271,17 @@ def _work(
                 raise
             _requeue(study, objective, s.max_retries, err)
     return 0
+
+
+def search_trials_finished(study: Any) -> int:
+    """Finished (complete or pruned) search trials: what ``search.n_trials`` counts."""
+    import optuna
+
+    from kdsearch.search.ranking import is_confirmation
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    trials = study.get_trials(deepcopy=False, states=finished)
+    return sum(not is_confirmation(t) for t in trials)
 
 
 def _count_failure(streak: list[str], trial: Any, reason: str | None) -> None:

@@ -7,6 +7,11 @@ the best parameters retrained on train+val (no images held out any more) for sev
 reported as mean ± std so that seed noise is visible next to the gain it is compared with.
 The result is stored on the study (user attribute ``final``) so reports and tables can read
 it without recomputing.
+
+"Best" is the best configuration by :mod:`kdsearch.search.confidence`: in a study with
+confirmation trials, the confirmed configuration with the best mean over seeds (its search
+trial's checkpoint is the one tested), reported with its spread, the configurations tied with
+it and the study's seed noise; in a single-seed study, the best trial, as before.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import optuna
 from kdsearch.config.metrics import COSTS
 from kdsearch.config.spec import ALIASES, Spec
 from kdsearch.errors import KDSearchError
-from kdsearch.search import ranking
+from kdsearch.search import confidence, ranking
 from kdsearch.search import study as studies
 from kdsearch.training.experiment import Context, train_student
 from kdsearch.training.loop import evaluate
@@ -57,7 +62,8 @@ def best_trial(
             f"study {study.study_name!r} has no complete trial yet; run "
             f"`kdsearch worker --study {study.study_name}` first"
         )
-    trial = ranking.best(study, budgets)
+    rows = confidence.rank(study, budgets).rows
+    trial = rows[0].configuration.trial if rows else None
     if trial is None:
         smallest = min(ranking.complete(study), key=lambda t: ranking.cost(t, next(iter(budgets))))
         costs = ", ".join(f"{m} {ranking.cost(smallest, m):g}" for m in budgets)
@@ -166,6 +172,7 @@ def final(
         "params": trial.params,
         "val_accuracy": trial.values[0],
         "costs": {m: ranking.cost(trial, m) for m in COSTS},
+        "confidence": confidence_of(confidence.rank(study, dict(budgets or {}))),
     }
     if budgets:
         result["budgets"] = dict(budgets)
@@ -190,6 +197,27 @@ def final(
     return result
 
 
+def confidence_of(ranked: confidence.Ranking) -> dict[str, Any]:
+    """The winner's spread over seeds and the study's noise, JSON-ready."""
+    top = ranked.rows[0]
+    c = top.configuration
+    return {
+        "n": c.n,
+        "seeds": c.seeds,
+        "val_accuracies": c.values,
+        "val_mean": c.mean,
+        "val_std": c.std,
+        "val_ci95": top.ci95,
+        "test_accuracies": c.tests,
+        "test_mean": c.test_mean,
+        "test_std": c.test_std,
+        "tied": [r.configuration.trial.number for r in ranked.rows if r.tied],
+        "noise": ranked.noise,
+        "resolution": ranked.resolution,
+        "summary": ranked.summary(),
+    }
+
+
 def format_result(r: dict[str, Any]) -> str:
     """The result for a reader: val beside test, so selection bias is visible at a glance."""
     params = ", ".join(
@@ -199,6 +227,20 @@ def format_result(r: dict[str, Any]) -> str:
     if r.get("budgets"):
         head += f", the most accurate within {ranking.describe_budgets(r['budgets'])}"
     lines = [head, f"val accuracy  {r['val_accuracy']:.4f} (what the search selected on)"]
+    c = r.get("confidence")
+    if c and c["n"] > 1:
+        seeds = ",".join(str(s) for s in c["seeds"] if s is not None)
+        test = ""
+        if c["test_mean"] is not None:
+            test = f", test {c['test_mean']:.4f}"
+            test += f" ± {c['test_std']:.4f}" if c["test_std"] is not None else ""
+        lines.append(
+            f"over {c['n']} seeds val {c['val_mean']:.4f} ± {c['val_std']:.4f} "
+            f"(95% CI ± {c['val_ci95']:.4f}){test} (the search trial and confirmation "
+            f"seeds {seeds}, each its best-epoch checkpoint)"
+        )
+    if c:
+        lines.append(f"confidence    {c['summary']}")
     if r["mode"] == "checkpoint":
         lines.append(f"test accuracy {r['mean']:.4f} (the trial's best-epoch checkpoint)")
     else:

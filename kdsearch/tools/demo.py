@@ -34,7 +34,7 @@ def main() -> int:
 
     from kdsearch.config import spec as specs
     from kdsearch.paths import resolve
-    from kdsearch.search import ranking
+    from kdsearch.search import confidence
 
     os.environ.setdefault("KDSEARCH_STORAGE", STORAGE)
     spec = specs.load(SPEC)
@@ -45,7 +45,9 @@ def main() -> int:
     sh("kdsearch", "create-study", SPEC, "--study-name", study)
     sh("kdsearch", "worker", "--study", study, "--n-workers", "2", "--devices", "cpu")
 
-    best = ranking.best(optuna.load_study(study_name=study, storage=STORAGE))
+    ranked = confidence.rank(optuna.load_study(study_name=study, storage=STORAGE))
+    winner = ranked.winner
+    best = winner.trial
     sets = [f"--set={k}={v}" for k, v in best.params.items() if k != "alpha"]
     baseline = json.loads(
         sh(
@@ -62,22 +64,36 @@ def main() -> int:
     optuna.load_study(study_name=study, storage=STORAGE).set_user_attr("baseline", baseline)
     columns = ["number", "state", "val_accuracy", "test_accuracy", *spec.search.space]
     columns += ["epochs_run", "duration_s"]
-    sh("kdsearch", "export-table", "--study", study, "--top", "10", "--columns", ",".join(columns))
+    sh(
+        "kdsearch",
+        "export-table",
+        "--study",
+        study,
+        "--by",
+        "trial",
+        "--top",
+        "10",
+        "--columns",
+        ",".join(columns),
+    )
+    sh("kdsearch", "export-table", "--study", study, "--by", "configuration", "--top", "5")
     Path("results").mkdir(exist_ok=True)
     sh("kdsearch", "export-table", "--study", study, "-o", f"results/{study}.csv")
 
     labels = f"{spec.dataset.labeled_fraction:.0%} of the training labels"
     print(f"\nBest distilled student vs. no-distillation baseline ({labels}, same epochs):")
     print(f"  {'':<34}{'val acc':>9}{'test acc':>10}")
+    seeds = f", {winner.n} seeds" if winner.n > 1 else ""
     print(
-        f"  {'distilled (trial ' + str(best.number) + ')':<34}{best.values[0]:>9.4f}"
-        f"{best.user_attrs['test_accuracy']:>10.4f}"
+        f"  {'distilled (trial ' + str(best.number) + seeds + ')':<34}{winner.mean:>9.4f}"
+        f"{winner.test_mean:>10.4f}"
     )
     print(
         f"  {'baseline (alpha=0, same lr/dropout)':<34}{baseline['val_accuracy']:>9.4f}"
         f"{baseline['test_accuracy']:>10.4f}"
     )
     print(f"\nbest parameters: {best.params}")
+    print(f"confidence: {ranked.summary()}")
     print(f"demo took {time.perf_counter() - started:.0f} s; table in results/{study}.csv")
     print("browse the study:  .venv/bin/optuna-dashboard sqlite:///kdsearch.db")
     print("              or:  .venv/bin/kdsearch dashboard")

@@ -21,7 +21,7 @@ import pandas as pd
 from kdsearch.config.metrics import METRICS
 from kdsearch.config.spec import ALIASES, Spec
 from kdsearch.errors import KDSearchError
-from kdsearch.search import ranking
+from kdsearch.search import confidence, ranking
 from kdsearch.search import study as studies
 
 STATES = {
@@ -30,6 +30,8 @@ STATES = {
     "all": None,
 }
 ATTRS = (
+    ranking.CONFIRM_OF,
+    ranking.SEED,
     "test_accuracy",
     "best_epoch",
     "epochs_run",
@@ -55,7 +57,7 @@ RENDERERS = {
     "latex": lambda df, index: readable(df).to_latex(index=index).rstrip("\n"),
 }
 #: Columns holding accuracies: always 4 decimals, so they line up and compare by eye.
-ACCURACY = ("accuracy", "best_reported")
+ACCURACY = ("accuracy", "best_reported", "val_mean", "val_std", "val_ci95", "test_mean", "test_std")
 SUFFIXES = {
     ".csv": "csv",
     ".json": "json",
@@ -97,6 +99,48 @@ def trials_table(study: optuna.Study, state: str = "all") -> pd.DataFrame:
     return df.sort_values(
         ["val_accuracy", "best_reported"], ascending=ascending, na_position="last"
     ).reset_index(drop=True)
+
+
+def configurations_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per configuration, best mean first (:mod:`kdsearch.search.confidence`): seeds,
+    mean, std and 95 % interval of validation accuracy, test mean and std, and how it
+    compares with the best (``best``, ``tied`` or ``worse``, with the test's p-value)."""
+    return configurations_table_of(confidence.rank(study))
+
+
+def configurations_table_of(ranked: confidence.Ranking) -> pd.DataFrame:
+    """:func:`configurations_table` of an already ranked study."""
+    rows = []
+    for r in ranked.rows:
+        c = r.configuration
+        if r.rank == 1:
+            verdict = "best"
+        elif not ranked.tested:
+            verdict = "untested"
+        else:
+            verdict = "tied" if r.tied else "worse"
+        rows.append(
+            {
+                "rank": r.rank,
+                "trial": c.trial.number,
+                "n": c.n,
+                "val_mean": c.mean,
+                "val_std": c.std,
+                "val_ci95": r.ci95,
+                "test_mean": c.test_mean,
+                "test_std": c.test_std,
+                "vs_best": verdict,
+                "p_value": r.p_value,
+                **c.trial.params,
+                "student_params": c.trial.user_attrs.get("student_params"),
+                "seeds": " ".join(str(s) for s in c.seeds if s is not None),
+            }
+        )
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["student_params"] = df["student_params"].astype("Int64")
+    df.attrs["confidence"] = ranked.summary()
+    return df
 
 
 def column_format(name: str, values: pd.Series) -> Callable[[Any], str]:
@@ -286,22 +330,43 @@ def table(
     pivot_on: tuple[str, str] | None = None,
     bins: int = 4,
     pareto: bool = False,
+    by: str = "auto",
 ) -> pd.DataFrame:
     """Study ``name``'s trials, best first (:func:`trials_table`), cut as ``export-table`` does:
     only the non-dominated ones (``pareto``), the best ``top``, only ``columns``, or the best
-    value per cell over ``pivot_on``."""
+    value per cell over ``pivot_on``.
+
+    ``by="configuration"`` gives one row per configuration instead
+    (:func:`configurations_table`); ``"auto"`` does so once a configuration has several seeds
+    (and neither ``pivot_on`` nor ``pareto`` asks for trials). The table's ``attrs``
+    hold the study's noise sentence (``confidence``).
+    """
     if top is not None and top < 1:
         raise KDSearchError(f"--top {top}: must be >= 1")
     if bins < 2:
         raise KDSearchError(f"--bins {bins}: must be >= 2")
+    if by not in ("auto", "trial", "configuration"):
+        raise KDSearchError(f"--by {by}: use auto, trial or configuration")
     study, _ = studies.open_study(name, url)
-    df = trials_table(study, state)
-    if df.empty:
-        return df
+    summary = confidence.rank(study)
+    per_config = by == "configuration" or (
+        by == "auto" and summary.tested and not (pivot_on or pareto)
+    )
+    df = configurations_table(study) if per_config else trials_table(study, state)
+    df.attrs["confidence"] = summary.summary()
+    if df.empty or per_config:
+        return _cut(df, top, columns)
     if pareto:
         df = pareto_rows(study, df)
     if pivot_on:
         return pivot(df, *pivot_on, bins).reset_index()
+    return _cut(df, top, columns)
+
+
+def _cut(df: pd.DataFrame, top: int | None, columns: list[str] | None) -> pd.DataFrame:
+    """The first ``top`` rows and only ``columns`` of ``df``."""
+    if df.empty:
+        return df
     if top:
         df = df.head(top)
     if columns:

@@ -266,3 +266,38 @@ def comparison(rows: dict[str, tuple[float | None, float | None]], title: str) -
     ax.set_title(title)
     _legend_below(ax, ax.get_legend_handles_labels()[0])
     return fig
+
+
+def confidence(ranked: Any, top: int = 10) -> Figure:
+    """The best configurations' mean validation and test accuracy over seeds, with 95 %
+    intervals (validation: the study's pooled seed noise; test: each configuration's own
+    spread), the winner on top and the configurations tied with it marked."""
+    from scipy import stats
+
+    rows = ranked.rows[:top]
+    if not ranked.tested:
+        raise Skip("one seed per configuration: no spread to draw (add search.confirm)")
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.45 * len(rows)))
+    ys = np.arange(len(rows))[::-1]
+    for y, r in zip(ys, rows, strict=True):
+        c = r.configuration
+        ax.errorbar(pct(c.mean), y + 0.12, xerr=pct(r.ci95), fmt="o", color=PALETTE[0])
+        if c.test_mean is not None:
+            half = 0.0
+            if c.test_std is not None:
+                half = stats.t.ppf(0.975, len(c.tests) - 1) * c.test_std / math.sqrt(len(c.tests))
+            ax.errorbar(pct(c.test_mean), y - 0.12, xerr=pct(half), fmt="s", color=PALETTE[1])
+    labels = []
+    for r in rows:
+        mark = " (best)" if r.rank == 1 else " (tied)" if r.tied else ""
+        labels.append(f"trial {r.configuration.trial.number}, n={r.configuration.n}{mark}")
+    ax.set_yticks(ys, labels)
+    _percent_axis(ax, "x")
+    ax.set_xlabel("accuracy, mean over seeds ± 95% interval")
+    ax.set_title("best configurations: validation (circles) and test (squares)")
+    handles = [
+        Line2D([], [], color=PALETTE[0], marker="o", linestyle="none", label="validation"),
+        Line2D([], [], color=PALETTE[1], marker="s", linestyle="none", label="test"),
+    ]
+    _legend_below(ax, handles)
+    return fig

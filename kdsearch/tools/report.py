@@ -21,7 +21,7 @@ import optuna
 
 from kdsearch.config.metrics import LABELS
 from kdsearch.config.spec import Spec
-from kdsearch.search import ranking
+from kdsearch.search import confidence, ranking
 from kdsearch.search import study as studies
 from kdsearch.tools import dashboard, export, figures
 from kdsearch.tools.best import BASELINE_ATTR, ensure_baseline
@@ -58,8 +58,10 @@ def compare_rows(study: optuna.Study, spec: Spec) -> tuple[dict[str, Row], list[
             "(or `report` without --no-baseline) trains it"
         )
     kind = "distilled" if spec.teacher is not None else "student"
-    test = best.user_attrs.get("test_accuracy")
-    rows[f"best {kind} (trial {best.number})"] = (best.values[0], test)
+    winner = confidence.rank(study).winner
+    assert winner is not None
+    seeds = f", mean of {winner.n} seeds" if winner.n > 1 else ""
+    rows[f"best {kind} (trial {winner.trial.number}{seeds})"] = (winner.mean, winner.test_mean)
     return rows, notes
 
 
@@ -79,6 +81,7 @@ def draw(study: optuna.Study, spec: Spec, out: Path) -> tuple[list[str], list[st
         "slice": lambda: figures.slices(study, list(spec.search.space)),
         "param_importances": lambda: figures.importances(study),
         "baseline": comparison,
+        "confidence": lambda: figures.confidence(confidence.rank(study)),
     }
     if len(spec.search.objectives) > 1:  # one objective has no trade-off to draw
         makers["pareto_front"] = lambda: figures.pareto_front(study, spec.search.objectives, LABELS)
@@ -121,19 +124,42 @@ def _spec_lines(spec: Spec) -> list[str]:
     return lines
 
 
+def _spread(values: list[float], std: float | None) -> str:
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    return f"{mean:.4f}" + (f" ± {std:.4f} (n={len(values)})" if std is not None else "")
+
+
+def _best_lines(ranked: confidence.Ranking) -> list[str]:
+    """The best configuration, its spread over seeds, and the study's noise in words."""
+    top = ranked.rows[0]
+    c = top.configuration
+    md = ["## Best configuration", "", f"- trial {c.trial.number}"]
+    md += [f"- validation accuracy {_spread(c.values, c.std)}"]
+    if top.ci95 is not None:
+        md[-1] += f", 95% interval ± {top.ci95:.4f}"
+    md += [f"- test accuracy {_spread(c.tests, c.test_std)}"]
+    md += [f"- student parameters {_fmt(c.trial.user_attrs.get('student_params'))}"]
+    md += [f"- `{k}` = {_fmt(v)}" for k, v in c.trial.params.items()]
+    md += ["", f"Confidence: {ranked.summary()}.", ""]
+    if ranked.tested:
+        table = export.readable(export.configurations_table_of(ranked).head(10))
+        md += ["### Configurations (best 10 by mean)", ""]
+        md += [table.to_markdown(index=False, disable_numparse=True), ""]
+    return md
+
+
 def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
     """Draw the figures and write report.md beside them; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    best = ranking.best(study)
+    ranked = confidence.rank(study)
     drawn, skipped, extra = draw(study, spec, out)
     counts = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
     summary = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trials yet"
     md = [f"# Study `{study.study_name}`", "", summary, "", "## Spec", "", *_spec_lines(spec), ""]
-    if best is not None:
-        md += ["## Best trial", "", f"- trial {best.number}, value {best.values[0]:.4f}"]
-        md += [f"- test accuracy {_fmt(best.user_attrs.get('test_accuracy'))}"]
-        md += [f"- student parameters {_fmt(best.user_attrs.get('student_params'))}"]
-        md += [f"- `{k}` = {_fmt(v)}" for k, v in best.params.items()] + [""]
+    if ranked.rows:
+        md += _best_lines(ranked)
         rows, _ = compare_rows(study, spec)
         md += ["## Against the teacher and the baseline", "", "| | val accuracy | test accuracy |"]
         md += ["|---|---|---|", *(f"| {k} | {' | '.join(map(_acc, v))} |" for k, v in rows.items())]
@@ -165,7 +191,7 @@ def make_report(
     """
     study, spec = studies.open_study(name, url)
     dashboard.describe(study, spec)  # the teacher may have been trained after create-study
-    if baseline and ranking.best(study) is not None:
+    if baseline and ranking.complete(study):
         if BASELINE_ATTR not in study.user_attrs:
             say("training the alpha = 0 baseline with the best trial's settings")
         ensure_baseline(study, spec, device)

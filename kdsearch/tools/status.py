@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from kdsearch.search import ranking
+from kdsearch.search import confidence, confirm, ranking
 from kdsearch.search.progress import fmt_params, fmt_seconds
 from kdsearch.search.study import EPOCH_BUDGET_ATTR, SPEC_ATTR
 
@@ -66,19 +66,30 @@ def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dic
     for t in trials:
         counts[t.state.name.lower()] += 1
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    finished = [t for t in trials if t.state in finished_states]
+    # The budget counts search trials; confirmation trials are reported apart.
+    finished = [t for t in trials if t.state in finished_states and not ranking.is_confirmation(t)]
     running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     live_ids = _live_trial_ids(storage, study, None)
     live = [t for t in running if live_ids is None or t._trial_id in live_ids]
 
     best = None
-    b = ranking.best(study)
-    if b is not None:
+    ranked = confidence.rank(study)
+    if ranked.rows:
+        top = ranked.rows[0]
+        c = top.configuration
         best = {
-            "number": b.number,
-            "value": b.values[0],
-            "params": b.params,
-            "test_accuracy": b.user_attrs.get("test_accuracy"),
+            "number": c.trial.number,
+            "value": c.mean,
+            "params": c.trial.params,
+            "test_accuracy": c.test_mean,
+            "n": c.n,
+            "std": c.std,
+            "ci95": top.ci95,
+            "test_std": c.test_std,
+            "tied": ranked.ties,
+            "noise": ranked.noise,
+            "resolution": ranked.resolution,
+            "tested": ranked.tested,
         }
 
     now = now or dt.datetime.now()
@@ -111,6 +122,7 @@ def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dic
         "finished": len(finished),
         "states": counts,
         "best": best,
+        "confirm": confirm.progress(study),
         "workers": [
             {
                 "trial": t.number,
@@ -148,12 +160,21 @@ def format_status(s: dict[str, Any]) -> str:
         budget = s["n_trials"] if s["n_trials"] is not None else "?"
         done = f"{s['finished']}/{budget} trials"
     lines = [f"{s['study']}: {done} finished ({states or 'no trials'})"]
+    c = s["confirm"]
+    if c["runs"]:
+        lines.append(
+            f"  confirmation: {c['complete']}/{c['runs']} runs complete"
+            + "".join(f", {c[k]} {k}" for k in ("running", "waiting", "failed") if c[k])
+        )
     b = s["best"]
     if b:
-        test = b["test_accuracy"]
-        test_text = f", test {test:.4f}" if test is not None else ""
         params = fmt_params(b["params"])
-        lines.append(f"  best: trial {b['number']} val {b['value']:.4f}{test_text} ({params})")
+        lines.append(f"  best: trial {b['number']} {_spread(b)} ({params})")
+        if b["tested"]:
+            lines.append(
+                f"  noise: differences under {100 * b['resolution']:.2f} points are not "
+                f"resolved; {b['tied']} configurations tied with the best"
+            )
     for w in s["workers"]:
         of = f"/{w['epochs']}" if w["epochs"] else ""
         lines.append(f"  running: trial {w['trial']} epoch {w['epoch']}{of} on {w['worker']}")
@@ -162,3 +183,19 @@ def format_status(s: dict[str, Any]) -> str:
         eta = "done" if not left else f"about {fmt_seconds(left)} left"
         lines.append(f"  {s['epochs_per_second']:.3g} epochs/s, {eta}")
     return "\n".join(lines)
+
+
+def _spread(b: dict[str, Any]) -> str:
+    """``val 0.8512 ± 0.0021 (n=4), test 0.8433 ± 0.0030``, or single values for one seed."""
+
+    def one(value: float | None, std: float | None) -> str:
+        if value is None:
+            return "?"
+        return f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+    text = f"val {one(b['value'], b['std'])}"
+    if b["n"] > 1:
+        text += f" (n={b['n']})"
+    if b["test_accuracy"] is not None:
+        text += f", test {one(b['test_accuracy'], b['test_std'])}"
+    return text

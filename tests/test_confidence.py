@@ -1,0 +1,276 @@
+"""Confidence: configurations ranked by their mean over seeds, ties by the stated test, and
+confirmation trials run by real workers (tagged, counted apart, never pruned, crash-safe)."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import start_worker
+from scipy import stats
+
+from kdsearch.search import confidence, confirm
+from kdsearch.search.ranking import CONFIRM_OF, SEED
+from kdsearch.search.storage import open_storage
+
+S = optuna.trial.TrialState
+D = optuna.distributions.FloatDistribution(0.0, 1.0)
+
+
+def study_with(runs: dict[float, list[float]], url: str = "sqlite:///ranks.db") -> optuna.Study:
+    """A real stored study: one search trial per key (its alpha), its first value the search
+    trial's, the rest confirmation trials of it."""
+    study = optuna.create_study(storage=url, direction="maximize")
+    for alpha, values in runs.items():
+        first = optuna.trial.create_trial(
+            params={"alpha": alpha}, distributions={"alpha": D}, value=values[0]
+        )
+        study.add_trial(first)
+        number = study.get_trials()[-1].number
+        for seed, value in enumerate(values[1:], start=1):
+            attrs = {CONFIRM_OF: number, SEED: seed}
+            again = optuna.trial.create_trial(
+                params={"alpha": alpha}, distributions={"alpha": D}, value=value, user_attrs=attrs
+            )
+            study.add_trial(again)
+    return study
+
+
+def order(ranked: confidence.Ranking) -> list[float]:
+    return [r.configuration.trial.params["alpha"] for r in ranked.rows]
+
+
+def test_a_better_single_seed_with_a_worse_mean_is_not_first(kd_home: Path) -> None:
+    study = study_with(
+        {
+            0.1: [0.90, 0.80, 0.81],  # the luckiest first seed, the worst mean
+            0.2: [0.88, 0.87, 0.875],
+            0.3: [0.86],  # never confirmed: its one seed beats 0.1's mean, yet ranks last
+        }
+    )
+    ranked = confidence.rank(study)
+    assert order(ranked) == [0.2, 0.1, 0.3]
+    top = ranked.rows[0].configuration
+    assert top.n == 3 and top.mean == pytest.approx((0.88 + 0.87 + 0.875) / 3)
+    assert top.std == pytest.approx(stats.tstd([0.88, 0.87, 0.875]))
+
+
+@pytest.mark.parametrize(
+    ("other", "tied"),
+    [([0.845, 0.86, 0.85], True), ([0.80, 0.81, 0.805], False)],
+)
+def test_ties_are_a_one_sided_pooled_t_test_at_5_percent(
+    kd_home: Path, other: list[float], tied: bool
+) -> None:
+    winner = [0.86, 0.85, 0.87]
+    ranked = confidence.rank(study_with({0.5: winner, 0.6: other}))
+    row = ranked.rows[1]
+    # With two configurations the pooled variance is Student's two-sample test's own.
+    expected = stats.ttest_ind(winner, other, equal_var=True, alternative="greater").pvalue
+    assert row.p_value == pytest.approx(expected)
+    assert row.tied is tied and ranked.ties == int(tied)
+    assert ranked.noise == pytest.approx(math.sqrt((stats.tvar(winner) + stats.tvar(other)) / 2))
+    lsd = stats.t.ppf(0.95, 4) * ranked.noise * math.sqrt(2 / 3)
+    assert ranked.resolution == pytest.approx(lsd)
+    assert f"differences under {100 * lsd:.2f} points" in ranked.summary()
+
+
+def test_unconfirmed_configurations_are_tested_with_the_pooled_noise(kd_home: Path) -> None:
+    ranked = confidence.rank(study_with({0.1: [0.86, 0.85, 0.87], 0.2: [0.855], 0.3: [0.70]}))
+    near, far = ranked.rows[1], ranked.rows[2]
+    assert near.tied and not far.tied
+    se = ranked.noise * math.sqrt(1 / 3 + 1)
+    assert near.p_value == pytest.approx(stats.t.sf((0.86 - 0.855) / se, 2))
+
+
+def test_a_single_seed_study_keeps_its_order_and_says_it_is_untested(kd_home: Path) -> None:
+    ranked = confidence.rank(study_with({0.1: [0.80], 0.2: [0.85], 0.3: [0.83]}))
+    assert order(ranked) == [0.2, 0.3, 0.1]
+    assert not ranked.tested and ranked.ties == 0 and ranked.resolution is None
+    assert "not tested" in ranked.summary()
+
+
+#: Four search trials that are never pruned (n_startup_trials), then confirmation trials that
+#: a 99th-percentile pruner would stop at their first epoch if they were not exempt.
+CONFIRMED = {
+    "train": {"epochs": 3},
+    "search": {
+        "n_trials": 4,
+        "pruner": {"name": "percentile", "percentile": 99.0, "n_startup_trials": 4},
+        "confirm": {"top": 2, "seeds": 2},
+    },
+}
+
+
+@pytest.mark.slow
+def test_a_study_with_confirm_ends_confirmed_and_every_reader_shows_it(
+    cli, write_spec, kd_home: Path
+) -> None:
+    url = "sqlite:///kd.db"
+    assert cli("create-study", str(write_spec(CONFIRMED)), "--storage", url).returncode == 0
+    worker = cli("worker", "--study", "synth", "--storage", url, "--devices", "cpu")
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    assert "confirmation trials queued" in worker.stderr
+    trials = optuna.load_study(study_name="synth", storage=open_storage(url)).get_trials()
+    search = [t for t in trials if CONFIRM_OF not in t.user_attrs]
+    again = [t for t in trials if CONFIRM_OF in t.user_attrs]
+    assert len(search) == 4  # the budget counts search trials only
+    assert len(again) == 4 and all(t.state == S.COMPLETE for t in again)
+    assert all(len(t.intermediate_values) == 3 for t in again)  # never pruned
+    top2 = sorted(search, key=lambda t: -t.value)[:2]
+    assert {(t.user_attrs[CONFIRM_OF], t.user_attrs[SEED]) for t in again} == {
+        (t.number, seed) for t in top2 for seed in (1, 2)
+    }
+    for t in again:
+        assert t.params == trials[t.user_attrs[CONFIRM_OF]].params
+
+    status = json.loads(cli("status", "--study", "synth", "--storage", url, "--json").stdout)[0]
+    assert status["finished"] == 4
+    assert status["confirm"] == {"runs": 4, "complete": 4, "running": 0, "waiting": 0, "failed": 0}
+    best = status["best"]
+    assert best["n"] == 3 and best["tested"] and best["number"] in {t.number for t in top2}
+    mean = (
+        sum(t.value for t in trials if best["number"] in (t.number, t.user_attrs.get(CONFIRM_OF)))
+        / 3
+    )
+    assert best["value"] == pytest.approx(mean)
+
+    table = cli("export-table", "--study", "synth", "--storage", url, "--format", "csv")
+    assert table.returncode == 0, table.stderr
+    head, *rows = table.stdout.splitlines()
+    assert head.startswith("rank,trial,n,val_mean,val_std,val_ci95,test_mean,test_std,vs_best")
+    assert [r.split(",")[2] for r in rows] == ["3", "3", "1", "1"]
+    assert rows[0].split(",")[8] == "best"
+    assert "seed noise" in table.stderr
+
+    result = cli("best", "--study", "synth", "--storage", url)
+    assert result.returncode == 0, result.stderr
+    assert "over 3 seeds val" in result.stdout and "differences under" in result.stdout
+
+    report = cli("report", "--study", "synth", "--storage", url, "--no-baseline", "-o", "rep")
+    assert report.returncode == 0, report.stderr
+    md = (kd_home / "rep" / "report.md").read_text()
+    assert "Confidence: seed noise" in md and "vs_best" in md
+    assert (kd_home / "rep" / "confidence.png").is_file()
+
+
+@pytest.mark.slow
+def test_confirm_on_demand_mid_search_runs_beside_the_budget(cli, write_spec, kd_home) -> None:
+    """Confirmation queued while the search runs: the workers run it first, and the search
+    still gets all of its trials; asking again queues only the missing seeds."""
+    url = "sqlite:///kd.db"
+    spec = write_spec(
+        {"train": {"epochs": 2}, "search": {"n_trials": 3, "pruner": {"name": "none"}}}
+    )
+    assert cli("create-study", str(spec), "--storage", url).returncode == 0
+    assert cli("worker", "--study", "synth", "--storage", url, "--n-trials", "2").returncode == 0
+    first = cli("confirm", "--study", "synth", "--storage", url, "--top", "1", "--seeds", "1")
+    assert first.returncode == 0 and "queued 1 confirmation trials" in first.stdout
+    more = cli("confirm", "--study", "synth", "--storage", url, "--top", "1", "--seeds", "2")
+    assert "queued 1 confirmation trials" in more.stdout  # seed 1 is already queued
+    assert cli("worker", "--study", "synth", "--storage", url).returncode == 0
+    study = optuna.load_study(study_name="synth", storage=open_storage(url))
+    trials = study.get_trials()
+    assert sum(CONFIRM_OF not in t.user_attrs for t in trials) == 3  # the whole budget
+    assert confirm.progress(study)["complete"] == 2
+    again = cli("confirm", "--study", "synth", "--storage", url, "--top", "1", "--seeds", "2")
+    assert "every asked confirmation run is queued, running or done" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_sigkilled_confirmation_trial_is_retried(cli, write_spec, kd_home: Path) -> None:
+    """The worker dies in a confirmation trial; the next worker fails it by its heartbeat,
+    retries it with the same seed from its epoch checkpoint, and leaves nothing RUNNING."""
+    url = "sqlite:///kd.db"
+    slow = {"n_train": 1200, "n_test": 100, "num_classes": 4, "noise": 150.0}
+    spec = write_spec(
+        {
+            "dataset": {"options": slow},
+            "train": {"epochs": 6},
+            "search": {
+                "n_trials": 1,
+                "pruner": {"name": "none"},
+                "confirm": {"top": 1, "seeds": 1},
+            },
+        }
+    )
+    assert cli("create-study", str(spec), "--storage", url).returncode == 0
+    worker = start_worker(kd_home, "synth", url)
+    study = optuna.load_study(study_name="synth", storage=open_storage(url))
+
+    def confirming() -> list[optuna.trial.FrozenTrial]:
+        return [
+            t
+            for t in study.get_trials()
+            if CONFIRM_OF in t.user_attrs
+            and t.state == S.RUNNING
+            and len(t.intermediate_values) >= 2
+        ]
+
+    from test_crash import wait_for
+
+    killed = wait_for(confirming, 300, "a confirmation trial at epoch 2", [worker])[0]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    again = cli("worker", "--study", "synth", "--storage", url, "--devices", "cpu")
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[killed.number].state == S.FAIL
+    retry = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retry) == 1 and retry[0].state == S.COMPLETE
+    assert retry[0].user_attrs[SEED] == killed.user_attrs[SEED]
+    assert retry[0].user_attrs[CONFIRM_OF] == killed.user_attrs[CONFIRM_OF]
+    assert retry[0].user_attrs["resumed_from_epoch"] >= 2
+    assert not [t for t in trials.values() if t.state == S.RUNNING]
+    assert confirm.progress(study) == {
+        "runs": 1,
+        "complete": 1,
+        "running": 0,
+        "waiting": 0,
+        "failed": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--top", "0"), "--top 0 must be at least 1"),
+        (("--seeds", "0"), "--seeds 0 must be at least 1"),
+        ((), "has no complete trial to confirm"),
+    ],
+)
+def test_confirm_refuses_bad_input_in_one_line(cli, write_spec, kd_home, args, message) -> None:
+    url = "sqlite:///kd.db"
+    assert cli("create-study", str(write_spec()), "--storage", url).returncode == 0
+    before = (kd_home / "kd.db").read_bytes()
+    out = cli("confirm", "--study", "synth", "--storage", url, *args)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert message in out.stderr
+    assert (kd_home / "kd.db").read_bytes() == before
+
+
+def test_a_confirm_spec_with_zero_seeds_is_one_line(cli, write_spec) -> None:
+    out = cli("validate", str(write_spec({"search": {"confirm": {"top": 2, "seeds": 0}}})))
+    assert out.returncode == 2 and "search.confirm.seeds: 0 must be at least 1" in out.stderr
+
+
+def test_a_multi_objective_study_confirms_its_most_accurate_front_members(kd_home: Path) -> None:
+    study = optuna.create_study(storage="sqlite:///multi.db", directions=["maximize", "minimize"])
+    points = {0.1: (0.90, 5000), 0.2: (0.85, 1000), 0.3: (0.84, 3000), 0.4: (0.80, 500)}
+    for alpha, (acc, params) in points.items():
+        trial = optuna.trial.create_trial(
+            params={"alpha": alpha},
+            distributions={"alpha": D},
+            values=[acc, params],
+            user_attrs={"student_params": params},
+        )
+        study.add_trial(trial)
+    # 0.3 is dominated by 0.2 (less accurate and larger): never confirmed, however many asked.
+    chosen = confirm.candidates(study, 3)
+    assert [t.params["alpha"] for t in chosen] == [0.1, 0.2, 0.4]
+    within = confirm.candidates(study, 3, {"student_params": 2000})
+    assert [t.params["alpha"] for t in within] == [0.2, 0.4]
