@@ -354,15 +354,17 @@ CROPS = {
 
 
 def test_sampled_random_resized_crops_are_cached_with_their_boxes(
-    write_spec: Callable[..., Path],
+    write_spec: Callable[..., Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Each slot stores its crop box and flip; the teacher's logits on the crop rebuilt from
     that box equal the cached ones (within fp16 storage rounding), and the boxes the loop draws
     from the cache are exactly the stored ones, so the student trains on the teacher's crops."""
     spec, ctx, model = _setup(write_spec, CROPS)
     d = ctx.data
-    cached, _ = build_or_load(model, d, spec)
+    with caplog.at_level(logging.INFO, logger="kdsearch.training.teacher"):
+        cached, _ = build_or_load(model, d, spec)
     n = len(d.train)
+    assert f"({n} images x 3 views)" in caplog.text  # the log line formats with boxes too
     assert cached.view_ids.shape == (n, 3, 5) and cached.table.shape == (n, 3, d.num_classes)
     assert len({tuple(b) for b in cached.view_ids[:, 0].tolist()}) > n // 2  # per image
     pixels = d.train.chunk(0, n)

@@ -216,7 +216,8 @@ def build_or_load(model: TeacherNet, data: DeviceData, spec: Spec) -> tuple[Cach
         blob = _read(path)
         if blob is None:
             slots = slot_views(data, spec.distill.cache_views(), spec.train.seed)
-            log.info("building teacher cache %s (%d images x %d views)", path, *slots.shape)
+            n, views = slots.shape[:2]  # random-resized crops add a box per view
+            log.info("building teacher cache %s (%d images x %d views)", path, n, views)
             logits = compute_logits(model, data, slots)
             blob = {
                 "format": CACHE_FORMAT,
