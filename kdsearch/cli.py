@@ -38,11 +38,11 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
     spec = api.validate(a.spec)
     if a.json:
-        _print_json(spec.to_dict())
+        _print_json(spec.public_dict())
     else:
         import yaml
 
-        print(yaml.safe_dump(json.loads(json.dumps(spec.to_dict())), sort_keys=False), end="")
+        print(yaml.safe_dump(json.loads(json.dumps(spec.public_dict())), sort_keys=False), end="")
         print(f"# {a.spec}: ok (study {spec.name}, {len(spec.search.space)} searched parameters)")
     return 0
 

@@ -25,6 +25,7 @@ import yaml
 from kdsearch.config.metrics import COSTS, METRICS
 from kdsearch.data import normalization
 from kdsearch.errors import KDSearchError, unknown_name
+from kdsearch.redact import mask_url
 from kdsearch.schema import build, in_range, positive
 
 SPEC_VERSION = 1
@@ -350,8 +351,16 @@ class Spec:
     version: int = SPEC_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON/YAML-safe), the form stored on a study."""
+        """Plain data (JSON/YAML-safe)."""
         return dataclasses.asdict(self)
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the storage URL's password masked: the form stored on a study
+        and shown to anyone (its note, its artifact, ``validate``)."""
+        data = self.to_dict()
+        if data.get("storage"):
+            data["storage"] = mask_url(data["storage"])
+        return data
 
     @property
     def distills(self) -> bool:

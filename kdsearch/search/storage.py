@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 import warnings
 from typing import Any
 from urllib.parse import urlsplit
 
 from kdsearch.errors import KDSearchError
+from kdsearch.redact import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def resolve_url(cli: str | None = None, spec_url: str | None = None) -> str:
 
 def mask(url: str) -> str:
     """The URL with any password replaced by ``***``, safe to print and log."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    return mask_url(url)
 
 
 def _where(url: str) -> str:

@@ -184,7 +184,7 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
     import optuna
 
     pruner = make_pruner(spec)
-    stored = json.loads(json.dumps(spec.to_dict()))
+    stored = json.loads(json.dumps(spec.public_dict()))
     if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
         if not load_if_exists:
             raise KDSearchError(

@@ -32,7 +32,7 @@ ARTIFACT_PREFIX = "artifacts:"  # Optuna's and optuna-dashboard's study system a
 
 
 def spec_yaml(spec: Spec) -> str:
-    return yaml.safe_dump(json.loads(json.dumps(spec.to_dict())), sort_keys=False)
+    return yaml.safe_dump(json.loads(json.dumps(spec.public_dict())), sort_keys=False)
 
 
 def teacher_attrs(spec: Spec) -> dict[str, Any]:
