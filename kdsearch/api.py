@@ -95,9 +95,10 @@ def create_study(
     from kdsearch.tools import dashboard
 
     loaded = validate(spec)  # an impossible spec fails before the database is touched
+    name = study_name or loaded.name
+    studies.check_name(name)
     _check_inputs(loaded)
     url = storages.resolve_url(storage, loaded.storage)
-    name = study_name or loaded.name
     created = studies.create(loaded, storages.open_storage(url), name, load_if_exists)
     dashboard.describe(created, loaded)
     if loaded.search.artifact_store:

@@ -179,10 +179,37 @@ def spec_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> lis
     return out
 
 
+#: Longest study name: it becomes one path component (``<name>-<id>``), well under 255 bytes.
+MAX_NAME = 120
+
+
+def check_name(name: str) -> None:
+    """Refuse a study name that is not safe as one path component of the study's folder:
+    empty, ``.`` or ``..``, a slash or backslash, a control character, or too long."""
+    bad = next((c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127), None)
+    reason = (
+        "is empty"
+        if not name
+        else "is . or .."
+        if name in (".", "..")
+        else f"contains {bad!r}"
+        if bad is not None
+        else f"is {len(name.encode())} bytes long (at most {MAX_NAME})"
+        if len(name.encode()) > MAX_NAME
+        else ""
+    )
+    if reason:
+        raise KDSearchError(
+            f"study name {name!r} {reason}: it names the study's folder, so use letters, digits, "
+            "'-', '_' or '.' (--study-name, or the spec's name)"
+        )
+
+
 def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
     """Create (or with ``load_if_exists``, reopen an identical) study for ``spec``."""
     import optuna
 
+    check_name(name)
     pruner = make_pruner(spec)
     stored = json.loads(json.dumps(spec.public_dict()))
     if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
