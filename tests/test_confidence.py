@@ -172,13 +172,13 @@ def test_confirm_on_demand_mid_search_runs_beside_the_budget(cli, write_spec, kd
     assert first.returncode == 0 and "queued 1 confirmation trials" in first.stdout
     more = cli("confirm", "--study", "synth", "--storage", url, "--top", "1", "--seeds", "2")
     assert "queued 1 confirmation trials" in more.stdout  # seed 1 is already queued
+    again = cli("confirm", "--study", "synth", "--storage", url, "--top", "1", "--seeds", "2")
+    assert "every asked confirmation run is queued, running or done" in again.stdout
     assert cli("worker", "--study", "synth", "--storage", url).returncode == 0
     study = optuna.load_study(study_name="synth", storage=open_storage(url))
     trials = study.get_trials()
     assert sum(CONFIRM_OF not in t.user_attrs for t in trials) == 3  # the whole budget
     assert confirm.progress(study)["complete"] == 2
-    again = cli("confirm", "--study", "synth", "--storage", url, "--top", "1", "--seeds", "2")
-    assert "every asked confirmation run is queued, running or done" in again.stdout
 
 
 @pytest.mark.slow

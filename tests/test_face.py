@@ -37,6 +37,7 @@ STATUS_KEYS = {
     "finished",
     "states",
     "best",
+    "confirm",
     "workers",
     "epochs_per_second",
     "seconds_left",
@@ -169,7 +170,7 @@ def test_budget_errors(cli, write_spec, kd_home):
 def test_help_order_version_and_defaults():
     top = run_cli("--help")
     listed = re.findall(r"^    (\S+)", top.stdout, re.MULTILINE)
-    assert listed[:12] == [
+    assert listed[:13] == [
         "validate",
         "train-teacher",
         "import-checkpoint",
@@ -177,6 +178,7 @@ def test_help_order_version_and_defaults():
         "worker",
         "status",
         "extend",
+        "confirm",
         "export-table",
         "best",
         "report",
@@ -269,7 +271,10 @@ def test_status_counts_rate_and_time_left():
     s = study_status(storage, "s", now=t0 + dt.timedelta(seconds=25))
     assert s["states"]["complete"] == 2 and s["states"]["running"] == 1 and s["finished"] == 2
     best = {"number": 1, "value": 0.75, "params": {"alpha": 0.2}, "test_accuracy": 0.74}
-    assert s["best"] == best
+    assert {k: s["best"][k] for k in best} == best
+    # One seed per configuration: n 1, no spread, and the order is not tested.
+    assert (s["best"]["n"], s["best"]["std"], s["best"]["tested"]) == (1, None, False)
+    assert s["confirm"] == {"runs": 0, "complete": 0, "running": 0, "waiting": 0, "failed": 0}
     assert s["workers"] == [{"trial": 2, "worker": "host:1", "epoch": 1, "epochs": 2}]
     assert s["epochs_per_second"] == pytest.approx(5 / 25)
     # one trial still to start (4 - 2 finished - 1 running) x 2 epochs + 1 epoch left, at 0.2/s

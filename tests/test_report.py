@@ -65,7 +65,9 @@ def test_report_of_a_finished_search(cli: Cli, write_spec: Callable[..., Path]) 
     md = (rep / "report.md").read_text()
     trials = study.get_trials(deepcopy=False)
     best = study.best_trial
-    assert f"trial {best.number}, value {best.value:.4f}" in md
+    assert f"## Best configuration\n\n- trial {best.number}\n" in md
+    assert f"- validation accuracy {best.value:.4f}\n" in md
+    assert "order is not tested" in md  # one seed per configuration
     for key, value in best.params.items():
         assert f"`{key}` = {value:.6g}" in md
     n_complete = sum(t.state.name == "COMPLETE" for t in trials)

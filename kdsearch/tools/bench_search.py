@@ -156,7 +156,8 @@ def _with_search(spec: Spec, **search: Any) -> Spec:
     from kdsearch.config import spec as specs
 
     data = spec.to_dict()
-    data["search"].update(search)
+    # Epochs to reach the grid's best are the search's own: confirmation runs are not counted.
+    data["search"].update({"confirm": None, **search})
     return specs.from_dict(data)
 
 
