@@ -210,7 +210,10 @@ def _work(
                 log.info("search budget met: %d confirmation trials queued", len(queued))
         return confirm.waiting(study)
 
-    if budget_met() and not _orphans(study, storage) and not confirmations_due():
+    # A RUNNING trial may have lost its worker a moment ago, before its heartbeat went silent:
+    # only a study with none can be left at once (finish_orphans watches the others).
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if budget_met() and not running and not _orphans(study, storage) and not confirmations_due():
         log.info("study %s has reached its budget of %d trials", study_name, s.n_trials)
         return 0
     if studies.study_id(study) is None:
