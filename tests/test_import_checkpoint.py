@@ -46,7 +46,7 @@ def _archs() -> list[tuple[str, bool]]:
     ]
 
 
-def _trained_like(model: nn.Module) -> nn.Module:
+def trained_like(model: nn.Module) -> nn.Module:
     """Random normalization statistics, so that importing buffers (not only weights) matters."""
     gen = torch.Generator().manual_seed(0)
     for m in model.modules():
@@ -86,7 +86,7 @@ def test_reference_checkpoint_imports_to_the_same_function(
     arch: str, dataparallel: bool, cli: CLI, kd_home: Path
 ) -> None:
     torch.manual_seed(0)
-    model = _trained_like(nets.create(arch, num_classes=10))
+    model = trained_like(nets.create(arch, num_classes=10))
     src, out = kd_home / "best.pth.tar", kd_home / "models" / f"{arch}-cifar10.pt"
     _save_reference_style(model, src, dataparallel)
     assert all(k.startswith("module.") == dataparallel for k in torch.load(src)["state_dict"])
@@ -99,7 +99,7 @@ def test_reference_checkpoint_imports_to_the_same_function(
 
 
 def test_plain_state_dict_imports(cli: CLI, kd_home: Path) -> None:
-    model = _trained_like(nets.create("cnn5", num_classes=10, num_channels=32))
+    model = trained_like(nets.create("cnn5", num_classes=10, num_channels=32))
     src, out = kd_home / "weights.pth", kd_home / "models" / "cnn5.pt"
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, src)
     proc = cli("import-checkpoint", str(src), "--arch", "cnn5", "--out", str(out))

@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 from conftest import SYNTHETIC_SPEC
+from test_import_checkpoint import trained_like
 from torch import nn
 from torchvision import models
 
@@ -45,16 +46,6 @@ NO_INTERNET = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0
 def _one_line(text: str) -> str:
     assert "\n" not in str(text).strip(), text
     return str(text)
-
-
-def _trained_like(model: nn.Module) -> nn.Module:
-    """Random batch-norm statistics, so that loading buffers (not only weights) matters."""
-    gen = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-    return model.eval()
 
 
 def _same_function(a: nn.Module, b: nn.Module) -> None:
@@ -154,7 +145,7 @@ def _cached_weights(home: Path, name: str) -> dict[str, torch.Tensor]:
     """A file where torch's hub cache keeps ``name``'s DEFAULT weights, as if downloaded."""
     weights = models.get_model_weights(name).DEFAULT
     torch.manual_seed(0)
-    state = _trained_like(models.get_model(name, num_classes=1000)).state_dict()
+    state = trained_like(models.get_model(name, num_classes=1000)).state_dict()
     path = home / "hub" / "checkpoints" / Path(weights.url).name
     path.parent.mkdir(parents=True)
     torch.save(state, path)
@@ -342,7 +333,7 @@ def test_help_says_how_to_name_library_models() -> None:
 
 def test_import_checkpoint_of_a_torchvision_state_dict(cli: CLI, kd_home: Path) -> None:
     torch.manual_seed(0)
-    model = _trained_like(nets.create("torchvision:mobilenet_v3_small", num_classes=10))
+    model = trained_like(nets.create("torchvision:mobilenet_v3_small", num_classes=10))
     src, out = kd_home / "mobilenet.pth", kd_home / "models" / "mobilenet.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, src)
     arch = "torchvision:mobilenet_v3_small"
@@ -358,7 +349,7 @@ def test_import_checkpoint_of_a_torchvision_state_dict(cli: CLI, kd_home: Path) 
 
 def test_import_a_timm_state_dict(kd_home: Path) -> None:
     torch.manual_seed(0)
-    model = _trained_like(nets.create("timm:resnet10t", num_classes=10))
+    model = trained_like(nets.create("timm:resnet10t", num_classes=10))
     src, out = kd_home / "resnet10t.pth", kd_home / "resnet10t.pt"
     torch.save(model.state_dict(), src)
     import_reference(src, "timm:resnet10t", out, num_classes=10, normalize="cifar10")
@@ -386,7 +377,7 @@ def test_checkpoint_round_trip_loads_no_weights(
     """A student trained from ``weights: DEFAULT`` loads from its file, never downloading."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     arch = "torchvision:mobilenet_v3_small"
-    model = _trained_like(nets.create(arch, num_classes=10))
+    model = trained_like(nets.create(arch, num_classes=10))
     path = tmp_path / "student.pt"
     save_model(
         path,
@@ -450,7 +441,7 @@ def test_init_from_another_class_count_replaces_the_head(
 ) -> None:
     arch = "torchvision:resnet18"
     torch.manual_seed(0)
-    imagenet = _trained_like(nets.create(arch, num_classes=1000))
+    imagenet = trained_like(nets.create(arch, num_classes=1000))
     init = kd_home / "models" / "resnet18-imagenet.pt"
     mean, std = NAMED["imagenet"]
     save_model(
