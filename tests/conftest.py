@@ -183,3 +183,33 @@ def pg_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def worker_processes(parent: int) -> list[int]:
+    """The worker processes (named kdsearch-wN) descending from process ``parent``."""
+
+    def ppid(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if not Path(f"/proc/{pid}/comm").read_text().startswith("kdsearch-w"):
+                continue
+            up = int(pid)
+            while up > 1 and up != parent:
+                up = ppid(up)
+        except OSError:
+            continue
+        if up == parent:
+            found.append(int(pid))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs as a worker (not a zombie, not a new process of that pid)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return "(kdsearch-w" in stat and stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

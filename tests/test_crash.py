@@ -8,7 +8,6 @@ ends: it must wait, fail the killed trial and run its retry before it leaves.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import start_worker
+from conftest import alive, start_worker, worker_processes
 from optuna.artifacts import get_all_artifact_meta
 
 from kdsearch.config.spec import SearchSpec
@@ -55,18 +54,6 @@ def trials(url: str, study: str = "synth") -> list[optuna.trial.FrozenTrial]:
 
 def running_after(url: str, epochs: int) -> list[optuna.trial.FrozenTrial]:
     return [t for t in trials(url) if t.state == S.RUNNING and len(t.intermediate_values) >= epochs]
-
-
-def processes_named(text: str) -> list[int]:
-    found = []
-    for pid in os.listdir("/proc"):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if pid.isdigit() and text in cmdline and "pytest" not in cmdline:
-            found.append(int(pid))
-    return found
 
 
 #: The heartbeat settings a user gets without setting any.
@@ -181,7 +168,8 @@ def test_ctrl_c_stops_every_child_and_requeues(cli, write_spec, kd_home):
         return sum(t.state == S.RUNNING and len(t.intermediate_values) >= 2 for t in ts) == 2
 
     wait_for(both_running, 300, "two running trials", [parent])
-    assert len(processes_named("kdsearch.search.worker sigterm_study")) == 2
+    children = worker_processes(parent.pid)
+    assert len(children) == 2
     sent = time.monotonic()
     parent.send_signal(signal.SIGINT)  # Ctrl-C
     out, _ = parent.communicate(timeout=60)
@@ -190,7 +178,7 @@ def test_ctrl_c_stops_every_child_and_requeues(cli, write_spec, kd_home):
     # One line per worker, no tracebacks.
     assert "Traceback" not in out and "StopRequested" not in out, out[-3000:]
     assert out.count("stopped: trial") == 2, out[-3000:]
-    assert processes_named("kdsearch.search.worker sigterm_study") == []
+    assert not [pid for pid in children if alive(pid)]
     ts = trials(url, "sigterm_study")
     assert not [t for t in ts if t.state == S.RUNNING]
     failed = [t for t in ts if t.state == S.FAIL]

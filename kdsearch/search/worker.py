@@ -1,9 +1,16 @@
 """Worker processes: each takes trials from the study until the global budget is spent.
 
-``kdsearch worker --n-workers N`` starts N OS processes (this module, one per device slot,
-round-robin over ``--devices``), passes the storage URL through the environment (so a
-password never shows in ``ps``), forwards SIGINT/SIGTERM to them and waits. Each worker loads
-the spec from the study, the data and the teacher once, and runs Optuna's ``optimize`` loop.
+``kdsearch worker --n-workers N`` starts N OS processes (one per device slot, round-robin over
+``--devices``), forwards SIGINT/SIGTERM to them and waits. Each worker loads the spec from the
+study, the data and the teacher once, and runs Optuna's ``optimize`` loop.
+
+The processes are forked from one multiprocessing *forkserver* that imported the runtime
+(torch, torchvision, timm, Optuna, kdsearch's training code: :data:`RUNTIME`) once and never
+touched a GPU. Each worker then shares those pages with the others instead of holding its own
+~450 MiB copy of them: with the mapped store sharing the images too, four workers hold little
+more than one (docs/imagenette.md, bench/memory.py). Arguments, the storage URL among them,
+reach a worker through the forkserver's socket, never its command line or environment, so a
+password never shows in ``ps``. Each worker names itself ``kdsearch-wN`` (``ps -o comm``).
 
 Budget: the spec's ``search.n_trials`` counts finished search trials (complete or pruned)
 across all workers; a callback stops a worker after a trial once it is reached. A worker that
@@ -29,14 +36,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -44,7 +52,6 @@ from typing import Any
 
 from kdsearch.errors import KDSearchError
 from kdsearch.search import progress
-from kdsearch.search.storage import ENV as STORAGE_ENV
 
 log = logging.getLogger("kdsearch.search.worker")
 
@@ -52,6 +59,15 @@ log = logging.getLogger("kdsearch.search.worker")
 STOP_GRACE_S = 25
 #: Trials in a row, in one worker, that fail with one error before the worker gives up.
 REPEATED_FAILURES = 3
+#: What the forkserver imports once for all workers (a missing optional one, timm, is skipped).
+RUNTIME = (
+    "torch",
+    "torchvision",
+    "timm",
+    "optuna",
+    "kdsearch.search.objective",
+    "kdsearch.search.storage",
+)
 
 
 def default_devices() -> list[str]:
@@ -85,8 +101,7 @@ def plan(n_workers: int, devices: Sequence[str]) -> list[tuple[str, dict[str, st
 
 
 def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
-    """In the child: get ``signum`` if ``parent`` (the pid that started it) dies, so no worker
-    is ever orphaned (Linux).
+    """In a process forked straight from ``parent``: get ``signum`` when it dies (Linux).
 
     A parent that died before this call sends no signal (the child was re-parented already),
     so that case is checked after asking for it: the child leaves at once.
@@ -95,6 +110,55 @@ def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         os._exit(1)
+
+
+def stop_when_orphaned() -> None:
+    """In a worker: SIGTERM itself (stop after the epoch, re-queue the trial) once the
+    ``kdsearch worker`` command that started it is gone, even killed with SIGKILL.
+
+    The kernel's parent-death signal cannot do this here: a worker's parent is the
+    forkserver, which lives as long as any worker does. multiprocessing's parent sentinel
+    instead becomes readable when the command itself ends, and a thread waits on it.
+    """
+    from multiprocessing.connection import wait
+
+    sentinel = multiprocessing.parent_process().sentinel
+
+    def watch() -> None:
+        wait([sentinel])
+        log.warning("the kdsearch worker command that started this worker is gone: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def name_process(name: str) -> None:
+    """Set the name ``ps -o comm``, ``top`` and /proc/PID/comm show (at most 15 bytes)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(15, name.encode()[:15])  # PR_SET_NAME
+
+
+def runtime_context() -> multiprocessing.context.ForkServerContext:
+    """The multiprocessing context whose processes share one imported runtime (:data:`RUNTIME`)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(RUNTIME))
+    return context
+
+
+def start(process: multiprocessing.process.BaseProcess) -> None:
+    """Start ``process`` without making it import the caller's ``__main__`` again.
+
+    multiprocessing's children normally re-run the main script (as ``__mp_main__``) so that
+    functions defined there can be found; a script that calls :func:`kdsearch.api.run_workers`
+    without an ``if __name__ == "__main__"`` guard would then start workers from each worker.
+    A kdsearch process's target lives in a module, so its children are told there is no main.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        process.start()
+    finally:
+        sys.modules["__main__"] = main
 
 
 def spawn(
@@ -106,34 +170,57 @@ def spawn(
     timeout: float | None,
 ) -> int:
     """Run ``n_workers`` worker processes to the end; returns the worst exit code."""
-    children: list[subprocess.Popen[bytes]] = []
-    orphan_guard = functools.partial(die_with_parent, os.getpid())
-    for index, (device, env) in enumerate(plan(n_workers, devices)):
-        args = [sys.executable, "-m", "kdsearch.search.worker", study, str(index), device]
-        args += [str(n_trials or 0), str(timeout or 0)]
-        child_env = {**os.environ, **env, STORAGE_ENV: storage_url}
-        children.append(subprocess.Popen(args, env=child_env, preexec_fn=orphan_guard))
+    context = runtime_context()
+    children = [
+        context.Process(
+            target=_child,
+            args=(study, index, device, n_trials, timeout, env, storage_url),
+            name=f"kdsearch-w{index}",
+        )
+        for index, (device, env) in enumerate(plan(n_workers, devices))
+    ]
+    for child in children:
+        start(child)
     stopping = threading.Event()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         stopping.set()
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+            if child.is_alive():
+                child.terminate()  # SIGTERM: stop after this epoch, re-queue the trial
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     deadline = None
-    while any(c.poll() is None for c in children):
+    while any(c.is_alive() for c in children):
         if stopping.is_set() and deadline is None:
             deadline = time.monotonic() + STOP_GRACE_S
         if deadline is not None and time.monotonic() > deadline:
             for child in children:
-                if child.poll() is None:
+                if child.is_alive():
                     child.kill()
         time.sleep(0.2)
-    codes = [c.returncode for c in children]
+    codes = [c.exitcode or 0 for c in children]
     return max((abs(c) for c in codes), default=0)
+
+
+def _child(
+    study: str,
+    index: int,
+    device: str,
+    n_trials: int | None,
+    timeout: float | None,
+    env: dict[str, str],
+    url: str,
+) -> None:
+    """A worker process, forked by the forkserver: its settings, then :func:`run`."""
+    stop_when_orphaned()
+    name_process(f"kdsearch-w{index}")
+    os.environ.update(env)  # CUDA_VISIBLE_DEVICES before anything initializes CUDA
+    configure_logging(index)
+    from kdsearch.errors import report_errors
+
+    sys.exit(report_errors(lambda: run(study, index, device, n_trials, timeout, url)))
 
 
 def run(
@@ -424,15 +511,3 @@ def _requeue(study: Any, objective: Any, max_retries: int, err: Exception) -> No
 
 def configure_logging(index: int) -> None:
     progress.configure(worker=index)
-
-
-def _main(argv: list[str]) -> int:
-    study, index, device, n_trials, timeout = argv
-    configure_logging(int(index))
-    from kdsearch.errors import report_errors
-
-    return report_errors(lambda: run(study, int(index), device, int(n_trials), float(timeout)))
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
