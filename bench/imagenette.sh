@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # The Imagenette measurements of docs/imagenette.md, one after the other, on the CPU:
 # the teacher, then the student baseline and distilled over seeds 0-2. Each result is one JSON
-# file under bench/imagenette-runs/ (the checkpoints stay under models/imagenette/).
+# file under bench/imagenette-runs/ (the checkpoints stay under models/<that folder's name>/).
 #   mkdir -p data && tar -xzf ../shared/data/imagenette2-224sq.tar.gz -C data
-#   bash bench/imagenette.sh            # about 90 minutes on 2 idle cores
+#   bash bench/imagenette.sh            # 96 px: about 90 minutes on 2 idle cores
+#   bash bench/imagenette.sh studies/imagenette_128.yaml bench/imagenette-runs-128   # ~2.5 h
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KD=.venv/bin/kdsearch
-SPEC=studies/imagenette.yaml
-OUT=bench/imagenette-runs
-mkdir -p "$OUT" models/imagenette
+SPEC=${1:-studies/imagenette.yaml}
+OUT=${2:-bench/imagenette-runs}
+TEACHER=$($KD validate "$SPEC" | .venv/bin/python -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["teacher"]["checkpoint"])')
+MODELS=models/$(basename "$OUT")
+mkdir -p "$OUT" "$MODELS"
 stamp() { date -u +%FT%TZ; }
 
-if [ ! -f models/imagenette-resnet18.pt ]; then
+if [ ! -f "$TEACHER" ]; then
     echo "$(stamp) teacher"
     start=$(date +%s)
     $KD train-teacher "$SPEC"
-    $KD evaluate models/imagenette-resnet18.pt --spec "$SPEC" --json > "$OUT/teacher.json"
+    $KD evaluate "$TEACHER" --spec "$SPEC" --json > "$OUT/teacher.json"
     echo "{\"seconds\": $(( $(date +%s) - start ))}" > "$OUT/teacher-time.json"
 fi
 for arm in baseline distilled; do
@@ -27,7 +30,7 @@ for arm in baseline distilled; do
         alpha=(); [ "$arm" = baseline ] && alpha=(--set distill.alpha=0)
         start=$(date +%s)
         $KD train "$SPEC" "${alpha[@]}" --set train.seed=$seed \
-            --out "models/imagenette/$arm-seed$seed.pt" --json > "$result.part"
+            --out "$MODELS/$arm-seed$seed.pt" --json > "$result.part"
         python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['wall_seconds']=int(sys.argv[2]); print(json.dumps(d, indent=1))" \
             "$result.part" "$(( $(date +%s) - start ))" > "$result"
         rm "$result.part"
