@@ -391,21 +391,25 @@ def benchmark_search(
     budget_fraction: float = 0.5,
     storage: str | None = None,
     jobs: int = 1,
+    confirm_seeds: int = 0,
 ) -> Any:
     """The spec's grid run to the end against a kdsearch search (TPE + Hyperband) per seed on
     the same data, in epochs (:mod:`kdsearch.tools.bench_search`); returns its result table.
 
     The studies go to ``storage`` (default: a temporary SQLite file, removed afterwards).
-    ``jobs`` studies' workers run at once, in processes that share the CPU threads.
+    ``jobs`` studies' workers run at once, in processes that share the CPU threads. With
+    ``confirm_seeds`` > 0, each run's winner is trained again with that many new seeds and
+    its mean test accuracy reported.
     """
     import tempfile
 
     from kdsearch.tools import bench_search as benches
 
     _at_least("--jobs", jobs, 1)  # before the data and teacher load
+    _at_least("--confirm-seeds", confirm_seeds, 0)
     loaded = validate(spec)
     benches.grid_spec(loaded)  # refuse a spec that is not a grid before anything runs
     _check_inputs(loaded)  # the data and the teacher load, or one line says why
     with tempfile.TemporaryDirectory() as tmp:
         url = storage or f"sqlite:///{tmp}/bench-search.db"
-        return benches.bench(loaded, list(seeds), budget_fraction, url, jobs)
+        return benches.bench(loaded, list(seeds), budget_fraction, url, jobs, confirm_seeds)

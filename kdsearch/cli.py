@@ -389,7 +389,12 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
     except ValueError:
         raise KDSearchError(f"--seeds: {a.seeds!r} is not a comma list of integers") from None
     result = api.benchmark_search(
-        a.spec, seeds=seeds, budget_fraction=a.budget_fraction, storage=a.storage, jobs=a.jobs
+        a.spec,
+        seeds=seeds,
+        budget_fraction=a.budget_fraction,
+        storage=a.storage,
+        jobs=a.jobs,
+        confirm_seeds=a.confirm_seeds,
     )
     print(json.dumps(result.to_dict()) if a.json else bench_search.format_table(result))
     return 0
@@ -793,6 +798,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N workers at once (the grid's points, then one search per seed), "
         "sharing the CPU threads; the accounting is the same as with 1",
+    )
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train each run's winner (the grid's, each search's) again with N new seeds and "
+        "report its mean test accuracy, the fairer comparison (default 0: off)",
     )
     _json_arg(p, "the table")
     sub._choices_actions.sort(key=lambda action: WORKFLOW.index(action.dest))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -110,10 +112,11 @@ def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
     assert cli("train-teacher", "bench.yaml").returncode == 0
     url = f"sqlite:///{kd_home}/bench.db"
     args = ["bench-search", "bench.yaml", "--seeds", "0,1", "--storage", url]
-    table = cli(*args, "--budget-fraction", "0.5")
+    table = cli(*args, "--budget-fraction", "0.5", "--confirm-seeds", "2")
     assert table.returncode == 0, table.stderr
     rows = [line for line in table.stdout.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in rows] == ["run", "grid", "seed 0", "seed 1", "median"]
+    assert "winner's test accuracy, 2 new seeds (mean ± std)" in rows[0]
 
     storage = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
@@ -122,7 +125,18 @@ def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
     grid_epochs, _ = _recount(trials[grid], 1.0, 0)
     assert grid_epochs == 2 * 3  # every point, every epoch
     grid_best = max(t.value for t in trials[grid])
-    assert f"| grid | {grid_epochs} | 1.00 | {100 * grid_best:.2f} |" in rows
+    # The grid's winner, its first best trial, trained again with the seeds after the spec's
+    # (0): the same numbers `kdsearch train` gives for that point and seed.
+    first_best = min(t.number for t in trials[grid] if t.value == grid_best)
+    tests = []
+    for seed in (1, 2):
+        point = ("--set", "distill.alpha=0.9", "--set", "distill.temperature=4.0")
+        run = cli("train", "bench.yaml", *point, "--set", f"train.seed={seed}", "--json")
+        assert run.returncode == 0, run.stderr
+        tests.append(json.loads(run.stdout)["test_accuracy"])
+    confirmed = f"{100 * statistics.fmean(tests):.2f} ± {100 * statistics.stdev(tests):.2f}"
+    grid_row = f"| grid | {grid_epochs} | 1.00 | {100 * grid_best:.2f} |"
+    assert f"{grid_row} {confirmed} (trial {first_best}) |" in rows, rows
 
     reached = []
     for seed in (0, 1):
@@ -134,6 +148,13 @@ def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
         assert first is not None
         row = next(r for r in rows if r.startswith(f"| seed {seed} |"))
         assert row.startswith(f"| seed {seed} | {first} | {first / grid_epochs:.2f} |")
+        # Its winner: the trial that trained the best epoch within the budget, first of equals.
+        epochs = [
+            (t.intermediate_values[e], -i, t.number)
+            for i, t in enumerate(sorted(trials[name], key=lambda t: t.datetime_start))
+            for e in sorted(t.intermediate_values)
+        ][:budget]
+        assert row.endswith(f"(trial {max(epochs)[2]}) |"), row
         reached.append(first)
     median = sorted(reached)[0] + (sorted(reached)[1] - sorted(reached)[0]) / 2
     assert rows[-1].startswith(f"| median | {median:g} | {median / grid_epochs:.2f} |")

@@ -22,6 +22,12 @@ first came within :data:`TOLERANCE` of the grid's best (None if it never did wit
 budget), ``ratio`` is ``reach / grid epochs``, and ``best`` is the highest validation accuracy
 of any epoch within the budget (the epochs a search trained past its budget, while finishing
 its last trial, are not counted).
+
+A single seed's best is partly a lucky draw (docs/confidence.md), so with ``confirm_seeds``
+N > 0 each run's winner, the grid's best trial and, per search, the trial holding its best
+epoch within the budget, is trained again with N new seeds (the ones
+:func:`kdsearch.search.confirm.new_seeds` gives a confirmation run) and tested: the mean test
+accuracy of the winners is the fairer comparison of what the grid and each search found.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kdsearch.config.spec import ParamSpec, Spec
@@ -51,6 +59,28 @@ SEED_SALT = "bench-search"
 
 
 @dataclass
+class Confirmed:
+    """A run's single-seed winner trained again with new seeds, each tested."""
+
+    trial: int  # its number in its study
+    params: dict[str, Any]
+    seeds: list[int]
+    test_accuracies: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.test_accuracies)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.test_accuracies) if len(self.test_accuracies) > 1 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("trial", "params", "seeds", "test_accuracies", "mean", "std")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
 class SearchRun:
     """One search's epoch accounting."""
 
@@ -60,6 +90,7 @@ class SearchRun:
     reach: int | None
     ratio: float | None
     best: float
+    confirmed: Confirmed | None = None
 
 
 @dataclass
@@ -69,6 +100,7 @@ class Result:
     grid_points: int
     fraction: float
     searches: list[SearchRun]
+    grid_confirmed: Confirmed | None = None
 
     @property
     def median_reach(self) -> float | None:
@@ -83,21 +115,28 @@ class Result:
         return None if reach is None else reach / self.grid_epochs
 
     def to_dict(self) -> dict[str, Any]:
+        def confirmed(c: Confirmed | None) -> dict[str, Any] | None:
+            return None if c is None else c.to_dict()
+
+        found = [r.confirmed.mean for r in self.searches if r.confirmed is not None]
         return {
             "grid": {
                 "best": self.grid_best,
                 "epochs": self.grid_epochs,
                 "points": self.grid_points,
+                "confirmed": confirmed(self.grid_confirmed),
             },
             "fraction": self.fraction,
             "searches": [
                 {k: getattr(r, k) for k in ("seed", "budget", "reach", "ratio", "best")}
+                | {"confirmed": confirmed(r.confirmed)}
                 for r in self.searches
             ],
             "median": {
                 "reach": self.median_reach,
                 "ratio": self.median_ratio,
                 "best": statistics.median(r.best for r in self.searches),
+                "confirmed_mean": statistics.median(found) if found else None,
             },
         }
 
@@ -183,13 +222,42 @@ def search_spec(spec: Spec, seed: int, budget: int) -> Spec:
     )
 
 
-def epoch_curve(trials: Sequence[Any]) -> list[float]:
-    """Validation accuracy of every epoch trained, trials in the order they started."""
+def _epochs(trials: Sequence[Any]) -> list[tuple[Any, float]]:
+    """(trial, validation accuracy) of every epoch trained, trials in the order they started."""
     ordered = sorted(
         (t for t in trials if t.datetime_start is not None),
         key=lambda t: (t.datetime_start, t.number),
     )
-    return [t.intermediate_values[e] for t in ordered for e in sorted(t.intermediate_values)]
+    return [(t, t.intermediate_values[e]) for t in ordered for e in sorted(t.intermediate_values)]
+
+
+def epoch_curve(trials: Sequence[Any]) -> list[float]:
+    """Validation accuracy of every epoch trained, trials in the order they started."""
+    return [value for _, value in _epochs(trials)]
+
+
+def winner(trials: Sequence[Any], budget: int | None = None) -> Any:
+    """The trial that holds the best epoch within the first ``budget`` epochs (all: None);
+    of equal epochs, the first trained."""
+    epochs = _epochs(trials)[:budget]
+    return max(epochs, key=lambda pair: pair[1])[0]  # max keeps the first of equals
+
+
+def confirm_winner(spec: Spec, trial: Any, seeds: int) -> Confirmed:
+    """Train ``trial``'s configuration of ``spec`` again with ``seeds`` new seeds and test each:
+    the same training as a confirmation trial (validation held out, its best epoch kept)."""
+    from kdsearch.search import confirm
+    from kdsearch.training.experiment import Context, train_student
+
+    chosen = spec.with_overrides(trial.params)
+    result = Confirmed(trial.number, dict(trial.params), confirm.new_seeds(spec, trial, seeds))
+    ctx = Context.load(chosen, chosen.train.device)  # the data do not depend on train.seed
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in result.seeds:
+            run = chosen.with_overrides({"train.seed": seed})
+            outcome = train_student(ctx, run, Path(tmp) / f"seed-{seed}.pt", progress=False)
+            result.test_accuracies.append(outcome.test_accuracy)
+    return result
 
 
 def reach(curve: Sequence[float], target: float, budget: int) -> int | None:
@@ -322,19 +390,29 @@ def _execute(tasks: Sequence[Callable[[], object]], jobs: int) -> None:
         pool.shutdown(cancel_futures=True)
 
 
-def bench(spec: Spec, seeds: Sequence[int], fraction: float, url: str, jobs: int = 1) -> Result:
+def bench(
+    spec: Spec,
+    seeds: Sequence[int],
+    fraction: float,
+    url: str,
+    jobs: int = 1,
+    confirm_seeds: int = 0,
+) -> Result:
     """Run the grid and one search per seed, all in the storage at ``url``; ``jobs`` at once.
 
     The studies do not depend on each other (a search's budget follows from the grid's size,
     its result is compared with the grid's only afterwards), so with ``jobs`` > 1 the grid's
     points run on up to ``jobs`` workers and each search in a process of its own, as slots
     free up. Each search still runs its trials one after another, so its epoch order, and
-    hence its accounting, is the same as with one job.
+    hence its accounting, is the same as with one job. With ``confirm_seeds`` > 0 the winners
+    are then trained again (:func:`confirm_winner`), one after another in this process.
     """
     from kdsearch.search import storage, study
 
     if not 0 < fraction <= 1:
         raise KDSearchError(f"--budget-fraction: {fraction} must be in (0, 1]")
+    if confirm_seeds < 0:
+        raise KDSearchError(f"--confirm-seeds: {confirm_seeds} must be 0 (off) or more")
     tag = uuid.uuid4().hex[:6]
     grid = grid_spec(spec)
     grid_name = f"{spec.name}-grid-{tag}"
@@ -360,7 +438,8 @@ def bench(spec: Spec, seeds: Sequence[int], fraction: float, url: str, jobs: int
     best = max(t.value for t in grid_trials if t.value is not None)
     runs = []
     for seed in seeds:
-        curve = epoch_curve(_trials(url, names[seed]))
+        trials = _trials(url, names[seed])
+        curve = epoch_curve(trials)
         spent = reach(curve, best, budget)
         runs.append(
             SearchRun(
@@ -370,9 +449,17 @@ def bench(spec: Spec, seeds: Sequence[int], fraction: float, url: str, jobs: int
                 reach=spent,
                 ratio=None if spent is None else spent / len(grid_curve),
                 best=max(curve[:budget]),
+                confirmed=(
+                    confirm_winner(searches[seed], winner(trials, budget), confirm_seeds)
+                    if confirm_seeds
+                    else None
+                ),
             )
         )
-    return Result(best, len(grid_curve), len(grid_trials), fraction, runs)
+    grid_confirmed = (
+        confirm_winner(grid, winner(grid_trials), confirm_seeds) if confirm_seeds else None
+    )
+    return Result(best, len(grid_curve), len(grid_trials), fraction, runs, grid_confirmed)
 
 
 def format_table(result: Result) -> str:
@@ -381,23 +468,36 @@ def format_table(result: Result) -> str:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f}"
 
+    def confirmed(c: Confirmed | None) -> str:
+        return "" if c is None else f" {pct(c.mean)} ± {100 * c.std:.2f} (trial {c.trial}) |"
+
     budget = result.searches[0].budget if result.searches else 0
+    confirm = result.grid_confirmed
+    head = "| run | epochs to reach | ratio to grid epochs | best val accuracy within budget |"
+    rule = "|---|---:|---:|---:|"
+    if confirm is not None:
+        head += f" winner's test accuracy, {len(confirm.seeds)} new seeds (mean ± std) |"
+        rule += "---:|"
     lines = [
         f"grid: {result.grid_points} points, {result.grid_epochs} epochs, "
         f"best val accuracy {pct(result.grid_best)}",
         f"search: TPE + Hyperband, budget {budget} epochs ({result.fraction:g} x grid); "
         f"reached = within {100 * TOLERANCE:.1f} points of the grid's best",
         "",
-        "| run | epochs to reach | ratio to grid epochs | best val accuracy within budget |",
-        "|---|---:|---:|---:|",
-        f"| grid | {result.grid_epochs} | 1.00 | {pct(result.grid_best)} |",
+        head,
+        rule,
+        f"| grid | {result.grid_epochs} | 1.00 | {pct(result.grid_best)} |" + confirmed(confirm),
     ]
     for r in result.searches:
         spent = "not reached" if r.reach is None else str(r.reach)
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
-        lines.append(f"| seed {r.seed} | {spent} | {ratio} | {pct(r.best)} |")
+        row = f"| seed {r.seed} | {spent} | {ratio} | {pct(r.best)} |"
+        lines.append(row + confirmed(r.confirmed))
     m = result.to_dict()["median"]
     spent = "not reached" if m["reach"] is None else f"{m['reach']:g}"
     ratio = "-" if m["ratio"] is None else f"{m['ratio']:.2f}"
-    lines.append(f"| median | {spent} | {ratio} | {pct(m['best'])} |")
+    median = f"| median | {spent} | {ratio} | {pct(m['best'])} |"
+    if confirm is not None:
+        median += f" {pct(m['confirmed_mean'])} |"
+    lines.append(median)
     return "\n".join(lines)
