@@ -62,15 +62,21 @@ def _prepare_sqlite(url: str) -> None:
     if not os.path.isdir(folder):
         raise KDSearchError(f"storage: folder {folder} for {mask(url)} does not exist; create it")
     # WAL is a property of the database file: set once, every later connection uses it. Even a
-    # reader needs write access: WAL keeps its index in files beside the database.
-    try:
-        with sqlite3.connect(path, timeout=60) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.OperationalError as err:
+    # reader needs write access: WAL keeps its index in files beside the database. access()
+    # also sees what permissions do not stop root from: an immutable file, a read-only mount.
+    unwritable = [p for p in (path, folder) if os.path.exists(p) and not os.access(p, os.W_OK)]
+    reason = f"{unwritable[0]} is read-only" if unwritable else None
+    if reason is None:
+        try:
+            with sqlite3.connect(path, timeout=60) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as err:
+            reason = str(err)
+    if reason is not None:
         raise KDSearchError(
-            f"storage: cannot open SQLite file {path} ({err}); the file and its folder "
+            f"storage: cannot open SQLite file {path} ({reason}); the file and its folder "
             f"{folder} must be writable (kdsearch needs them even to read a study)"
-        ) from None
+        )
 
 
 def require_existing(url: str) -> None:
