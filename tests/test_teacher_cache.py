@@ -315,6 +315,10 @@ def test_teacher_normalizes_with_its_own_constants(
         with torch.no_grad():
             expected = model.net(views.normalize(views.apply(d.train.x, v), mean, std))
         _assert_fp16_close(cached.table[:, j].float(), expected)
+    # The worker's own path (Context.load -> teacher_logits) gives that same cache.
+    through = Context.load(spec, "cpu").teacher
+    assert torch.equal(through.view_ids, cached.view_ids)
+    assert torch.equal(through.table, cached.table)
 
 
 def test_online_and_cached_distillation_train_the_same_student(
