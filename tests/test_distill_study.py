@@ -46,7 +46,8 @@ def test_two_workers_search_hinton_and_dkd_on_digits(cli, kd_home):
     study = optuna.load_study(study_name="methods", storage=open_storage(url))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     # The grid's 4 points, each trained once: a worker handed a point that is still running
-    # on the other skips it untrained (a PRUNED trial with its reason).
+    # on the other skips it untrained (a PRUNED trial with its reason), though with an exact
+    # budget a worker rarely asks for a fifth trial at all.
     assert {(t.params["distill.loss"], t.params["distill.kwargs.beta"]) for t in complete} == {
         ("hinton", 2.0),
         ("hinton", 8.0),
@@ -63,7 +64,10 @@ def test_two_workers_search_hinton_and_dkd_on_digits(cli, kd_home):
     out = cli("export-table", "--study", "methods", "--storage", url, "--format", "csv")
     assert out.returncode == 0, out.stderr
     table = pd.read_csv(io.StringIO(out.stdout))
-    assert len(table[table["prune_reason"].isna()]) == len(complete)
+    # Rows: the 4 trained points, plus any trial pruned untrained with its reason (a grid point
+    # another worker held, or one asked for beyond the budget at the same moment).
+    pruned = table["prune_reason"].notna().sum() if "prune_reason" in table else 0
+    assert len(table) - pruned == len(complete)
     assert set(zip(table["distill.loss"], table["distill.kwargs.beta"], strict=True)) == {
         ("hinton", 2.0),
         ("hinton", 8.0),

@@ -105,6 +105,7 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        self._skip_over_budget(trial)
         params = suggest(trial, self.spec.search.space)
         self._skip_taken_grid_point(trial)
         spec = self.spec.with_overrides(params)
@@ -227,6 +228,30 @@ class Objective:
                 trial.set_user_attr("epochs_run", 0)
                 log.info("trial %d pruned before training: %s", trial.number, reason)
                 raise optuna.TrialPruned(reason)
+
+    def _skip_over_budget(self, trial: optuna.Trial) -> None:
+        """Prune, untrained and unsampled, a new search trial that the budget has no room for.
+
+        ``search.n_trials`` is a global budget: a worker stops asking once every slot is
+        taken, but two workers can ask at the same moment. Trial numbers are handed out in
+        order by the storage, so the trials numbered below this one decide: if they already
+        hold every slot (:func:`ranking.claims_budget`), this one is surplus. Retries
+        (they replace a failed trial's slot) and confirmations are outside the budget.
+        """
+        trials = trial.study.get_trials(deepcopy=False)
+        me = next(t for t in trials if t.number == trial.number)
+        if not ranking.claims_budget(me) or "failed_trial" in me.system_attrs:
+            return
+        budget = self.spec.search.n_trials
+        earlier = sum(t.number < trial.number and ranking.claims_budget(t) for t in trials)
+        if earlier < budget:
+            return
+        reason = f"the budget of {budget} trials was taken by earlier trials when it started"
+        trial.set_user_attr(ranking.OVER_BUDGET, True)
+        trial.set_user_attr("prune_reason", reason)
+        trial.set_user_attr("epochs_run", 0)
+        log.info("trial %d pruned before training: %s", trial.number, reason)
+        raise optuna.TrialPruned(reason)
 
     def _skip_duplicate_confirmation(self, trial: optuna.Trial, of: int, seed: int) -> None:
         """Prune, untrained, a confirmation run that another trial already trains (two

@@ -30,11 +30,23 @@ from kdsearch.config.metrics import METRICS
 CONFIRM_OF = "confirm_of"
 #: User attribute of a confirmation trial: its ``train.seed``.
 SEED = "seed"
+#: User attribute of a trial pruned untrained because the budget was taken when it started.
+OVER_BUDGET = "over_budget"
 
 
 def is_confirmation(trial: Any) -> bool:
     """Whether ``trial`` re-runs another trial's configuration with a new seed."""
     return CONFIRM_OF in trial.user_attrs
+
+
+def claims_budget(trial: Any) -> bool:
+    """Whether ``trial`` takes one of ``search.n_trials``: a search trial (no confirmation, not
+    turned away over budget) that has not failed (a failed one's retry takes its place)."""
+    return (
+        not is_confirmation(trial)
+        and OVER_BUDGET not in trial.user_attrs
+        and trial.state.name != "FAIL"
+    )
 
 
 def cost(trial: Any, metric: str) -> float | None:

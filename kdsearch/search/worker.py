@@ -12,11 +12,13 @@ more than one (docs/imagenette.md, bench/memory.py). Arguments, the storage URL 
 reach a worker through the forkserver's socket, never its command line or environment, so a
 password never shows in ``ps``. Each worker names itself ``kdsearch-wN`` (``ps -o comm``).
 
-Budget: the spec's ``search.n_trials`` counts finished search trials (complete or pruned)
-across all workers; a callback stops a worker after a trial once it is reached. A worker that
-started a trial before the last one finished still completes it, so a study ends with at most
-``n_trials + workers - 1`` finished search trials, plus the retries of trials whose worker died
-near the end, which the last workers run before leaving (:func:`finish_orphans`).
+Budget: the spec's ``search.n_trials`` is global and exact. A search trial takes a slot from
+when it starts until it fails (:func:`kdsearch.search.ranking.claims_budget`); a worker starts
+no trial once every slot is taken, and a trial two workers started at the same moment beyond
+the last slot is pruned untrained (``Objective._skip_over_budget``). A worker whose slots are
+all taken stays while other workers' trials run (:func:`wait_for_others`): it retries a trial
+whose worker died, or takes the slot a failed trial frees. Retries of failed trials replace
+them; they never add to the budget.
 
 Confirmation: once the budget is met, a worker queues the spec's confirmation trials
 (``search.confirm``; :mod:`kdsearch.search.confirm`), and every worker runs queued ones
@@ -327,8 +329,11 @@ def _work(
             objective, n_trials=1, callbacks=[after_trial, progress.trial_done], catch=catch
         )
 
-    def stop_at_budget(st: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
-        if budget_met():
+    def budget_taken() -> bool:
+        return search_trials_claimed(study) >= s.n_trials
+
+    def stop_when_taken(st: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        if budget_taken():
             st.stop()
 
     started = time.monotonic()
@@ -337,41 +342,78 @@ def _work(
         left = timeout - (time.monotonic() - started) if timeout else None
         if left is not None and left <= 0:
             break
+        before = objective.trials_started
         try:
-            before = objective.trials_started
-            if not budget_met():
+            if not budget_taken():  # a slot is free: search
                 study.optimize(
                     objective,
                     n_trials=(n_trials - ran) if n_trials else None,
                     timeout=left,
-                    callbacks=[stop_at_budget, after_trial, progress.trial_done],
+                    callbacks=[stop_when_taken, after_trial, progress.trial_done],
                     catch=catch,
                 )
-            while budget_met() and not stop.is_set():
-                if confirmations_due():
-                    run_one()
-                    continue
-                finish_orphans(study, storage, run_one, stop.is_set)
-                if not confirm.waiting(study):
-                    break
-            break
+            elif not budget_met():  # every slot taken, some still running elsewhere
+                wait_for_others(study, storage, run_one, stop.is_set, budget_taken, budget_met)
+            else:
+                while not stop.is_set():
+                    if confirmations_due():
+                        run_one()
+                        continue
+                    finish_orphans(study, storage, run_one, stop.is_set)
+                    if not confirm.waiting(study):
+                        break
+                break
         except Exception as err:
-            ran += objective.trials_started - before
             if not _survivable(err, stop.is_set()):
                 raise
             _requeue(study, objective, s.max_retries, err)
+        ran += objective.trials_started - before
     return 0
 
 
 def search_trials_finished(study: Any) -> int:
-    """Finished (complete or pruned) search trials: what ``search.n_trials`` counts."""
+    """Finished (complete or pruned) search trials: the budget is met when they reach
+    ``search.n_trials``."""
     import optuna
 
-    from kdsearch.search.ranking import is_confirmation
+    from kdsearch.search.ranking import claims_budget
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     trials = study.get_trials(deepcopy=False, states=finished)
-    return sum(not is_confirmation(t) for t in trials)
+    return sum(claims_budget(t) for t in trials)
+
+
+def search_trials_claimed(study: Any) -> int:
+    """Search trials finished, running or queued: once they reach ``search.n_trials`` no new
+    trial starts (the budget is exact, :meth:`Objective._skip_over_budget`)."""
+    from kdsearch.search.ranking import claims_budget
+
+    return sum(claims_budget(t) for t in study.get_trials(deepcopy=False))
+
+
+def wait_for_others(
+    study: Any,
+    storage: Any,
+    run_retry: Callable[[], None],
+    stopping: Callable[[], bool],
+    taken: Callable[[], bool],
+    met: Callable[[], bool],
+) -> None:
+    """Every slot of the budget is taken but some trials still run on other workers: stay,
+    retrying any whose worker dies (:func:`finish_orphans`), until they finish (the budget is
+    met: confirmations may follow) or one fails and frees its slot."""
+    import optuna
+
+    from kdsearch.search.ranking import claims_budget
+
+    interval = getattr(storage, "heartbeat_interval", None) or 0
+    while not stopping() and taken() and not met():
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if any(claims_budget(t) for t in waiting):  # a retry or a trial someone queued
+            run_retry()
+            continue
+        finish_orphans(study, storage, run_retry, stopping)
+        time.sleep(min(5.0, interval or 1.0))
 
 
 def _count_failure(streak: list[str], trial: Any, reason: str | None) -> None:

@@ -66,8 +66,9 @@ def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dic
     for t in trials:
         counts[t.state.name.lower()] += 1
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    # The budget counts search trials; confirmation trials are reported apart.
-    finished = [t for t in trials if t.state in finished_states and not ranking.is_confirmation(t)]
+    # The budget counts search trials; confirmation trials are reported apart, and a trial
+    # turned away over budget counts nowhere.
+    finished = [t for t in trials if t.state in finished_states and ranking.claims_budget(t)]
     running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     live_ids = _live_trial_ids(storage, study, None)
     live = [t for t in running if live_ids is None or t._trial_id in live_ids]

@@ -1,0 +1,57 @@
+"""search.n_trials is a global, exact budget: however many workers, the study ends with exactly
+that many finished search trials; one started beyond it by a simultaneous ask is turned away."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from kdsearch import api
+from kdsearch.search import ranking
+from kdsearch.search.objective import Objective
+from kdsearch.search.storage import open_storage
+from kdsearch.training.experiment import Context
+
+S = optuna.trial.TrialState
+
+
+@pytest.mark.slow
+def test_three_workers_finish_exactly_the_budget(cli, write_spec, kd_home):
+    """Before: each worker that was mid-trial when the budget was met finished its trial too,
+    so 3 workers on a 4-trial study ended with 5 or 6."""
+    spec = write_spec({"search": {"n_trials": 4, "pruner": {"name": "none"}}})
+    url = "sqlite:///kd.db"
+    assert cli("create-study", str(spec), "--storage", url).returncode == 0
+    done = cli("worker", "--study", "synth", "--storage", url, "--n-workers", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(
+        study_name="synth", storage=open_storage(f"sqlite:///{kd_home}/kd.db")
+    )
+    trials = study.get_trials(deepcopy=False)
+    counted = [t for t in trials if ranking.claims_budget(t)]
+    assert len(counted) == 4 and all(t.state == S.COMPLETE for t in counted), trials
+    assert not [t for t in trials if t.state == S.RUNNING]
+    # Workers stop asking once every slot is taken: a trial is turned away only when workers
+    # asked for the last slot at the same moment (at most one per losing worker, which then
+    # sees the budget taken), not again and again while the others finish.
+    assert sum(ranking.OVER_BUDGET in t.user_attrs for t in trials) <= 2, trials
+
+
+def test_a_trial_started_beyond_the_budget_is_pruned_untrained(write_spec, kd_home, monkeypatch):
+    monkeypatch.chdir(kd_home)
+    monkeypatch.setenv("KDSEARCH_HOME", str(kd_home))
+    spec = api.validate(write_spec({"search": {"n_trials": 2, "pruner": {"name": "none"}}}))
+    study = api.create_study(spec, f"sqlite:///{kd_home}/kd.db")
+    objective = Objective(Context.load(spec, "cpu"), study)
+    first, _second, third = study.ask(), study.ask(), study.ask()  # three workers asked at once
+    with pytest.raises(optuna.TrialPruned):
+        objective(third)
+    turned_away = study.trials[third.number]
+    assert turned_away.user_attrs[ranking.OVER_BUDGET] is True
+    assert turned_away.params == {}  # nothing sampled, nothing trained
+    assert "epochs_run" in turned_away.user_attrs and turned_away.user_attrs["epochs_run"] == 0
+    # A failed trial gives its slot back: the next one runs.
+    study.tell(first, state=S.FAIL)
+    fourth = study.ask()
+    assert 0 <= objective(fourth) <= 1
+    assert ranking.OVER_BUDGET not in study.trials[fourth.number].user_attrs
