@@ -148,7 +148,9 @@ def run_workers(
     name, url = _where(study, storage)
     url = storages.resolve_url(url)
     # Fail fast, here, on an unreachable database or an unknown study.
-    studies.load_spec(storages.open_storage(url, existing=True), name)
+    checked = storages.open_storage(url, existing=True)
+    studies.load_spec(checked, name)
+    storages.close(checked)
     if n_workers > 1:
         return worker.spawn(name, url, n_workers, chosen, n_trials, timeout)
     # This process is the worker; worker.run gives the caller's signal handlers back.

@@ -89,7 +89,17 @@ def require_existing(url: str) -> None:
         )
 
 
+def close(storage: Any) -> None:
+    """Give back a storage's database connections now (a worker's spec-loading storage, the
+    ``kdsearch worker`` command's own before it waits on its workers), not at exit."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
 def engine_kwargs(url: str) -> dict[str, Any]:
+    """Per process: at most ``pool_size + max_overflow`` (4) connections, 2 in steady use (the
+    worker's queries and its heartbeat thread)."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
     return {

@@ -279,7 +279,9 @@ def _work(
     # Heartbeats and their retry callback are marked experimental; they are what we rely on.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     url = url or storages.resolve_url()
-    spec = studies.load_spec(storages.open_storage(url), study_name)
+    first = storages.open_storage(url)
+    spec = studies.load_spec(first, study_name)
+    storages.close(first)  # the heartbeat settings it held are in the spec: one pool per worker
     s = spec.search
     storage = storages.open_storage(url, s.heartbeat_interval, s.grace_period, s.max_retries)
     study = optuna.load_study(
