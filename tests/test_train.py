@@ -343,3 +343,39 @@ def test_trains_and_predicts_in_channels_last_layout_on_the_cpu() -> None:
     fit(Run(spec, model, d, progress=False))
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     assert d.prepare(d.val.x[:4]).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_truncated_resume_state_restarts_from_epoch_zero(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``last.pt`` cut short (a full disk, a copy that died) is not a crash on every retry:
+    the run says so and starts over, and its first epoch writes a whole file again."""
+    spec, d = _setup(RESUME)
+
+    def stop_after_two(result: EpochResult, history: History) -> None:
+        if result.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(
+            Run(spec, _model(spec, d), d, workdir=tmp_path, on_epoch=stop_after_two, progress=False)
+        )
+    state = tmp_path / "last.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    epochs: list[int] = []
+    with caplog.at_level("WARNING", logger="kdsearch.training.loop"):
+        history = fit(
+            Run(
+                spec,
+                _model(spec, d),
+                d,
+                workdir=tmp_path,
+                progress=False,
+                on_epoch=lambda r, h: epochs.append(r.epoch),
+            )
+        )
+    assert epochs == list(range(spec.train.epochs))  # from epoch 0, every epoch
+    assert history.resumed_from_epoch is None
+    assert "last.pt is not a loadable weights file" in caplog.text
+    assert "starting from epoch 0" in caplog.text
+    torch.load(state, weights_only=True)  # whole again

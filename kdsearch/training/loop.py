@@ -491,7 +491,13 @@ def _resume_state(run: Run) -> dict[str, Any] | None:
     path = run.workdir / "last.pt" if run.workdir is not None else None
     if path is None or not path.is_file():
         return None
-    state = safe_load(path, "resume state")
+    try:
+        state = safe_load(path, "resume state")
+    except KDSearchError as err:  # truncated by a full disk or a crash mid-write
+        # Failing would fail every retry the same way: start over, and the first epoch
+        # overwrites the file.
+        log.warning("%s; starting from epoch 0", err)
+        return None
     if state.get("tag") == run.resume_tag:
         return state
     log.warning(
