@@ -231,6 +231,9 @@ def cmd_dashboard(a: argparse.Namespace) -> int:
     _check_port(a.host, a.port)
     url = storage.resolve_url(a.storage)
     opened = storage.open_storage(url, existing=True)
+    exposure = dashboard.exposure_warning(a.host)
+    if exposure:
+        print(f"kdsearch: warning: {exposure}", file=sys.stderr, flush=True)
     location = a.artifact_store or dashboard.artifact_location(opened)
     files = f", artifacts in {location}" if location else ""
     print(

@@ -180,6 +180,31 @@ def test_dashboard_serves_the_study(cli, write_spec, kd_home):
     finally:
         server.terminate()
         server.wait(timeout=30)
+    said = server.stdout.read().decode()
+    # Bound to loopback by default, so nothing to warn about.
+    assert f"http://127.0.0.1:{port}/dashboard" in said and "warning" not in said, said
+
+
+@pytest.mark.parametrize(
+    ("host", "exposed"),
+    [
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("localhost", False),
+        ("127.0.0.2", False),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("192.168.1.5", True),
+        ("kd.example.org", True),
+    ],
+)
+def test_dashboard_says_what_binding_beyond_loopback_exposes(host, exposed):
+    from kdsearch.tools.dashboard import exposure_warning
+
+    said = exposure_warning(host)
+    assert (said is not None) == exposed
+    if exposed:
+        assert "no login" in said and "127.0.0.1" in said and host in said
 
 
 def test_unreachable_database_is_one_line(cli):

@@ -133,3 +133,24 @@ def artifact_location(storage: Any) -> str | None:
             min(named),
         )
     return min(named) if named else None
+
+
+def exposure_warning(host: str) -> str | None:
+    """What serving on ``host`` exposes, if it is reachable from other machines; else None.
+
+    optuna-dashboard has no login: whoever reaches the port reads every study of the database
+    (parameters, metrics, specs, artifacts) and can delete studies.
+    """
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (
+        f"--host {host} serves the dashboard to every machine that can reach this port, "
+        "with no login: they can read every study in the database and delete studies; "
+        "keep the default 127.0.0.1 and reach it with `ssh -L 8080:127.0.0.1:8080 HOST`"
+    )
