@@ -71,10 +71,12 @@ def spec(trials: int) -> dict[str, Any]:
 
 
 def _pss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """A process's PSS in MiB; 0 for one that has just ended."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("Pss:")), 0.0)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -137,10 +139,7 @@ def _comm(pid: int) -> str:
 
 def _trained(pid: int) -> bool:
     """Whether a worker has loaded its runtime and data (its PSS has settled past start-up)."""
-    try:
-        return _pss_mib(pid) > 100
-    except OSError:
-        return False
+    return _pss_mib(pid) > 100
 
 
 def _free_port() -> int:
@@ -224,6 +223,7 @@ def run(url: str, n: int, trials: int, proxy: bool, home: Path) -> dict[str, Any
         "running": sum(t.state == state.RUNNING for t in ts),
         "duplicates": sum(c - 1 for c in points.values() if c > 1),
         "storage_errors": sum(bool(ERRORS.search(line)) for line in lines),
+        "first_error": next((line[:200] for line in lines if ERRORS.search(line)), None),
         "retries": sum(bool(RETRIES.search(line)) for line in lines),
         "pg_connections_max": max(sampler.connections, default=None),
         "pg_max_connections": sampler.max_connections,
