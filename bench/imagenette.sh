@@ -22,8 +22,8 @@ if [ ! -f "$TEACHER" ]; then
     $KD evaluate "$TEACHER" --spec "$SPEC" --json > "$OUT/teacher.json"
     echo "{\"seconds\": $(( $(date +%s) - start ))}" > "$OUT/teacher-time.json"
 fi
-for arm in baseline distilled; do
-    for seed in 0 1 2; do
+for seed in 0 1 2; do      # seed by seed, so that each finished pair can be compared
+    for arm in baseline distilled; do
         result="$OUT/$arm-seed$seed.json"
         [ -f "$result" ] && continue
         echo "$(stamp) $arm seed $seed"
