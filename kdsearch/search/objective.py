@@ -302,11 +302,13 @@ def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) ->
     """Delete the checkpoints (local and uploaded) of all but the best ``keep`` complete
     search trials, by their own value and by their configuration's mean over seeds
     (confirmation trials keep their test accuracy, not their checkpoint)."""
+    # The candidates first, the ranking after: a trial another worker completes in between is
+    # then either ranked or not deleted, never deleted unranked (it may be the best).
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     kept = {t.number for t in ranking.ranked(study)[:keep]}
     kept |= {r.configuration.trial.number for r in confidence.rank(study).rows[:keep]}
     if ranking.multi(study):  # the front is what a user picks from: keep all of it
         kept |= {t.number for t in ranking.pareto(study)}
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     for t in complete:
         if t.number in kept:
             continue
