@@ -22,6 +22,9 @@ def test_a_point_already_running_elsewhere_is_skipped_untrained(cli, kd_home, wr
     path = write_spec(ONE_POINT, name="grid")
     data = yaml.safe_load(path.read_text())
     data["search"]["space"] = {"alpha": {"type": "categorical", "choices": [0.5]}}
+    # A budget above the grid's size, so the worker asks at all: with the budget at the
+    # grid's size, the holder's slot is the whole budget and the worker waits for it instead.
+    data["search"]["n_trials"] = 2
     path.write_text(yaml.safe_dump(data))
     url = f"sqlite:///{kd_home}/grid.db"
     assert cli("create-study", "grid.yaml", "--storage", url).returncode == 0
