@@ -49,7 +49,7 @@ def study_figures(url: str, name: str) -> dict[str, Any]:
     whole = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     return {
         "trials": len(trials),
-        "span_s": round(span, 2),
+        "span_s": round(span, 3),  # ms: spans of tiny test trials are under a second
         "images": round(images),
         "aggregate_img_s": round(images / span, 1),
         "trial_s_median": round(statistics.median(whole), 2),
