@@ -61,9 +61,10 @@ log = logging.getLogger("kdsearch.search.worker")
 STOP_GRACE_S = 25
 #: Trials in a row, in one worker, that fail with one error before the worker gives up.
 REPEATED_FAILURES = 3
-#: How often a worker whose budget slots are all taken looks at the study again. Every idle
-#: worker reads all trials each time: at 1 s, 60 idle workers kept the gRPC proxy too busy to
-#: serve the last trials' own writes (bench/load.py, docs/scale-out.md).
+#: The longest a worker whose budget slots are all taken waits before looking at the study
+#: again (with heartbeats it looks every heartbeat interval, up to this). Every idle worker
+#: reads all trials each time: at 1 s, 60 idle workers kept the gRPC proxy too busy to serve
+#: the last trials' own writes (bench/load.py, docs/scale-out.md).
 WAIT_POLL_S = 10.0
 #: What the forkserver imports once for all workers (a missing optional one, timm, is skipped).
 RUNTIME = (
@@ -419,7 +420,8 @@ def wait_for_others(
             run_retry()
             continue
         finish_orphans(study, storage, run_retry, stopping)
-        time.sleep(max(WAIT_POLL_S, interval))
+        # At the heartbeat interval the user chose; without heartbeats (the gRPC proxy), slowly.
+        time.sleep(min(max(interval, 1.0), WAIT_POLL_S) if interval else WAIT_POLL_S)
 
 
 def _count_failure(streak: list[str], trial: Any, reason: str | None) -> None:
