@@ -90,20 +90,24 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert not different, f"weights differ after resume: {different}"
 
 
-def test_resume_after_epoch_equals_straight_run(tmp_path: Path) -> None:
-    """Interrupted after epoch 2 and resumed by a new ``fit``: identical final weights."""
-    spec, d = _setup(RESUME)
-    straight_model = _model(spec, d)
-    straight = fit(Run(spec, straight_model, d, progress=False))
+def _interrupt_after_two_epochs(spec: Any, d: Any, workdir: Path) -> None:
+    """A run stopped by an exception after its second epoch, its resume state in ``workdir``."""
 
     def stop_after_two(result: EpochResult, history: History) -> None:
         if result.epoch == 1:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        fit(
-            Run(spec, _model(spec, d), d, workdir=tmp_path, on_epoch=stop_after_two, progress=False)
-        )
+        fit(Run(spec, _model(spec, d), d, workdir=workdir, on_epoch=stop_after_two, progress=False))
+
+
+def test_resume_after_epoch_equals_straight_run(tmp_path: Path) -> None:
+    """Interrupted after epoch 2 and resumed by a new ``fit``: identical final weights."""
+    spec, d = _setup(RESUME)
+    straight_model = _model(spec, d)
+    straight = fit(Run(spec, straight_model, d, progress=False))
+
+    _interrupt_after_two_epochs(spec, d, tmp_path)
     assert (tmp_path / "last.pt").is_file()
 
     resumed_with: list[tuple[int, int | None]] = []
@@ -352,14 +356,7 @@ def test_truncated_resume_state_restarts_from_epoch_zero(
     the run says so and starts over, and its first epoch writes a whole file again."""
     spec, d = _setup(RESUME)
 
-    def stop_after_two(result: EpochResult, history: History) -> None:
-        if result.epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        fit(
-            Run(spec, _model(spec, d), d, workdir=tmp_path, on_epoch=stop_after_two, progress=False)
-        )
+    _interrupt_after_two_epochs(spec, d, tmp_path)
     state = tmp_path / "last.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     epochs: list[int] = []

@@ -223,11 +223,7 @@ class Objective:
                 and (other.state in live or pruned_after_training(other))
             ):
                 reason = f"grid point {point} is already trained by trial {other.number}"
-                trial.set_user_attr(GRID_DUPLICATE, other.number)
-                trial.set_user_attr("prune_reason", reason)
-                trial.set_user_attr("epochs_run", 0)
-                log.info("trial %d pruned before training: %s", trial.number, reason)
-                raise optuna.TrialPruned(reason)
+                _prune_untrained(trial, GRID_DUPLICATE, other.number, reason)
 
     def _skip_over_budget(self, trial: optuna.Trial) -> None:
         """Prune, untrained and unsampled, a new search trial that the budget has no room for.
@@ -247,11 +243,7 @@ class Objective:
         if earlier < budget:
             return
         reason = f"the budget of {budget} trials was taken by earlier trials when it started"
-        trial.set_user_attr(ranking.OVER_BUDGET, True)
-        trial.set_user_attr("prune_reason", reason)
-        trial.set_user_attr("epochs_run", 0)
-        log.info("trial %d pruned before training: %s", trial.number, reason)
-        raise optuna.TrialPruned(reason)
+        _prune_untrained(trial, ranking.OVER_BUDGET, True, reason)
 
     def _skip_duplicate_confirmation(self, trial: optuna.Trial, of: int, seed: int) -> None:
         """Prune, untrained, a confirmation run that another trial already trains (two
@@ -260,11 +252,7 @@ class Objective:
         if other is None:
             return
         reason = f"trial {other} already runs seed {seed} of trial {of}"
-        trial.set_user_attr(confirm.DUPLICATE, other)
-        trial.set_user_attr("prune_reason", reason)
-        trial.set_user_attr("epochs_run", 0)
-        log.info("trial %d pruned before training: %s", trial.number, reason)
-        raise optuna.TrialPruned(reason)
+        _prune_untrained(trial, confirm.DUPLICATE, other, reason)
 
     def _check_constraints(self, trial: optuna.Trial, cost: dict[str, Any]) -> None:
         """Store the trial's constraint excesses; prune it, untrained, if it breaks a limit.
@@ -296,6 +284,16 @@ class Objective:
         shutil.rmtree(workdir, ignore_errors=True)
         self.store.drop(trial._trial_id, "last.pt")
         self.store.remove_all(trial.study, trial.study._storage.get_trial(trial._trial_id))
+
+
+def _prune_untrained(trial: optuna.Trial, marker: str, value: Any, reason: str) -> None:
+    """End ``trial`` as pruned before any epoch: ``marker`` (the user attribute that says why
+    it counts apart) set to ``value``, the reason stored and logged."""
+    trial.set_user_attr(marker, value)
+    trial.set_user_attr("prune_reason", reason)
+    trial.set_user_attr("epochs_run", 0)
+    log.info("trial %d pruned before training: %s", trial.number, reason)
+    raise optuna.TrialPruned(reason)
 
 
 def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) -> None:
