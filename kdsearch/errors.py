@@ -9,6 +9,7 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Callable, Iterable
 
@@ -33,10 +34,17 @@ def report_errors(fn: Callable[[], int | None]) -> int:
     Shared by the CLI and the worker processes it starts, so both print errors alike.
     """
     try:
-        return fn() or 0
+        code = fn() or 0
+        sys.stdout.flush()  # here, so that a reader that left is handled below, not at exit
+        return code
     except KDSearchError as err:
         print(f"kdsearch: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("kdsearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (`kdsearch validate spec | head`): stop quietly, as cat does. stdout
+        # now points at /dev/null so that Python's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it

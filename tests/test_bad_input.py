@@ -373,6 +373,37 @@ def test_read_only_database(what, command, cli, write_spec, kd_home):
     assert "writable" in out.stderr
 
 
+@pytest.mark.parametrize("command", ["validate", "nets"])
+def test_reader_that_leaves_gets_no_traceback(command, write_spec, kd_home):
+    """`kdsearch validate spec | head -1`: when the reader has gone, kdsearch stops quietly,
+    whether a write fails while the command runs or only the flush at its end."""
+    import os
+    import subprocess
+    import sys
+
+    spec = write_spec()
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: every write fails with EPIPE
+    # Buffered as in a user's shell, so that a short output fails only at the final flush.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with os.fdopen(write, "w") as stdout:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kdsearch",
+                command,
+                *([str(spec)] if command == "validate" else []),
+            ],
+            cwd=kd_home,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    assert out.stderr == "" and out.returncode == 141, out.stderr
+
+
 def test_nothing_imports_torch_for_help():
     """`kdsearch --help` (and every command's) answers without importing torch."""
     import subprocess
