@@ -93,10 +93,17 @@ def default_devices() -> list[str]:
 
 
 def plan(n_workers: int, devices: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
-    """(device, extra environment) per worker: round-robin over devices, CPU threads split."""
+    """(device, extra environment) per worker: round-robin over devices, CPU threads split.
+
+    The cores split are those this process may run on (a container's ``--cpuset-cpus``,
+    ``taskset``), not the machine's. ``KDSEARCH_THREADS`` set by the user wins: several worker
+    containers on one CPU host each see every core and would together run cores x containers
+    threads, which on a CPU slows every one of them many times over (OpenMP threads spin).
+    """
     assigned = [devices[i % len(devices)] for i in range(n_workers)]
     n_cpu = sum(d == "cpu" for d in assigned)
-    threads = max(1, (os.cpu_count() or 1) // max(1, n_cpu))
+    threads = max(1, len(os.sched_getaffinity(0)) // max(1, n_cpu))
+    threads = int(os.environ.get("KDSEARCH_THREADS") or threads)
     out = []
     for device in assigned:
         env = {"OMP_NUM_THREADS": str(threads), "KDSEARCH_THREADS": str(threads)}
