@@ -12,7 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_train_teacher_then_evaluate_on_digits(cli, kd_home):
-    spec = ROOT / "studies" / "digits_quick.yaml"
+    # The shipped spec's teacher with 4 of its 15 epochs: past 95 % by then, and CI's time.
+    spec = kd_home / "digits.yaml"
+    base = ROOT / "studies" / "digits_quick.yaml"
+    spec.write_text(f"base: {base}\nteacher_train: {{epochs: 4}}\n")
     trained = cli("train-teacher", str(spec), "--out", "models/t.pt", "--json")
     assert trained.returncode == 0, trained.stderr[-3000:]
     summary = json.loads(trained.stdout)
