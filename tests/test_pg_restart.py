@@ -7,7 +7,6 @@ the machine's own PostgreSQL service is never touched.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import start_worker
+from conftest import free_port, start_worker
 
 from kdsearch.search.storage import open_storage
 
@@ -32,12 +31,6 @@ def as_postgres(*args: str) -> subprocess.CompletedProcess[str]:
         check=True,
         timeout=120,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -18,16 +18,11 @@ from typing import Any
 
 import optuna
 import pytest
+from conftest import free_port
 from optuna.trial import TrialState as State
 
 STORAGE = "sqlite:///kd.db"
 N_TRIALS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

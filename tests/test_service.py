@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,13 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from conftest import free_port
 
 from kdsearch.search import ranking
 from kdsearch.search.storage import open_storage
 from kdsearch.training.model_files import load_checkpoint
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_study(cli, write_spec, url: str, n_workers: int, n_trials: int) -> optuna.Study:
