@@ -75,8 +75,11 @@ def test_one_storage_url_for_all_kdsearch_services(compose):
     services = compose["services"]
     users = [services["create-study"], *workers(compose).values()]
     urls = {s["environment"]["KDSEARCH_STORAGE"] for s in users}
-    urls.add(services["dashboard"]["command"][-1])
+    urls.add(services["dashboard"]["environment"]["KDSEARCH_STORAGE"])
     assert len(urls) == 1, urls
+    # Never an argument: the host's `ps` shows every container's argv, password included.
+    args = [a for s in services.values() for a in s.get("command") or [] if "://" in str(a)]
+    assert not args, args
     url, pg = urlsplit(urls.pop()), services["postgres"]["environment"]
     assert url.scheme.startswith("postgresql") and (url.hostname, url.port) == ("postgres", 5432)
     assert (url.username, url.password, url.path) == (
@@ -89,11 +92,15 @@ def test_one_storage_url_for_all_kdsearch_services(compose):
 def test_workers_gpu_restart_and_order(compose):
     gpus = []
     for name, w in workers(compose).items():
-        (dev,) = w["deploy"]["resources"]["reservations"]["devices"]
-        assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"], name
-        # Pinned ids: replicas that each reserve `count: 1` would all get the same GPU.
-        assert len(dev["device_ids"]) == 1, name
-        gpus += dev["device_ids"]
+        cmd = w["command"]
+        if name == "worker-cpu":  # a host without GPUs: no reservation, the CPU named
+            assert "resources" not in w["deploy"] and cmd[cmd.index("--devices") + 1] == "cpu"
+        else:
+            (dev,) = w["deploy"]["resources"]["reservations"]["devices"]
+            assert dev["driver"] == "nvidia" and "gpu" in dev["capabilities"], name
+            # Pinned ids: replicas that each reserve `count: 1` would all get the same GPU.
+            assert len(dev["device_ids"]) == 1, name
+            gpus += dev["device_ids"]
         assert int(w["deploy"]["replicas"]) >= 1 and w["restart"] == "on-failure", name
         cmd, study = w["command"], w["environment"]["KDSEARCH_STUDY"]
         assert cmd[0] == "worker" and cmd[cmd.index("--study") + 1] == study, name
@@ -103,7 +110,9 @@ def test_workers_gpu_restart_and_order(compose):
     assert compose["services"]["create-study"]["command"][0] == "create-study"
 
 
-@pytest.mark.parametrize("name", ["create-study", "worker", "worker-gpu1"])
+@pytest.mark.parametrize(
+    "name", ["create-study", "worker", "worker-gpu1", "worker-cpu", "dashboard"]
+)
 def test_data_and_models_mounted(compose, name):
     # Bind sources are relative to docker/; study specs name data/ and models/ under /app.
     binds = (v.split(":") for v in compose["services"][name]["volumes"])
@@ -113,7 +122,7 @@ def test_data_and_models_mounted(compose, name):
 
 def test_dashboard(compose):
     dash = compose["services"]["dashboard"]
-    assert dash["entrypoint"] == ["optuna-dashboard"]
+    assert "entrypoint" not in dash and dash["command"][0] == "dashboard"  # kdsearch dashboard
     assert dash["image"] == compose["services"]["worker"]["image"]  # which has it installed
     cmd = dash["command"]
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0" and cmd[cmd.index("--port") + 1] == "8080"
@@ -126,12 +135,13 @@ def test_dockerfile():
     ins = [ln.strip().split(None, 1) for ln in text.splitlines()]
     ins = [(i[0].upper(), i[1] if len(i) > 1 else "") for i in ins if i and i[0][0] != "#"]
     (base,) = [a for op, a in ins if op == "FROM"]
-    assert re.fullmatch(r"python:3\.\d+-slim", base), base
+    pins = {a.split("=", 1)[0]: a.split("=", 1)[1] for op, a in ins if op == "ARG" and "=" in a}
+    # The base is a build argument (a registry-free host builds on its own), python by default.
+    assert base == "${BASE}" and re.fullmatch(r"python:3\.\d+-slim", pins["BASE"]), base
     # The image installs the torch/torchvision pair the venv (and so every test) runs.
     import torch
     import torchvision
 
-    pins = {a.split("=", 1)[0]: a.split("=", 1)[1] for op, a in ins if op == "ARG" and "=" in a}
     assert pins["TORCH"] == torch.__version__.split("+")[0]
     assert pins["TORCHVISION"] == torchvision.__version__.split("+")[0]
     last = dict(ins)  # as in Docker, the last ENTRYPOINT / WORKDIR / USER wins
@@ -162,6 +172,6 @@ def test_compose_config_cli():
     if compose is None:
         pytest.skip("no docker compose / docker-compose (apt-get install docker-compose)")
     args = ["-f", DOCKER / "compose.yaml", "--env-file", DOCKER / ".env.example"]
-    cmd = [*compose, *args, "--profile", "gpu1", "config", "-q"]
+    cmd = [*compose, *args, "--profile", "gpu1", "--profile", "cpu", "config", "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
