@@ -157,6 +157,56 @@ def test_sigkill_mid_trial_resumes_on_postgres(cli, write_spec, kd_home, pg_url)
 
 
 @pytest.mark.slow
+def test_a_worker_paused_past_the_grace_period_leaves_its_retry_alone(cli, write_spec, kd_home):
+    """SIGSTOP one of two workers mid-trial until the other has failed its trial (heartbeat
+    1 s, grace 3 s) and finished the retry, then SIGCONT: the late epochs it trains on must not
+    touch the retry's files, and it must say so in one line and go on, not crash."""
+    from kdsearch.search import study as studies
+    from kdsearch.training.model_files import load_checkpoint
+
+    url = "sqlite:///kd.db"
+    spec = write_spec({**SLOW_TRIALS, "search": {**SLOW_TRIALS["search"], "n_trials": 2}})
+    assert cli("create-study", str(spec), "--storage", url).returncode == 0
+    workers = [start_worker(kd_home, "synth", url) for _ in range(2)]
+    paused = wait_for(lambda: running_after(url, 2), 300, "a trial at epoch 2", workers)[0]
+    pid = int(paused.user_attrs["worker"].rsplit(":", 1)[1])
+    victim = next(w for w in workers if w.pid == pid)
+    other = next(w for w in workers if w is not victim)
+    victim.send_signal(signal.SIGSTOP)
+
+    def retry_complete() -> list[optuna.trial.FrozenTrial]:
+        ts = trials(url)
+        return [
+            t
+            for t in ts
+            if t.system_attrs.get("failed_trial") == paused.number and t.state == S.COMPLETE
+        ]
+
+    try:
+        (retry,) = wait_for(retry_complete, 300, "the retry to complete", [other])
+        other_out, _ = other.communicate(timeout=300)
+    finally:
+        victim.send_signal(signal.SIGCONT)
+    out, _ = victim.communicate(timeout=300)
+    assert other.returncode == 0, other_out[-3000:]
+    assert victim.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert f"trial {paused.number} was failed and retried by another worker" in out, out[-3000:]
+
+    by_number = {t.number: t for t in trials(url)}
+    assert by_number[paused.number].state == S.FAIL
+    assert retry.user_attrs["resumed_from_epoch"] >= 2 and len(retry.intermediate_values) == 6
+    # The retry's checkpoint is the retry's own: its metrics, not the paused attempt's.
+    metrics = load_checkpoint(Path(retry.user_attrs["checkpoint"]))["metrics"]
+    assert metrics["test_accuracy"] == retry.user_attrs["test_accuracy"]
+    assert metrics["val_accuracy"] == retry.value
+    # Nothing left behind: no resume state, no folder of the failed attempt.
+    folder = studies.folder(optuna.load_study(study_name="synth", storage=open_storage(url)))
+    assert not list(folder.rglob("last.pt")), sorted(folder.rglob("*"))
+    assert not (folder / f"trial-{paused.number:05d}").exists()
+    assert not [t for t in by_number.values() if t.state == S.RUNNING]
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_every_child_and_requeues(cli, write_spec, kd_home):
     url = "sqlite:///kd.db"
     spec = write_spec({**SLOW_TRIALS, "name": "sigterm_study"}, name="sigterm_study")

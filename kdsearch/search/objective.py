@@ -69,6 +69,15 @@ def retry_chain(trial: optuna.Trial) -> list[int]:
         return list(RetryHeartbeatStaleTrialCallback.retry_history(frozen))
 
 
+class TrialTakenOver(Exception):
+    """This worker's trial was failed and retried by another worker while this one sent no
+    heartbeat past the grace period (paused by SIGSTOP, a suspended machine, a long stall).
+
+    The retry resumed from the trial's last epoch in a folder of its own, so the late epochs
+    this worker trained are dropped with that trial's folder; the worker goes on.
+    """
+
+
 class Objective:
     """Callable for ``study.optimize``; holds the worker's context across trials."""
 
@@ -86,6 +95,9 @@ class Objective:
         self.trials_started = 0
         #: Why the last trial failed (None if it did not), for the worker's repeat check.
         self.last_failure: str | None = None
+        #: The number of a trial retried elsewhere while this worker was paused, until the
+        #: worker has seen it (:class:`TrialTakenOver`).
+        self.taken_over: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.current = trial
@@ -95,6 +107,17 @@ class Objective:
             value = self._run(trial)
         except optuna.TrialPruned:
             raise
+        except optuna.exceptions.UpdateFinishedTrialError as err:
+            # The storage refuses to update a trial another worker has failed (and retried).
+            self.taken_over = trial.number
+            self._discard(trial, self._workdir(trial.number))
+            log.warning(
+                "trial %d was failed and retried by another worker while this worker sent no "
+                "heartbeat for over %d s (paused?); its late epochs are dropped, going on",
+                trial.number,
+                self.spec.search.grace_period,
+            )
+            raise TrialTakenOver(f"trial {trial.number} was retried elsewhere") from err
         except Exception as err:
             self.last_failure = f"{type(err).__name__}: {err}"
             raise
@@ -116,10 +139,15 @@ class Objective:
             spec = spec.with_overrides({"train.seed": attrs[ranking.SEED]})
         chain = retry_chain(trial)
         root = chain[0] if chain else trial.number
-        workdir = self.folder / f"trial-{root:05d}"
-        # A retry on another machine finds the resume state in the artifact store, if any.
+        # Every attempt writes a folder of its own: an earlier attempt whose worker was only
+        # paused may wake up and write on; it must not overwrite its retry's files.
+        workdir = self._workdir(trial.number)
+        # A retry on another machine finds the resume state in the artifact store, if any;
+        # on this machine, in the folder of the latest earlier attempt that left one.
         if self.store.pull(trial.study, chain, workdir / "last.pt"):
             self.store.pull(trial.study, chain, workdir / "best.pt")
+        else:
+            _copy_resume_state([self._workdir(n) for n in reversed(chain)], workdir)
         log.info("trial %d started: %s", trial.number, progress.fmt_params(params))
         cost = self._cost(spec).as_attrs()
         for key, value in cost.items():
@@ -182,7 +210,8 @@ class Objective:
         (workdir / "last.pt").unlink(missing_ok=True)  # resume state is not needed any more
         self.store.drop(trial._trial_id, "last.pt")
         self.store.push(trial.study, trial._trial_id, outcome.checkpoint)  # with test accuracy
-        for number in chain:  # earlier attempts' uploads are superseded by this trial's
+        for number in chain:  # earlier attempts' files are superseded by this trial's
+            shutil.rmtree(self._workdir(number), ignore_errors=True)
             self.store.remove_all(trial.study, trial_by_number(trial.study, number))
         for key, value in {
             "val_accuracy": outcome.val_accuracy,
@@ -280,10 +309,26 @@ class Objective:
         nets.check_input_size(model, side, spec.student.arch)
         return nets.measure(model, (3, side, side), self.ctx.device)
 
+    def _workdir(self, number: int) -> Path:
+        """The folder of trial ``number``'s checkpoints: its resume state and best epoch."""
+        return self.folder / f"trial-{number:05d}"
+
     def _discard(self, trial: optuna.Trial, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
         self.store.drop(trial._trial_id, "last.pt")
         self.store.remove_all(trial.study, trial.study._storage.get_trial(trial._trial_id))
+
+
+def _copy_resume_state(earlier: list[Path], workdir: Path) -> None:
+    """Copy the resume state (``last.pt`` and ``best.pt``) of the first folder in ``earlier``
+    that has one into ``workdir``. Both are written atomically, so a copy is never torn."""
+    for folder in earlier:
+        if (folder / "last.pt").is_file():
+            workdir.mkdir(parents=True, exist_ok=True)
+            for name in ("best.pt", "last.pt"):  # last.pt last: it is what marks a resume
+                if (folder / name).is_file():
+                    shutil.copyfile(folder / name, workdir / name)
+            return
 
 
 def _prune_untrained(trial: optuna.Trial, marker: str, value: Any, reason: str) -> None:

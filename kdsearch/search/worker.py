@@ -278,6 +278,7 @@ def _work(
     import optuna
     import torch
 
+    from kdsearch.files import DiskFull
     from kdsearch.search import confirm, ranking
     from kdsearch.search import storage as storages
     from kdsearch.search import study as studies
@@ -378,9 +379,15 @@ def _work(
                         break
                 break
         except Exception as err:
-            if not _survivable(err, stop.is_set()):
+            if objective.taken_over is not None:  # Optuna could not tell it: it is not ours
+                objective.taken_over = None
+            elif isinstance(err, DiskFull):  # a worker with space resumes it; this one stops
+                _requeue(study, objective, s.max_retries, err)
                 raise
-            _requeue(study, objective, s.max_retries, err)
+            elif not _survivable(err, stop.is_set()):
+                raise
+            else:
+                _requeue(study, objective, s.max_retries, err)
         ran += objective.trials_started - before
     return 0
 
@@ -514,10 +521,14 @@ def finish_orphans(
 
 
 def _not_a_stop(record: logging.LogRecord) -> bool:
-    """Logging filter: drop Optuna's "trial failed" traceback for a requested stop."""
+    """Logging filter: drop Optuna's "trial failed" traceback for a requested stop, a trial
+    retried elsewhere and a full disk (each is said in one line of kdsearch's own)."""
+    from kdsearch.files import DiskFull
+    from kdsearch.search.objective import TrialTakenOver
     from kdsearch.training.loop import StopRequested
 
-    return not (record.exc_info and isinstance(record.exc_info[1], StopRequested))
+    quiet = (StopRequested, TrialTakenOver, DiskFull)
+    return not (record.exc_info and isinstance(record.exc_info[1], quiet))
 
 
 def _survivable(err: Exception, stopping: bool) -> bool:
