@@ -21,10 +21,10 @@ lint: venv
 	$(BIN)/ruff format --check kdsearch tests bench
 
 test: venv lint
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 2 --dist worksteal
 
 test-fast: venv
-	$(BIN)/pytest -q -n 2 -m "not slow"
+	$(BIN)/pytest -q -n 2 --dist worksteal -m "not slow"
 
 demo: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m kdsearch.tools.demo
