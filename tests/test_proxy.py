@@ -84,3 +84,38 @@ def test_two_workers_finish_a_study_through_the_grpc_proxy(
     for t in done:  # the objective's user attributes travelled through the proxy too
         assert t.user_attrs["epochs_run"] == 3 and t.value == max(t.intermediate_values.values())
         assert isinstance(t.user_attrs["test_accuracy"], float)
+
+
+@pytest.mark.slow
+def test_workers_survive_a_proxy_restart(
+    cli: Callable[..., Any], write_spec: Callable[..., Path], kd_home: Path
+) -> None:
+    """The proxy is SIGKILLed while two workers are mid-trial and started again 5 s later on
+    the same port: the workers say they lost it, wait, reconnect, and finish the study."""
+    from conftest import start_worker
+    from test_crash import SLOW_TRIALS, wait_for
+
+    search = {**SLOW_TRIALS["search"], "n_trials": 4}
+    spec = write_spec({**SLOW_TRIALS, "train": {"epochs": 8}, "search": search})
+    assert cli("create-study", str(spec), "--storage", STORAGE).returncode == 0
+    port = free_port()
+    url = f"grpc://127.0.0.1:{port}"
+
+    def mid_trial() -> bool:
+        study = optuna.load_study(study_name="synth", storage=STORAGE)
+        running = study.get_trials(deepcopy=False, states=(State.RUNNING,))
+        return any(len(t.intermediate_values) >= 2 for t in running)
+
+    with storage_proxy(kd_home, port) as proxy:
+        worker = start_worker(kd_home, "synth", url, n=2)
+        wait_for(mid_trial, 300, "a trial at epoch 2", [worker])
+        proxy.kill()
+        proxy.wait()
+    time.sleep(5)
+    with storage_proxy(kd_home, port):
+        out, _ = worker.communicate(timeout=600)
+    assert worker.returncode == 0, out[-3000:]
+    assert "storage unreachable" in out and "Traceback" not in out, out[-3000:]
+    trials = optuna.load_study(study_name="synth", storage=STORAGE).get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == State.COMPLETE]
+    assert len(done) == 4 and not [t for t in trials if t.state == State.RUNNING]

@@ -546,11 +546,20 @@ def _survivable(err: Exception, stopping: bool) -> bool:
         chain.append(link)
         link = link.__cause__ or link.__context__
     lost_types = sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
-    if any(isinstance(e, lost_types) for e in chain):
-        log.warning("database connection lost (%s); reconnecting in 5 s", type(err).__name__)
+    lost = [e for e in chain if isinstance(e, lost_types) or _proxy_unreachable(e)]
+    if lost:
+        log.warning("storage unreachable (%s); reconnecting in 5 s", type(lost[0]).__name__)
         time.sleep(5)
         return not stopping
     return False
+
+
+def _proxy_unreachable(err: BaseException) -> bool:
+    """A gRPC storage proxy that is down or restarting (UNAVAILABLE), or too slow to answer."""
+    import grpc
+
+    codes = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return isinstance(err, grpc.RpcError) and getattr(err, "code", lambda: None)() in codes
 
 
 def _requeue(study: Any, objective: Any, max_retries: int, err: Exception) -> None:
