@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch and torchvision are pinned to the builds that lie on local disk on our machines.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-fast demo bench lint clean
+.PHONY: venv test test-fast container-check demo bench lint clean
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ test: venv lint
 
 test-fast: venv
 	$(BIN)/pytest -q -n 2 --dist worksteal -m "not slow"
+
+# Builds the worker image and runs a study in containers (docs/containers.md): minutes.
+container-check: venv
+	KDSEARCH_CONTAINER_CHECK=1 $(BIN)/pytest -q tests/test_containers.py
 
 demo: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m kdsearch.tools.demo
