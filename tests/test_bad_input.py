@@ -373,6 +373,32 @@ def test_read_only_database(what, command, cli, write_spec, kd_home):
     assert "writable" in out.stderr
 
 
+@pytest.mark.postgres
+def test_no_free_connection_is_one_line_naming_the_fix(cli, write_spec, pg_url):
+    """A database whose connection slots are all taken (here a role limited to one, which it
+    holds): one line naming max_connections and the proxy, not psycopg's own error."""
+    import uuid
+
+    import psycopg
+    import sqlalchemy
+    from conftest import PG_ADMIN
+
+    role = f"kd_limited_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1"))
+    url = pg_url.replace("postgres@", f"{role}@", 1)
+    try:
+        with psycopg.connect(url):
+            out = cli("create-study", str(write_spec()), "--storage", url)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP ROLE {role}"))
+        admin.dispose()
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "max_connections" in out.stderr and "storage-proxy" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("command", ["validate", "nets"])
 def test_reader_that_leaves_gets_no_traceback(command, write_spec, kd_home):
     """`kdsearch validate spec | head -1`: when the reader has gone, kdsearch stops quietly,

@@ -154,6 +154,13 @@ def open_storage(
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **heartbeat)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as err:
         reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
+        if "too many clients" in reason or "too many connections" in reason:
+            raise KDSearchError(
+                f"storage: the database at {_where(url)} refused a connection ({reason}): "
+                "every connection slot is taken; each worker holds up to 4, so raise "
+                "PostgreSQL's max_connections (or the role's limit), run fewer workers, or "
+                "put `kdsearch storage-proxy` in front of the database (docs/scale-out.md)"
+            ) from None
         raise KDSearchError(
             f"storage: cannot reach the database at {_where(url)} ({mask(url)}): {reason}; "
             "start the server or fix --storage / KDSEARCH_STORAGE"
