@@ -1,4 +1,5 @@
-"""The package's shape: imports flow one way, nothing imports the CLI, ``import kdsearch`` is light.
+"""The package's shape: imports flow down the documented layers, nothing imports the CLI,
+``import kdsearch`` is light.
 
 Imports are read from the source (module level and inside functions alike, since a lazy import
 is still a dependency); only ``if TYPE_CHECKING:`` blocks are left out, because they never run.
@@ -114,14 +115,40 @@ def subpackage(name: str) -> str:
     return name.split(".")[1] if "." in name else name
 
 
-def test_subpackages_import_one_way() -> None:
-    """config → data → nets → distill → training → search → tools → cli: no way back up."""
+#: The layers, bottom up, as docs/architecture.md lists them: a subpackage or top-level module
+#: may import its own layer and those below it, never one above. ``config`` sits above the
+#: registries because a spec's names are checked against them (lazily: importing it loads no
+#: torch); ``losses`` is the old name of ``distill``'s losses.
+LAYERS: list[set[str]] = [
+    {"errors", "registry", "schema", "files", "paths", "redact"},
+    {"data", "nets"},
+    {"distill", "losses"},
+    {"config"},
+    {"training"},
+    {"search"},
+    {"tools"},
+    {"api", "kdsearch"},
+    {"cli", "__main__"},
+]
+
+
+def subpackage_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, deps in GRAPH.items():
         graph.setdefault(subpackage(name), set()).update(
             subpackage(d) for d in deps if subpackage(d) != subpackage(name)
         )
-    assert find_cycle(graph) is None, graph
+    return graph
+
+
+def test_subpackages_import_only_downwards() -> None:
+    """The documented layer order, not only the absence of circles: no import goes up."""
+    graph = subpackage_graph()
+    level = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    assert set(graph) == set(level), "place every subpackage and module in LAYERS"
+    upward = sorted((a, b) for a, deps in graph.items() for b in deps if level[b] > level[a])
+    assert not upward, upward
+    assert find_cycle(graph) is None, graph  # nor a circle within a layer (data <-> nets)
 
 
 def test_nothing_imports_the_cli() -> None:
