@@ -13,18 +13,25 @@ import pytest
 from conftest import start_worker
 from scipy import stats
 
+from kdsearch.config import load
 from kdsearch.search import confidence, confirm
+from kdsearch.search import study as studies
 from kdsearch.search.ranking import CONFIRM_OF, SEED
 from kdsearch.search.storage import open_storage
+from kdsearch.tools import export
 
 S = optuna.trial.TrialState
 D = optuna.distributions.FloatDistribution(0.0, 1.0)
 
 
-def study_with(runs: dict[float, list[float]], url: str = "sqlite:///ranks.db") -> optuna.Study:
-    """A real stored study: one search trial per key (its alpha), its first value the search
-    trial's, the rest confirmation trials of it."""
-    study = optuna.create_study(storage=url, direction="maximize")
+def study_with(
+    runs: dict[float, list[float]],
+    url: str = "sqlite:///ranks.db",
+    study: optuna.Study | None = None,
+) -> optuna.Study:
+    """A real stored study (``study``, else a plain Optuna one): one search trial per key (its
+    alpha), its first value the search trial's, the rest confirmation trials of it."""
+    study = study or optuna.create_study(storage=url, direction="maximize")
     for alpha, values in runs.items():
         first = optuna.trial.create_trial(
             params={"alpha": alpha}, distributions={"alpha": D}, value=values[0]
@@ -92,6 +99,23 @@ def test_a_single_seed_study_keeps_its_order_and_says_it_is_untested(kd_home: Pa
     assert order(ranked) == [0.2, 0.3, 0.1]
     assert not ranked.tested and ranked.ties == 0 and ranked.resolution is None
     assert "not tested" in ranked.summary()
+
+
+def test_seeds_that_all_agree_leave_the_order_untested(write_spec, kd_home: Path) -> None:
+    """Seen in the container check: two confirmed configurations, each the same on both
+    seeds (one validation image apart): noise 0 would make the one-image lead "real"."""
+    url = f"sqlite:///{kd_home / 'kd.db'}"
+    created = studies.create(load(write_spec()), open_storage(url), "synth", False)
+    study = study_with({0.1: [1.0, 1.0], 0.2: [0.9931, 0.9931], 0.3: [0.97]}, study=created)
+    ranked = confidence.rank(study)
+    assert order(ranked) == [0.1, 0.2, 0.3]
+    assert not ranked.tested and ranked.ties == 0 and ranked.resolution is None
+    assert all(r.p_value is None for r in ranked.rows)
+    assert "noise cannot be estimated" in ranked.summary()
+    # The table is still one row per configuration (n = 2), with no verdict but "best".
+    table = export.table("synth", url)
+    assert list(table["n"]) == [2, 2, 1]
+    assert list(table["vs_best"]) == ["best", "untested", "untested"]
 
 
 #: Four search trials that are never pruned (n_startup_trials), then confirmation trials that

@@ -350,7 +350,7 @@ def table(
     study, _ = studies.open_study(name, url)
     summary = confidence.rank(study)
     per_config = by == "configuration" or (
-        by == "auto" and summary.tested and not (pivot_on or pareto)
+        by == "auto" and summary.df > 0 and not (pivot_on or pareto)  # several seeds somewhere
     )
     df = configurations_table(study) if per_config else trials_table(study, state)
     df.attrs["confidence"] = summary.summary()
