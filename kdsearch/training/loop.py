@@ -4,8 +4,9 @@ Data lives on the training device as uint8 tensors (or, for big data sets, in a 
 store whose batches a background thread gathers and copies ahead, :mod:`kdsearch.data.batches`);
 each epoch shuffles with ``randperm`` on the device, draws one augmentation view per image (a
 pad-crop index or a random-resized crop box, :mod:`kdsearch.data.augment`), and crops, flips and
-normalizes the batch with tensor ops (no DataLoader). The teacher is a :class:`TeacherLogits`
-(cached or online, :mod:`kdsearch.training.teacher`) or ``None``; with alpha = 0 it is never
+normalizes the batch with tensor ops (no DataLoader). The teacher is anything that meets this
+module's :class:`TeacherLogits` protocol (the cached and online teachers of
+:mod:`kdsearch.training.teacher`) or ``None``; with alpha = 0 it is never
 asked, so the baseline is the same loop with the distillation term off: the same batches and
 steps, images without labels (``dataset.labeled_fraction``) included, so at partial labels the
 two arms differ by the teacher's term alone. (Trained on its labeled images only, a digits
