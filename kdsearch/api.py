@@ -206,13 +206,11 @@ def confirm_study(
 
 def delete_study(study: StudyRef, storage: str | None = None) -> Path | None:
     """Delete the study, its checkpoints and logs (no confirmation); returns its folder."""
-    from kdsearch.search import objective
     from kdsearch.search import storage as storages
+    from kdsearch.search import study as studies
 
     name, url = _where(study, storage)
-    return objective.delete_study(
-        storages.open_storage(storages.resolve_url(url), existing=True), name
-    )
+    return studies.delete(storages.open_storage(storages.resolve_url(url), existing=True), name)
 
 
 def trials_table(

@@ -162,13 +162,12 @@ def cmd_extend(a: argparse.Namespace) -> int:
 
 
 def cmd_delete(a: argparse.Namespace) -> int:
+    from kdsearch import api
     from kdsearch.errors import KDSearchError
     from kdsearch.search import storage, study
-    from kdsearch.search.objective import delete_study
 
     url = storage.resolve_url(a.storage)
-    store = storage.open_storage(url)
-    study.load_spec(store, a.study)  # an unknown study fails before the prompt
+    study.load_spec(storage.open_storage(url), a.study)  # an unknown study fails before the prompt
     if not a.yes:
         if not sys.stdin.isatty():
             raise KDSearchError(f"delete {a.study}: no terminal to confirm on; pass --yes")
@@ -176,7 +175,7 @@ def cmd_delete(a: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    removed = delete_study(store, a.study)
+    removed = api.delete_study(a.study, url)
     print(f"deleted study {a.study}" + (f" and {removed}" if removed else ""))
     return 0
 

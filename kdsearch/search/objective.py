@@ -34,7 +34,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from kdsearch import nets
 from kdsearch.config.metrics import METRICS
 from kdsearch.config.spec import ParamSpec, Spec
-from kdsearch.search import confidence, confirm, progress, ranking
+from kdsearch.search import confirm, progress, ranking
 from kdsearch.search import study as studies
 from kdsearch.search.trial_files import CheckpointStore, trial_by_number
 from kdsearch.training.experiment import Context, train_student
@@ -339,38 +339,3 @@ def _prune_untrained(trial: optuna.Trial, marker: str, value: Any, reason: str) 
     trial.set_user_attr("epochs_run", 0)
     log.info("trial %d pruned before training: %s", trial.number, reason)
     raise optuna.TrialPruned(reason)
-
-
-def prune_checkpoints(study: optuna.Study, keep: int, store: CheckpointStore) -> None:
-    """Delete the checkpoints (local and uploaded) of all but the best ``keep`` complete
-    search trials, by their own value and by their configuration's mean over seeds
-    (confirmation trials keep their test accuracy, not their checkpoint)."""
-    # The candidates first, the ranking after: a trial another worker completes in between is
-    # then either ranked or not deleted, never deleted unranked (it may be the best).
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    kept = {t.number for t in ranking.ranked(study)[:keep]}
-    kept |= {r.configuration.trial.number for r in confidence.rank(study).rows[:keep]}
-    if ranking.multi(study):  # the front is what a user picks from: keep all of it
-        kept |= {t.number for t in ranking.pareto(study)}
-    for t in complete:
-        if t.number in kept:
-            continue
-        path = t.user_attrs.get("checkpoint")
-        if path and Path(path).parent.is_dir():
-            shutil.rmtree(Path(path).parent, ignore_errors=True)
-        store.remove_all(study, t)
-
-
-def delete_study(storage: Any, name: str) -> Path | None:
-    """Delete study ``name``, its uploads and its folder (the shared teacher cache stays);
-    returns the folder if it existed."""
-    study, spec = studies.load(storage, name)
-    folder = studies.folder(study)
-    store = CheckpointStore(spec.search.artifact_store, folder.name)
-    for t in study.get_trials(deepcopy=False):
-        store.remove_all(study, t)
-    optuna.delete_study(study_name=name, storage=storage)
-    if not folder.is_dir():
-        return None
-    shutil.rmtree(folder)
-    return folder

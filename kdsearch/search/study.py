@@ -1,4 +1,5 @@
-"""Optuna studies made from specs: samplers, pruners, and the spec stored on the study.
+"""A study's lifecycle: made from a spec (samplers, pruners, the spec stored on it), loaded,
+extended, its checkpoints pruned to the best, deleted with its files.
 
 ``create-study`` validates the spec once and stores it on the study (user attribute
 ``kdsearch_spec``), so a worker on any machine needs only the storage URL and the study name.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -294,3 +296,47 @@ def open_study(name: str, url: str | None = None, *, existing: bool = True) -> t
     kdsearch did not create is a one-line error before anything is read or written.
     """
     return load(storages.open_storage(storages.resolve_url(url), existing=existing), name)
+
+
+def prune_checkpoints(study: Any, keep: int, store: Any) -> None:
+    """Delete the checkpoints (local and uploaded, ``store``: a
+    :class:`~kdsearch.search.trial_files.CheckpointStore`) of all but the best ``keep``
+    complete search trials, by their own value and by their configuration's mean over seeds
+    (confirmation trials keep their test accuracy, not their checkpoint)."""
+    import optuna
+
+    from kdsearch.search import confidence, ranking
+
+    # The candidates first, the ranking after: a trial another worker completes in between is
+    # then either ranked or not deleted, never deleted unranked (it may be the best).
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    kept = {t.number for t in ranking.ranked(study)[:keep]}
+    kept |= {r.configuration.trial.number for r in confidence.rank(study).rows[:keep]}
+    if ranking.multi(study):  # the front is what a user picks from: keep all of it
+        kept |= {t.number for t in ranking.pareto(study)}
+    for t in complete:
+        if t.number in kept:
+            continue
+        path = t.user_attrs.get("checkpoint")
+        if path and Path(path).parent.is_dir():
+            shutil.rmtree(Path(path).parent, ignore_errors=True)
+        store.remove_all(study, t)
+
+
+def delete(storage: Any, name: str) -> Path | None:
+    """Delete study ``name``, its uploads and its folder (the shared teacher cache stays);
+    returns the folder if it existed."""
+    import optuna
+
+    from kdsearch.search.trial_files import CheckpointStore
+
+    study, spec = load(storage, name)
+    files = folder(study)
+    store = CheckpointStore(spec.search.artifact_store, files.name)
+    for t in study.get_trials(deepcopy=False):
+        store.remove_all(study, t)
+    optuna.delete_study(study_name=name, storage=storage)
+    if not files.is_dir():
+        return None
+    shutil.rmtree(files)
+    return files

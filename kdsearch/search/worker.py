@@ -282,7 +282,7 @@ def _work(
     from kdsearch.search import confirm, ranking
     from kdsearch.search import storage as storages
     from kdsearch.search import study as studies
-    from kdsearch.search.objective import Objective, prune_checkpoints
+    from kdsearch.search.objective import Objective
     from kdsearch.training.experiment import Context
 
     # A stop is not a failure worth a traceback: _requeue logs it as one line.
@@ -332,7 +332,7 @@ def _work(
     failures: list[str] = []
 
     def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        prune_checkpoints(st, s.keep_checkpoints, objective.store)
+        studies.prune_checkpoints(st, s.keep_checkpoints, objective.store)
         _count_failure(failures, trial, objective.last_failure)
         if stop.is_set():
             st.stop()
