@@ -164,10 +164,11 @@ def cmd_extend(a: argparse.Namespace) -> int:
 def cmd_delete(a: argparse.Namespace) -> int:
     from kdsearch import api
     from kdsearch.errors import KDSearchError
-    from kdsearch.search import storage, study
+    from kdsearch.search import storage
+    from kdsearch.search import study as studies
 
     url = storage.resolve_url(a.storage)
-    study.load_spec(storage.open_storage(url), a.study)  # an unknown study fails before the prompt
+    studies.load_spec(storage.open_storage(url), a.study)  # an unknown study: before the prompt
     if not a.yes:
         if not sys.stdin.isatty():
             raise KDSearchError(f"delete {a.study}: no terminal to confirm on; pass --yes")
@@ -301,12 +302,12 @@ def cmd_import_checkpoint(a: argparse.Namespace) -> int:
 
 def cmd_cache_teacher(a: argparse.Namespace) -> int:
     from kdsearch.config import spec as specs
-    from kdsearch.search import study
+    from kdsearch.search import study as studies
     from kdsearch.training.experiment import Context
     from kdsearch.training.teacher import build_or_load, load_teacher
 
     if a.study:
-        _, spec = study.open_study(a.study, a.storage)
+        _, spec = studies.open_study(a.study, a.storage)
     elif a.spec:
         spec = specs.load(a.spec)
     else:

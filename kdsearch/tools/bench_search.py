@@ -407,7 +407,8 @@ def bench(
     hence its accounting, is the same as with one job. With ``confirm_seeds`` > 0 the winners
     are then trained again (:func:`confirm_winner`), one after another in this process.
     """
-    from kdsearch.search import storage, study
+    from kdsearch.search import storage
+    from kdsearch.search import study as studies
 
     if not 0 < fraction <= 1:
         raise KDSearchError(f"--budget-fraction: {fraction} must be in (0, 1]")
@@ -421,10 +422,10 @@ def bench(
     names = {seed: f"{spec.name}-tpe{seed}-{tag}" for seed in seeds}
     searches = {seed: search_spec(spec, seed, budget) for seed in seeds}
     opened = storage.open_storage(url)
-    study.create(grid, opened, grid_name, load_if_exists=False)
+    studies.create(grid, opened, grid_name, load_if_exists=False)
     for seed in seeds:
-        created = study.create(searches[seed], opened, names[seed], load_if_exists=False)
-        created.set_user_attr(study.EPOCH_BUDGET_ATTR, budget)
+        created = studies.create(searches[seed], opened, names[seed], load_if_exists=False)
+        created.set_user_attr(studies.EPOCH_BUDGET_ATTR, budget)
     grid_workers = min(jobs, grid.search.n_trials)
     tasks: list[Callable[[], object]] = [
         functools.partial(_run, grid, url, grid_name, None, index) for index in range(grid_workers)
