@@ -245,7 +245,7 @@ def trials_table(
         state=state,
         top=top,
         columns=wanted,
-        pivot_on=pivot,
+        pivot=pivot,
         bins=bins,
         pareto=pareto,
         by=by,

@@ -200,7 +200,7 @@ def cmd_export_table(a: argparse.Namespace) -> int:
             state=a.state,
             top=a.top,
             columns=columns,
-            pivot_on=(row, col) if a.pivot else None,
+            pivot=(row, col) if a.pivot else None,
             bins=a.bins,
             pareto=a.pareto,
             by=a.by,

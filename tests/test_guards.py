@@ -110,8 +110,8 @@ def exported(url: str, study: str = "guarded", **options: object) -> list[dict]:
     if compare:
         df = export.compare_table(compare, url)
     else:
-        pivot_on = tuple(pivot.split(",")) if pivot else None
-        df = export.table(study, url, pivot_on=pivot_on, **options)
+        cells = tuple(pivot.split(",")) if pivot else None
+        df = export.table(study, url, pivot=cells, **options)
     return json.loads(export.render(df, "json")) if len(df) else []
 
 
@@ -245,7 +245,7 @@ def test_trials_table_ranks_by_validation_not_test():
 
 
 def test_pivot_takes_the_best_trial_of_each_cell():
-    table = export.pivot(export.trials_table(made_up_study()), "lr", "wd")
+    table = export.pivot_table(export.trials_table(made_up_study()), "lr", "wd")
     # Trials 4..7 are the second, better visit of each cell; the pruned trial is no value.
     assert table.loc[0.01, 0.0] == pytest.approx(0.70) and table.loc[0.1, 0.01] == pytest.approx(
         0.85

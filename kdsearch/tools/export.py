@@ -192,7 +192,7 @@ def quantile_bins(values: pd.Series, bins: int) -> pd.Series:
     return pd.cut(values, edges, labels=labels, include_lowest=True)
 
 
-def pivot(df: pd.DataFrame, row: str, col: str, bins: int = 4) -> pd.DataFrame:
+def pivot_table(df: pd.DataFrame, row: str, col: str, bins: int = 4) -> pd.DataFrame:
     """Best validation accuracy over two parameters (the reference's alpha × temperature).
 
     A parameter with more distinct values than ``bins`` (a continuous search) is cut into
@@ -327,18 +327,18 @@ def table(
     state: str = "all",
     top: int | None = None,
     columns: list[str] | None = None,
-    pivot_on: tuple[str, str] | None = None,
+    pivot: tuple[str, str] | None = None,
     bins: int = 4,
     pareto: bool = False,
     by: str = "auto",
 ) -> pd.DataFrame:
     """Study ``name``'s trials, best first (:func:`trials_table`), cut as ``export-table`` does:
     only the non-dominated ones (``pareto``), the best ``top``, only ``columns``, or the best
-    value per cell over ``pivot_on``.
+    value per cell over ``pivot``.
 
     ``by="configuration"`` gives one row per configuration instead
     (:func:`configurations_table`); ``"auto"`` does so once a configuration has several seeds
-    (and neither ``pivot_on`` nor ``pareto`` asks for trials). The table's ``attrs``
+    (and neither ``pivot`` nor ``pareto`` asks for trials). The table's ``attrs``
     hold the study's noise sentence (``confidence``).
     """
     if top is not None and top < 1:
@@ -350,7 +350,7 @@ def table(
     study, _ = studies.open_study(name, url)
     summary = confidence.rank(study)
     per_config = by == "configuration" or (
-        by == "auto" and summary.df > 0 and not (pivot_on or pareto)  # several seeds somewhere
+        by == "auto" and summary.df > 0 and not (pivot or pareto)  # several seeds somewhere
     )
     df = configurations_table(study) if per_config else trials_table(study, state)
     df.attrs["confidence"] = summary.summary()
@@ -358,8 +358,8 @@ def table(
         return _cut(df, top, columns)
     if pareto:
         df = pareto_rows(study, df)
-    if pivot_on:
-        return pivot(df, *pivot_on, bins).reset_index()
+    if pivot:
+        return pivot_table(df, *pivot, bins).reset_index()
     return _cut(df, top, columns)
 
 
