@@ -278,10 +278,10 @@ def evaluate_best(
     The trial's own checkpoint by default; ``retrain`` retrains its parameters on train+val
     for each of ``seeds``; ``baseline`` also trains the alpha = 0 student once.
     """
-    from kdsearch.tools import best as finals
+    from kdsearch.tools import best
 
     name, url = _where(study, storage)
-    return finals.final(
+    return best.evaluate_best(
         name, url, retrain=retrain, seeds=seeds, baseline=baseline, budgets=budgets, device=device
     )
 

@@ -26,8 +26,7 @@ from kdsearch.data.augment import PadCrop, for_dataset
 from kdsearch.data.datasets import Images
 from kdsearch.search import storage, study, worker
 from kdsearch.search.objective import suggest
-from kdsearch.tools import best as bestcmd
-from kdsearch.tools import export
+from kdsearch.tools import best, export
 from kdsearch.training.experiment import Context, train_student
 from kdsearch.training.loop import DeviceData, make_optimizer, make_schedule
 from kdsearch.training.model_files import load_checkpoint
@@ -170,7 +169,7 @@ def test_pruning_keeps_the_best_checkpoints(finished):
 
 def test_best_command_tests_the_best_trial(finished):
     url, st = finished
-    result = bestcmd.final("guarded", url, device="cpu")
+    result = best.evaluate_best("guarded", url, device="cpu")
     top = st.best_trial
     assert result["trial"] == top.number and result["val_accuracy"] == top.value
     assert result["test_accuracies"] == [pytest.approx(top.user_attrs["test_accuracy"])]

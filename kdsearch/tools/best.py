@@ -143,7 +143,7 @@ def ensure_baseline(study: optuna.Study, spec: Spec, device: str | None) -> dict
     return result
 
 
-def final(
+def evaluate_best(
     name: str,
     url: str | None = None,
     *,
