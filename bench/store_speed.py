@@ -26,12 +26,12 @@ TRAIN = """
 import json, sys, tempfile
 from pathlib import Path
 from kdsearch.config import spec as specs
-from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.experiment import Context, fit_student
 overrides = json.loads(sys.argv[2])
 spec = specs.load(sys.argv[1]).with_overrides(overrides)
 ctx = Context.load(spec, "cpu", with_teacher=False)
 with tempfile.TemporaryDirectory() as tmp:
-    out = train_student(ctx, spec, Path(tmp) / "s.pt", progress=False)
+    out = fit_student(ctx, spec, Path(tmp) / "s.pt", progress=False)
 print(json.dumps({"img_s": out.history.images_per_second}))
 """
 

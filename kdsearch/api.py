@@ -307,12 +307,12 @@ def write_report(
 def _train(spec: Spec, out: Path, device: str | None, init: Path | None = None) -> dict[str, Any]:
     """Train to a temporary file beside ``out`` and rename it when finished, so an interrupted
     run leaves nothing at ``out``. A baseline (alpha 0) loads no teacher and builds no cache."""
-    from kdsearch.training.experiment import Context, train_student
+    from kdsearch.training.experiment import Context, fit_student
 
     ctx = Context.load(spec, device, with_teacher=spec.distills)
     tmp = out.with_name(f".{out.name}.partial")
     try:
-        outcome = train_student(ctx, spec, tmp, init=init)
+        outcome = fit_student(ctx, spec, tmp, init=init)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from kdsearch.data.datasets import Images
 from kdsearch.search import storage, study, worker
 from kdsearch.search.objective import suggest
 from kdsearch.tools import best, export
-from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.experiment import Context, fit_student
 from kdsearch.training.loop import DeviceData, make_optimizer, make_schedule
 from kdsearch.training.model_files import load_checkpoint
 from kdsearch.training.teacher import (
@@ -150,7 +150,7 @@ def test_best_checkpoint_is_not_the_last_epoch(tmp_path, one_torch_thread):
     gen = torch.Generator().manual_seed(0)
     val = ctx.data.val
     ctx.data.val = Images(val.x, val.y[torch.randperm(len(val.y), generator=gen)])
-    outcome = train_student(ctx, spec, tmp_path / "best.pt", progress=False)
+    outcome = fit_student(ctx, spec, tmp_path / "best.pt", progress=False)
     curve = [e.val_accuracy for e in outcome.history.epochs]
     best_epoch = curve.index(max(curve))
     assert best_epoch < len(curve) - 1, curve  # the case this test is about
@@ -272,7 +272,7 @@ class _Fp16(torch.nn.Module):
 
 
 def _student_weights(ctx: Context, spec, out: Path) -> torch.Tensor:
-    train_student(ctx, spec, out, progress=False)
+    fit_student(ctx, spec, out, progress=False)
     state = load_checkpoint(out)["state_dict"]
     return torch.cat([v.flatten().float() for v in state.values()])
 

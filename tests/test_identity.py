@@ -20,7 +20,7 @@ from kdsearch.config.spec import load
 from kdsearch.search import study as studies
 from kdsearch.search.objective import Objective
 from kdsearch.search.storage import open_storage
-from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.experiment import Context, fit_student
 from kdsearch.training.model_files import load_checkpoint
 
 S = optuna.trial.TrialState
@@ -94,7 +94,7 @@ def test_a_trial_resumes_only_state_written_for_it(write_spec, kd_home, caplog, 
         mine = {"study_id": studies.study_id(study), "trial": number, "params": params}
         tag = {**mine, **change}
         workdir = studies.folder(study) / f"trial-{number:05d}"
-        train_student(ctx, one_epoch, kd_home / "x.pt", workdir=workdir, resume_tag=tag)
+        fit_student(ctx, one_epoch, kd_home / "x.pt", workdir=workdir, resume_tag=tag)
         caplog.clear()
         study.enqueue_trial(params)
         study.optimize(Objective(ctx, study), n_trials=1)

@@ -12,7 +12,7 @@ import torch
 
 from kdsearch.config import spec as specs
 from kdsearch.data import datasets, store
-from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.experiment import Context, fit_student
 from kdsearch.training.loop import StopRequested
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -71,7 +71,7 @@ def test_a_broken_store_file_is_written_again(
 def _train(write_spec: Callable[..., Path], mode: str, tmp: Path) -> tuple[list, dict]:
     spec = specs.load(write_spec({"dataset": {"store": mode}}, f"t{mode}"))
     ctx = Context.load(spec, "cpu")
-    outcome = train_student(ctx, spec, tmp / f"{mode}.pt", progress=False)
+    outcome = fit_student(ctx, spec, tmp / f"{mode}.pt", progress=False)
     curve = [(e.train_loss, e.val_accuracy) for e in outcome.history.epochs]
     return curve, torch.load(tmp / f"{mode}.pt", weights_only=True)["state_dict"]
 
@@ -100,7 +100,7 @@ def test_the_prefetch_thread_ends_with_a_stopped_run(
     ctx = Context.load(spec, "cpu")
     calls = iter(range(100))
     with pytest.raises(StopRequested):
-        train_student(
+        fit_student(
             ctx, spec, tmp_path / "s.pt", progress=False, should_stop=lambda: next(calls) == 2
         )
     assert not [t for t in threading.enumerate() if t.name == "kdsearch-prefetch"]

@@ -326,7 +326,7 @@ def test_online_and_cached_distillation_train_the_same_student(
 ) -> None:
     """Through the training loop: the online teacher gets the same (uint8) views as the cache
     was built from, so both runs end with the same student (up to fp16 cache rounding)."""
-    from kdsearch.training.experiment import train_student
+    from kdsearch.training.experiment import fit_student
 
     _with_normalization(kd_home / "models" / "teacher.pt", "imagenet")
     states = []
@@ -336,7 +336,7 @@ def test_online_and_cached_distillation_train_the_same_student(
         )
         ctx = Context.load(spec, "cpu")
         out = kd_home / "models" / f"student-{mode}.pt"
-        train_student(ctx, spec, out, progress=False)
+        fit_student(ctx, spec, out, progress=False)
         states.append(torch.load(out, weights_only=True)["state_dict"])
     # One Adam step (48 training images, one batch) moves each weight by about lr times the
     # sign of its gradient, so the runs differ only where a sign differs. Weights only, by the

@@ -37,7 +37,7 @@ from kdsearch.config.spec import ParamSpec, Spec
 from kdsearch.search import confirm, progress, ranking
 from kdsearch.search import study as studies
 from kdsearch.search.trial_files import CheckpointStore, trial_by_number
-from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.experiment import Context, fit_student
 from kdsearch.training.loop import EpochResult, History, NonFiniteLoss
 
 #: User attribute of a grid trial skipped because an earlier trial holds its point.
@@ -187,7 +187,7 @@ class Objective:
         # One TensorBoard run per retry chain, so a resumed trial continues its own curves.
         tb = self.folder / "tensorboard" / f"trial-{root:05d}"
         try:
-            outcome = train_student(
+            outcome = fit_student(
                 self.ctx,
                 spec,
                 workdir / "best.pt",

@@ -247,7 +247,7 @@ def confirm_winner(spec: Spec, trial: Any, seeds: int) -> Confirmed:
     """Train ``trial``'s configuration of ``spec`` again with ``seeds`` new seeds and test each:
     the same training as a confirmation trial (validation held out, its best epoch kept)."""
     from kdsearch.search import confirm
-    from kdsearch.training.experiment import Context, train_student
+    from kdsearch.training.experiment import Context, fit_student
 
     chosen = spec.with_overrides(trial.params)
     result = Confirmed(trial.number, dict(trial.params), confirm.new_seeds(spec, trial, seeds))
@@ -255,7 +255,7 @@ def confirm_winner(spec: Spec, trial: Any, seeds: int) -> Confirmed:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in result.seeds:
             run = chosen.with_overrides({"train.seed": seed})
-            outcome = train_student(ctx, run, Path(tmp) / f"seed-{seed}.pt", progress=False)
+            outcome = fit_student(ctx, run, Path(tmp) / f"seed-{seed}.pt", progress=False)
             result.test_accuracies.append(outcome.test_accuracy)
     return result
 

@@ -28,7 +28,7 @@ from kdsearch.config.spec import ALIASES, Spec
 from kdsearch.errors import KDSearchError
 from kdsearch.search import confidence, ranking
 from kdsearch.search import study as studies
-from kdsearch.training.experiment import Context, train_student
+from kdsearch.training.experiment import Context, fit_student
 from kdsearch.training.loop import evaluate
 from kdsearch.training.model_files import load_model
 
@@ -100,7 +100,7 @@ def retrain_seeds(
     accuracies, checkpoints = [], []
     for seed in seeds:
         out = folder / "final" / f"seed-{seed}.pt"
-        outcome = train_student(ctx, final.with_overrides({"train.seed": seed}), out)
+        outcome = fit_student(ctx, final.with_overrides({"train.seed": seed}), out)
         accuracies.append(outcome.test_accuracy)
         checkpoints.append(str(out))
     return accuracies, checkpoints
@@ -131,7 +131,7 @@ def ensure_baseline(study: optuna.Study, spec: Spec, device: str | None) -> dict
     else:
         out = studies.folder(study) / "baseline" / "best.pt"
         ctx = Context.load(base, device, with_teacher=False)
-        outcome = train_student(ctx, base, out, progress=False)
+        outcome = fit_student(ctx, base, out, progress=False)
         result.update(
             val_accuracy=outcome.val_accuracy,
             test_accuracy=outcome.test_accuracy,

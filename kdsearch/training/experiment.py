@@ -1,7 +1,7 @@
 """One training run from a spec: what ``train``, ``train-teacher`` and every trial share.
 
 A :class:`Context` holds what a process loads once (data on the device, the teacher's logits);
-:func:`train_student` builds the student a spec describes, trains it with the one loop, writes
+:func:`fit_student` builds the student a spec describes, trains it with the one loop, writes
 its best checkpoint and measures that checkpoint on the test set (reported, never used to
 select anything).
 """
@@ -77,7 +77,7 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def train_student(
+def fit_student(
     ctx: Context,
     spec: Spec,
     out: Path,
