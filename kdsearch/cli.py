@@ -97,7 +97,6 @@ def cmd_create_study(a: argparse.Namespace) -> int:
 
 def cmd_worker(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.search import storage
     from kdsearch.tools import status
 
     code = api.run_workers(
@@ -109,9 +108,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
         timeout=a.timeout,
     )
     if a.verbosity >= 0:
-        url = storage.resolve_url(a.storage)
-        summary = status.format_status(status.study_status(storage.open_storage(url), a.study))
-        print(f"summary of study {summary}", file=sys.stderr)
+        (summary,) = api.study_status(a.storage, a.study)
+        print(f"summary of study {status.format_status(summary)}", file=sys.stderr)
     return code
 
 

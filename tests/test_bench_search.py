@@ -19,7 +19,7 @@ import yaml
 from kdsearch.config.spec import ParamSpec, merge
 from kdsearch.search.storage import open_storage
 from kdsearch.tools import bench_search
-from kdsearch.tools.status import study_status
+from kdsearch.tools.status import status_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +144,7 @@ def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
         budget = grid_epochs // 2
         spent, first = _recount(trials[name], grid_best, budget)
         assert spent >= budget  # the search ran its whole budget
-        assert study_status(storage, name)["epoch_budget"] == budget  # status counts epochs
+        assert status_of(storage, name)["epoch_budget"] == budget  # status counts epochs
         assert first is not None
         row = next(r for r in rows if r.startswith(f"| seed {seed} |"))
         assert row.startswith(f"| seed {seed} | {first} | {first / grid_epochs:.2f} |")

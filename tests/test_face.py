@@ -265,10 +265,10 @@ def _hand_built_study() -> tuple[Any, dt.datetime]:
 def test_status_counts_rate_and_time_left():
     """Rate = epochs reported / wall time since the first start; time left from the mean
     epochs of finished trials (hand-built trials, so every number is known)."""
-    from kdsearch.tools.status import study_status
+    from kdsearch.tools.status import status_of
 
     storage, t0 = _hand_built_study()
-    s = study_status(storage, "s", now=t0 + dt.timedelta(seconds=25))
+    s = status_of(storage, "s", now=t0 + dt.timedelta(seconds=25))
     assert s["states"]["complete"] == 2 and s["states"]["running"] == 1 and s["finished"] == 2
     best = {"number": 1, "value": 0.75, "params": {"alpha": 0.2}, "test_accuracy": 0.74}
     assert {k: s["best"][k] for k in best} == best
@@ -285,11 +285,11 @@ def test_status_of_a_search_budgeted_in_epochs():
     """A bench-search search spends an epoch budget (its n_trials only caps it): status
     counts epochs against that budget and the time left is the epochs left at the rate."""
     from kdsearch.search.study import EPOCH_BUDGET_ATTR
-    from kdsearch.tools.status import format_status, study_status
+    from kdsearch.tools.status import format_status, status_of
 
     storage, t0 = _hand_built_study()
     optuna.load_study(study_name="s", storage=storage).set_user_attr(EPOCH_BUDGET_ATTR, 20)
-    s = study_status(storage, "s", now=t0 + dt.timedelta(seconds=25))
+    s = status_of(storage, "s", now=t0 + dt.timedelta(seconds=25))
     assert (s["epoch_budget"], s["epochs_trained"]) == (20, 5)
     assert s["seconds_left"] == pytest.approx((20 - 5) / 0.2)
     assert format_status(s).splitlines()[0] == (

@@ -238,13 +238,13 @@ def made_up_study() -> optuna.Study:
 
 
 def test_trials_table_ranks_by_validation_not_test():
-    df = export.trials_table(made_up_study())
+    df = export.trials_frame(made_up_study())
     assert df["number"].tolist() == [7, 6, 5, 4, 3, 2, 1, 0, 8]
     assert df["test_accuracy"].iloc[0] == pytest.approx(0.15)
 
 
 def test_pivot_takes_the_best_trial_of_each_cell():
-    table = export.pivot_table(export.trials_table(made_up_study()), "lr", "wd")
+    table = export.pivot_table(export.trials_frame(made_up_study()), "lr", "wd")
     # Trials 4..7 are the second, better visit of each cell; the pruned trial is no value.
     assert table.loc[0.01, 0.0] == pytest.approx(0.70) and table.loc[0.1, 0.01] == pytest.approx(
         0.85

@@ -120,7 +120,7 @@ def test_ranking_picks_within_budgets_and_never_an_infeasible_trial():
     assert ranking.best(multi).values[0] == 0.95
     assert ranking.best(multi, {"student_params": 999}).values[0] == 0.80
     assert ranking.best(multi, {"student_params": 9}) is None
-    table = export.pareto_rows(multi, export.trials_table(multi))
+    table = export.pareto_rows(multi, export.trials_frame(multi))
     assert list(table.columns[:3]) == ["number", "val_accuracy", "student_params"]
     assert sorted(table["val_accuracy"]) == [0.70, 0.80, 0.90, 0.95]  # not the dominated 0.60
 

@@ -67,7 +67,7 @@ SUFFIXES = {
 }
 
 
-def trials_table(study: optuna.Study, state: str = "all") -> pd.DataFrame:
+def trials_frame(study: optuna.Study, state: str = "all") -> pd.DataFrame:
     """One row per trial, best first: value, parameters, epochs, duration, stored attributes."""
     rows = []
     for t in study.get_trials(deepcopy=False, states=STATES[state]):
@@ -332,7 +332,7 @@ def table(
     pareto: bool = False,
     by: str = "auto",
 ) -> pd.DataFrame:
-    """Study ``name``'s trials, best first (:func:`trials_table`), cut as ``export-table`` does:
+    """Study ``name``'s trials, best first (:func:`trials_frame`), cut as ``export-table`` does:
     only the non-dominated ones (``pareto``), the best ``top``, only ``columns``, or the best
     value per cell over ``pivot``.
 
@@ -352,7 +352,7 @@ def table(
     per_config = by == "configuration" or (
         by == "auto" and summary.df > 0 and not (pivot or pareto)  # several seeds somewhere
     )
-    df = configurations_table(study) if per_config else trials_table(study, state)
+    df = configurations_table(study) if per_config else trials_frame(study, state)
     df.attrs["confidence"] = summary.summary()
     if df.empty or per_config:
         return _cut(df, top, columns)

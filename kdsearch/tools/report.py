@@ -166,7 +166,7 @@ def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
         md += ["", *extra, ""]
     md += ["## Figures", "", *(f"![{n}]({n}.png)\n" for n in drawn)]
     md += ["Skipped:", "", *skipped, ""] if skipped else [""]
-    table = export.trials_table(study).drop(columns=["checkpoint"], errors="ignore").head(20)
+    table = export.trials_frame(study).drop(columns=["checkpoint"], errors="ignore").head(20)
     shown = export.readable(table).to_markdown(index=False, disable_numparse=True)
     md += ["## Trials (best 20)", "", shown if len(table) else "no trials yet", ""]
     (out / "report.md").write_text("\n".join(md))

@@ -54,7 +54,7 @@ def _trial_budget_epochs(
     return to_start * per_trial + running_left
 
 
-def study_status(storage: Any, name: str, now: dt.datetime | None = None) -> dict[str, Any]:
+def status_of(storage: Any, name: str, now: dt.datetime | None = None) -> dict[str, Any]:
     """The status of one study as a JSON-ready dict (keys documented in README, `status`)."""
     import optuna
 
@@ -149,7 +149,7 @@ def all_statuses(storage: Any, name: str | None = None) -> list[dict[str, Any]]:
         if name not in names:
             raise unknown_name("study", name, names or ["(no studies: run create-study)"])
         names = [name]
-    return [study_status(storage, n) for n in names]
+    return [status_of(storage, n) for n in names]
 
 
 def format_status(s: dict[str, Any]) -> str:
