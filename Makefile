@@ -31,7 +31,7 @@ container-check: venv
 	KDSEARCH_CONTAINER_CHECK=1 $(BIN)/pytest -q tests/test_containers.py
 
 demo: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m kdsearch.tools.demo
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m kdsearch.demo
 
 bench: venv
 	$(BIN)/kdsearch bench --device cpu

@@ -27,8 +27,8 @@ from typing import Any
 
 import optuna
 
+from kdsearch.benchmarks.search_efficiency import TOLERANCE
 from kdsearch.search.storage import open_storage
-from kdsearch.tools.bench_search import TOLERANCE
 
 Curves = dict[tuple[tuple[str, Any], ...], list[float]]
 

@@ -90,9 +90,9 @@ def create_study(
     The spec is checked, its data opened and its teacher loaded before the database is
     touched. ``load_if_exists`` reopens a study whose stored spec equals this one.
     """
+    from kdsearch.results import dashboard
     from kdsearch.search import storage as storages
     from kdsearch.search import study as studies
-    from kdsearch.tools import dashboard
 
     loaded = validate(spec)  # an impossible spec fails before the database is touched
     name = study_name or loaded.name
@@ -163,8 +163,8 @@ def study_status(storage: str | None = None, study: StudyRef | None = None) -> l
 
     The keys are those of ``kdsearch status --json`` (README).
     """
+    from kdsearch.results import status as statuses
     from kdsearch.search import storage as storages
-    from kdsearch.tools import status as statuses
 
     name, url = _where(study, storage) if study is not None else (None, storage)
     return statuses.all_statuses(storages.open_storage(storages.resolve_url(url)), name)
@@ -235,7 +235,7 @@ def trials_table(
     (``auto``: per configuration once the study has confirmation trials). ``df.attrs
     ["confidence"]`` holds the study's noise sentence.
     """
-    from kdsearch.tools import export
+    from kdsearch.results import export
 
     name, url = _where(study, storage)
     wanted = list(columns) if columns else None
@@ -254,7 +254,7 @@ def trials_table(
 
 def compare_studies(studies: Sequence[StudyRef], storage: str | None = None) -> pd.DataFrame:
     """One row per study: best validation accuracy, its test accuracy, student size."""
-    from kdsearch.tools import export
+    from kdsearch.results import export
 
     found = [_where(s, storage) for s in studies]
     return export.compare_table([n for n, _ in found], found[0][1] if found else storage)
@@ -278,7 +278,7 @@ def evaluate_best(
     The trial's own checkpoint by default; ``retrain`` retrains its parameters on train+val
     for each of ``seeds``; ``baseline`` also trains the alpha = 0 student once.
     """
-    from kdsearch.tools import best
+    from kdsearch.results import best
 
     name, url = _where(study, storage)
     return best.evaluate_best(
@@ -296,7 +296,7 @@ def write_report(
 ) -> Path:
     """Write figures and report.md for the study to ``out`` (default: reports/<study>);
     returns the path of report.md. ``baseline`` trains the alpha = 0 baseline once."""
-    from kdsearch.tools import report as reports
+    from kdsearch.results import report as reports
 
     name, url = _where(study, storage)
     folder = Path(out) if out is not None else None
@@ -379,7 +379,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Test accuracy, per-class accuracy, confusion matrix and size of a checkpoint, on the
     test set of its own data set (or of ``spec``'s)."""
-    from kdsearch.tools import evaluate
+    from kdsearch.results import evaluate
 
     return evaluate.evaluate_checkpoint(Path(checkpoint), spec, device)
 
@@ -394,7 +394,8 @@ def benchmark_search(
     confirm_seeds: int = 0,
 ) -> Any:
     """The spec's grid run to the end against a kdsearch search (TPE + Hyperband) per seed on
-    the same data, in epochs (:mod:`kdsearch.tools.bench_search`); returns its result table.
+    the same data, in epochs (:mod:`kdsearch.benchmarks.search_efficiency`); returns its
+    result table.
 
     The studies go to ``storage`` (default: a temporary SQLite file, removed afterwards).
     ``jobs`` studies' workers run at once, in processes that share the CPU threads. With
@@ -403,13 +404,15 @@ def benchmark_search(
     """
     import tempfile
 
-    from kdsearch.tools import bench_search as benches
+    from kdsearch.benchmarks import search_efficiency
 
     _at_least("--jobs", jobs, 1)  # before the data and teacher load
     _at_least("--confirm-seeds", confirm_seeds, 0)
     loaded = validate(spec)
-    benches.grid_spec(loaded)  # refuse a spec that is not a grid before anything runs
+    search_efficiency.grid_spec(loaded)  # refuse a spec that is not a grid before anything runs
     _check_inputs(loaded)  # the data and the teacher load, or one line says why
     with tempfile.TemporaryDirectory() as tmp:
         url = storage or f"sqlite:///{tmp}/bench-search.db"
-        return benches.bench(loaded, list(seeds), budget_fraction, url, jobs, confirm_seeds)
+        return search_efficiency.bench(
+            loaded, list(seeds), budget_fraction, url, jobs, confirm_seeds
+        )

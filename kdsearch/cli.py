@@ -76,7 +76,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.tools.evaluate import format_report
+    from kdsearch.results.evaluate import format_report
 
     result = api.evaluate_checkpoint(a.checkpoint, a.spec, device=a.device)
     print(json.dumps(result) if a.json else format_report(result))
@@ -97,7 +97,7 @@ def cmd_create_study(a: argparse.Namespace) -> int:
 
 def cmd_worker(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.tools import status
+    from kdsearch.results import status
 
     code = api.run_workers(
         a.study,
@@ -138,7 +138,7 @@ def cmd_confirm(a: argparse.Namespace) -> int:
 
 def cmd_status(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.tools import status
+    from kdsearch.results import status
 
     rows = api.study_status(a.storage, a.study)
     if a.json:
@@ -181,7 +181,7 @@ def cmd_delete(a: argparse.Namespace) -> int:
 
 def cmd_export_table(a: argparse.Namespace) -> int:
     from kdsearch.errors import KDSearchError
-    from kdsearch.tools import export
+    from kdsearch.results import export
 
     if a.top is not None and a.top < 1:
         raise KDSearchError(f"--top {a.top}: must be >= 1")
@@ -223,8 +223,8 @@ def cmd_export_table(a: argparse.Namespace) -> int:
 def cmd_dashboard(a: argparse.Namespace) -> int:
     import optuna_dashboard
 
+    from kdsearch.results import dashboard
     from kdsearch.search import storage
-    from kdsearch.tools import dashboard
 
     _check_port(a.host, a.port)
     url = storage.resolve_url(a.storage)
@@ -319,7 +319,7 @@ def cmd_cache_teacher(a: argparse.Namespace) -> int:
 
 def cmd_best(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.tools import best
+    from kdsearch.results import best
 
     seeds = best.parse_seeds(a.seeds) if a.retrain else []  # a typo fails before any work
     result = api.evaluate_best(
@@ -339,7 +339,7 @@ def cmd_best(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from kdsearch.tools import report
+    from kdsearch.results import report
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -370,20 +370,20 @@ def cmd_storage_proxy(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from kdsearch.tools import bench
+    from kdsearch.benchmarks import loop_speed
 
-    result, timings = bench.run(a.device, a.images)
+    result, timings = loop_speed.run(a.device, a.images)
     if a.json:
         _print_json(result)
     else:
-        print(bench.format_table(result, timings))
+        print(loop_speed.format_table(result, timings))
     return 0
 
 
 def cmd_bench_search(a: argparse.Namespace) -> int:
     from kdsearch import api
+    from kdsearch.benchmarks import search_efficiency
     from kdsearch.errors import KDSearchError
-    from kdsearch.tools import bench_search
 
     try:
         seeds = [int(s) for s in a.seeds.split(",")]
@@ -397,7 +397,7 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
         jobs=a.jobs,
         confirm_seeds=a.confirm_seeds,
     )
-    print(json.dumps(result.to_dict()) if a.json else bench_search.format_table(result))
+    print(json.dumps(result.to_dict()) if a.json else search_efficiency.format_table(result))
     return 0
 
 

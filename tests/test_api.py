@@ -37,7 +37,7 @@ def test_import_kdsearch_loads_no_torch_optuna_or_pandas() -> None:
 def test_the_spec_and_status_modules_load_no_torch() -> None:
     """Reading specs and ``kdsearch status`` need no torch (3-4 s to import): the data
     package's registry loads on first use, not when the spec imports its normalizations."""
-    code = "import sys, kdsearch.config, kdsearch.tools.status; print('torch' in sys.modules)"
+    code = "import sys, kdsearch.config, kdsearch.results.status; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"], out.stdout
     from kdsearch import data
@@ -47,8 +47,8 @@ def test_the_spec_and_status_modules_load_no_torch() -> None:
 
 
 def test_every_api_name_is_the_api_function_even_after_the_tools_load() -> None:
-    """No API name is a submodule's: importing ``kdsearch.tools.best`` would otherwise replace
-    ``kdsearch.tools.best`` with the module."""
+    """No API name is a submodule's: importing ``kdsearch.results.best`` would otherwise replace
+    ``kdsearch.results.best`` with the module."""
     from kdsearch.training import loop as train  # noqa: F401
 
     for name in kdsearch.__all__:

@@ -16,16 +16,16 @@ import optuna
 import pytest
 import yaml
 
+from kdsearch.benchmarks import search_efficiency
 from kdsearch.config.spec import ParamSpec, merge
+from kdsearch.results.status import status_of
 from kdsearch.search.storage import open_storage
-from kdsearch.tools import bench_search
-from kdsearch.tools.status import status_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_grid_values_become_ranges():
-    rng = bench_search.search_range
+    rng = search_efficiency.search_range
     assert rng([0.0, 0.5, 0.9]) == ParamSpec(type="float", low=0.0, high=0.9, log=False)
     # the scale on which the grid's median sits mid-range
     assert rng([1.0, 4.0, 16.0]) == ParamSpec(type="float", low=1.0, high=16.0, log=True)
@@ -44,8 +44,8 @@ def test_grid_values_become_ranges():
 
 def test_reach_counts_epochs_until_within_tolerance():
     curve = [0.5, 0.9, 0.8, 0.968, 0.99]
-    assert bench_search.reach(curve, 0.97, budget=5) == 4  # 0.968 is within 0.3 points
-    assert bench_search.reach(curve, 0.99, budget=4) is None  # reached only past the budget
+    assert search_efficiency.reach(curve, 0.97, budget=5) == 4  # 0.968 is within 0.3 points
+    assert search_efficiency.reach(curve, 0.99, budget=4) is None  # reached only past the budget
 
 
 def test_epoch_curve_counts_pruned_trials_in_the_order_they_started():
@@ -67,7 +67,7 @@ def test_epoch_curve_counts_pruned_trials_in_the_order_they_started():
         trial(1, "PRUNED", [0.2, 0.3], minute=1),
         trial(2, "COMPLETE", [0.6], minute=3),
     ]
-    assert bench_search.epoch_curve(trials) == [0.2, 0.3, 0.5, 0.7, 0.9, 0.6]
+    assert search_efficiency.epoch_curve(trials) == [0.2, 0.3, 0.5, 0.7, 0.9, 0.6]
 
 
 def _recount(trials: list, target: float, budget: int) -> tuple[int, int | None]:

@@ -14,11 +14,11 @@ from conftest import start_worker
 from scipy import stats
 
 from kdsearch.config import load
+from kdsearch.results import export
 from kdsearch.search import confidence, confirm
 from kdsearch.search import study as studies
 from kdsearch.search.ranking import CONFIRM_OF, SEED
 from kdsearch.search.storage import open_storage
-from kdsearch.tools import export
 
 S = optuna.trial.TrialState
 D = optuna.distributions.FloatDistribution(0.0, 1.0)

@@ -15,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from kdsearch.tools import export
+from kdsearch.results import export
 
 STORAGE = "sqlite:///kd.db"
 FLOAT = optuna.distributions.FloatDistribution

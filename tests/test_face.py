@@ -265,7 +265,7 @@ def _hand_built_study() -> tuple[Any, dt.datetime]:
 def test_status_counts_rate_and_time_left():
     """Rate = epochs reported / wall time since the first start; time left from the mean
     epochs of finished trials (hand-built trials, so every number is known)."""
-    from kdsearch.tools.status import status_of
+    from kdsearch.results.status import status_of
 
     storage, t0 = _hand_built_study()
     s = status_of(storage, "s", now=t0 + dt.timedelta(seconds=25))
@@ -284,8 +284,8 @@ def test_status_counts_rate_and_time_left():
 def test_status_of_a_search_budgeted_in_epochs():
     """A bench-search search spends an epoch budget (its n_trials only caps it): status
     counts epochs against that budget and the time left is the epochs left at the rate."""
+    from kdsearch.results.status import format_status, status_of
     from kdsearch.search.study import EPOCH_BUDGET_ATTR
-    from kdsearch.tools.status import format_status, status_of
 
     storage, t0 = _hand_built_study()
     optuna.load_study(study_name="s", storage=storage).set_user_attr(EPOCH_BUDGET_ATTR, 20)

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from kdsearch.tools import figures
+from kdsearch.results import figures
 
 FLOAT = optuna.distributions.FloatDistribution
 DISTS = {

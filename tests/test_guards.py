@@ -24,9 +24,9 @@ from kdsearch.config.spec import from_dict, merge
 from kdsearch.data import datasets
 from kdsearch.data.augment import PadCrop, for_dataset
 from kdsearch.data.datasets import Images
+from kdsearch.results import best, export
 from kdsearch.search import storage, study, worker
 from kdsearch.search.objective import suggest
-from kdsearch.tools import best, export
 from kdsearch.training.experiment import Context, fit_student
 from kdsearch.training.loop import DeviceData, make_optimizer, make_schedule
 from kdsearch.training.model_files import load_checkpoint
@@ -389,7 +389,7 @@ def views_identity() -> int:
 
 
 def test_report_names_the_best_trial(finished, tmp_path):
-    from kdsearch.tools.report import write_report
+    from kdsearch.results.report import write_report
 
     _, st = finished
     written = write_report(st, from_dict(FIXTURE_SPEC), tmp_path)

@@ -126,8 +126,8 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"training"},
     {"search"},
-    {"tools"},
-    {"api", "kdsearch"},
+    {"results", "benchmarks"},
+    {"api", "kdsearch", "demo"},
     {"cli", "__main__"},
 ]
 

@@ -15,10 +15,10 @@ from kdsearch import nets
 from kdsearch.config import spec as specs
 from kdsearch.config.spec import merge
 from kdsearch.errors import KDSearchError
+from kdsearch.results import export
 from kdsearch.search import ranking
 from kdsearch.search import study as studies
 from kdsearch.search.storage import open_storage
-from kdsearch.tools import export
 
 WIDTHS = [1, 2, 4, 8]
 #: No teacher (nothing to train first); the search varies only the student's width.

@@ -18,7 +18,7 @@ import optuna
 import pytest
 from PIL import Image
 
-from kdsearch.tools import dashboard
+from kdsearch.results import dashboard
 
 STORAGE = "sqlite:///kd.db"
 FIGURES = {"optimization_history", "learning_curves", "param_importances", "slice", "baseline"}

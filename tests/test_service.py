@@ -193,7 +193,7 @@ def test_dashboard_serves_the_study(cli, write_spec, kd_home):
     ],
 )
 def test_dashboard_says_what_binding_beyond_loopback_exposes(host, exposed):
-    from kdsearch.tools.dashboard import exposure_warning
+    from kdsearch.results.dashboard import exposure_warning
 
     said = exposure_warning(host)
     assert (said is not None) == exposed

@@ -95,7 +95,7 @@ def worker_seed(spec: Spec, index: int, salt: str | None = None) -> int:
     Derived from the spec's seed, the worker's index and ``salt``. The default salt is the host
     name and process id, so that workers started by separate commands, on one machine or many,
     differ too. A fixed salt makes the seed a function of spec and index alone: a benchmark that
-    runs its workers one after another (kdsearch.tools.bench_search) is then repeatable.
+    runs its workers one after another (kdsearch.benchmarks.search_efficiency) is then repeatable.
     """
     base = spec.search.sampler.get("seed", spec.train.seed)
     if salt is None:

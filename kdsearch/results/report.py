@@ -23,9 +23,9 @@ from kdsearch.config.metrics import LABELS
 from kdsearch.config.spec import Spec
 from kdsearch.search import confidence, ranking
 from kdsearch.search import study as studies
-from kdsearch.tools import dashboard, export, figures
-from kdsearch.tools.best import BASELINE_ATTR, ensure_baseline
-from kdsearch.tools.figures import Skip
+from kdsearch.results import dashboard, export, figures
+from kdsearch.results.best import BASELINE_ATTR, ensure_baseline
+from kdsearch.results.figures import Skip
 
 #: (validation accuracy, test accuracy) per compared model.
 Row = tuple[Any, Any]
