@@ -21,11 +21,11 @@ import optuna
 
 from kdsearch.config.metrics import LABELS
 from kdsearch.config.spec import Spec
-from kdsearch.search import confidence, ranking
-from kdsearch.search import study as studies
 from kdsearch.results import dashboard, export, figures
 from kdsearch.results.best import BASELINE_ATTR, ensure_baseline
 from kdsearch.results.figures import Skip
+from kdsearch.search import confidence, ranking
+from kdsearch.search import study as studies
 
 #: (validation accuracy, test accuracy) per compared model.
 Row = tuple[Any, Any]
