@@ -12,7 +12,7 @@ import torch
 import torchvision.datasets
 
 from kdsearch.config.spec import DatasetSpec
-from kdsearch.data import datasets as data
+from kdsearch.data import datasets
 from kdsearch.data.datasets import UNLABELED, Images, RawDataset
 from kdsearch.errors import KDSearchError
 
@@ -36,7 +36,7 @@ def _ids(images: Images) -> np.ndarray:
 def test_splits_are_disjoint_and_cover_the_training_set() -> None:
     """Validation and training are disjoint and together are every training image, once."""
     raw = _indexed_raw()
-    s = data.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=3))
+    s = datasets.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=3))
     train, val = _ids(s.train), _ids(s.val)
     assert len(set(train)) == len(train) and len(set(val)) == len(val)
     assert not set(train) & set(val)
@@ -51,16 +51,16 @@ def test_splits_are_disjoint_and_cover_the_training_set() -> None:
 @pytest.mark.parametrize(("fraction", "n_val"), [(0.1, 50), (0.2, 100), (0.0, 0), (0.3, 150)])
 def test_val_fraction_size(fraction: float, n_val: int) -> None:
     """``val_fraction`` holds out round(N·fraction) images; the rest are training images."""
-    s = data.split(_indexed_raw(), DatasetSpec(name="synthetic", val_fraction=fraction))
+    s = datasets.split(_indexed_raw(), DatasetSpec(name="synthetic", val_fraction=fraction))
     assert (len(s.val), len(s.train)) == (n_val, N - n_val)
 
 
 def test_split_reproducible_from_dataset_seed() -> None:
     """The same ``dataset.seed`` gives the same split; another seed gives another one."""
     raw = _indexed_raw()
-    a = data.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=0))
-    b = data.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=0))
-    c = data.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=1))
+    a = datasets.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=0))
+    b = datasets.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=0))
+    c = datasets.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=1))
     assert np.array_equal(_ids(a.val), _ids(b.val))
     assert np.array_equal(_ids(a.train), _ids(b.train))
     assert set(_ids(a.val)) != set(_ids(c.val))
@@ -69,9 +69,11 @@ def test_split_reproducible_from_dataset_seed() -> None:
 def test_subset_fraction_keeps_validation_fixed() -> None:
     """``subset_fraction`` shrinks only the training part, to a subset of the full one."""
     raw = _indexed_raw()
-    full = data.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2))
-    half = data.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, subset_fraction=0.5))
-    tiny = data.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, subset_fraction=1e-9))
+    full = datasets.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2))
+    half = datasets.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, subset_fraction=0.5))
+    tiny = datasets.split(
+        raw, DatasetSpec(name="synthetic", val_fraction=0.2, subset_fraction=1e-9)
+    )
     assert len(half.train) == 200
     assert len(tiny.train) == 1  # never an empty training set
     assert set(_ids(half.train)) < set(_ids(full.train))
@@ -82,8 +84,8 @@ def test_labeled_fraction_withholds_labels() -> None:
     """``labeled_fraction`` keeps round(n·f) labels, hides the rest as -100, seeded; val intact."""
     raw = _indexed_raw()
     spec = DatasetSpec(name="synthetic", val_fraction=0.2, labeled_fraction=0.05, seed=0)
-    s = data.split(raw, spec)
-    full = data.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=0))
+    s = datasets.split(raw, spec)
+    full = datasets.split(raw, DatasetSpec(name="synthetic", val_fraction=0.2, seed=0))
     assert len(s.train) == 400
     labeled = s.train.y != UNLABELED
     assert int(labeled.sum()) == 20
@@ -94,8 +96,8 @@ def test_labeled_fraction_withholds_labels() -> None:
     assert torch.equal(s.val.y, full.val.y) and (s.val.y != UNLABELED).all()
     assert (raw.train.y != UNLABELED).all()  # the raw data set is not modified in place
     # Seeded: the same seed hides the same images, another seed other images.
-    again = data.split(raw, spec)
-    other = data.split(
+    again = datasets.split(raw, spec)
+    other = datasets.split(
         raw, DatasetSpec(name="synthetic", val_fraction=0.2, labeled_fraction=0.05, seed=1)
     )
     assert torch.equal(again.train.y, s.train.y)
@@ -104,29 +106,29 @@ def test_labeled_fraction_withholds_labels() -> None:
 
 
 def test_synthetic_load_through_spec() -> None:
-    """``data.load`` of the synthetic set applies options and the split."""
+    """``datasets.load`` of the synthetic set applies options and the split."""
     spec = DatasetSpec(
         name="synthetic",
         val_fraction=0.25,
         options={"n_train": 80, "n_test": 30, "num_classes": 4},
     )
-    s = data.load(spec)
+    s = datasets.load(spec)
     assert (len(s.train), len(s.val), len(s.test), s.num_classes) == (60, 20, 30, 4)
     assert s.train.x.dtype == torch.uint8 and s.train.x.shape[1:] == (3, 32, 32)
     assert set(s.train.y.tolist()) <= {0, 1, 2, 3}
-    again = data.load(spec)
+    again = datasets.load(spec)
     assert torch.equal(s.train.x, again.train.x) and torch.equal(s.test.y, again.test.y)
 
 
 def test_unknown_option_is_a_user_error() -> None:
     """A misspelled loader option is a KDSearchError naming dataset.options."""
     with pytest.raises(KDSearchError, match=r"dataset\.options"):
-        data.load(DatasetSpec(name="synthetic", options={"n_trian": 10}))
+        datasets.load(DatasetSpec(name="synthetic", options={"n_trian": 10}))
 
 
 def test_digits_loader() -> None:
     """digits: N×3×32×32 uint8, 10 classes, 1,797 images split 80/20 into train/test."""
-    raw = data.load_raw(DatasetSpec(name="digits"))
+    raw = datasets.load_raw(DatasetSpec(name="digits"))
     assert raw.num_classes == 10
     for part in (raw.train, raw.test):
         assert part.x.dtype == torch.uint8
@@ -135,7 +137,7 @@ def test_digits_loader() -> None:
     assert len(raw.train) + len(raw.test) == 1797 and len(raw.test) == 359
     assert set(raw.train.y.tolist()) == set(range(10))
     assert raw.train.x.max() > 200 and raw.train.x.min() == 0
-    s = data.load(DatasetSpec(name="digits", val_fraction=0.1))
+    s = datasets.load(DatasetSpec(name="digits", val_fraction=0.1))
     assert len(s.val) == round(len(raw.train) * 0.1)
 
 
@@ -203,11 +205,11 @@ def cifar_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, d
 def test_cifar10_real_format(cifar_root: tuple[Path, dict]) -> None:
     """The cifar10 loader reads the real format into N×3×32×32 uint8 with the right labels."""
     root, parts = cifar_root
-    raw = data.load_raw(DatasetSpec(name="cifar10", root=str(root)))
+    raw = datasets.load_raw(DatasetSpec(name="cifar10", root=str(root)))
     train_pixels = np.concatenate([parts[f"data_batch_{i}"] for i in range(1, 6)])
     train_labels = np.concatenate([parts[f"data_batch_{i}_labels"] for i in range(1, 6)])
     assert raw.num_classes == 10
-    assert raw.mean == data.NORMALIZATION["cifar10"][0]
+    assert raw.mean == datasets.NORMALIZATION["cifar10"][0]
     assert raw.train.x.dtype == torch.uint8 and raw.train.x.shape == (20, 3, 32, 32)
     assert raw.test.x.shape == (5, 3, 32, 32)
     # Channel-major planes: row 3072 = R(32×32), G(32×32), B(32×32).
@@ -220,7 +222,7 @@ def test_cifar10_real_format(cifar_root: tuple[Path, dict]) -> None:
     assert raw.test.y.tolist() == parts["test_batch_labels"].tolist()
     assert raw.train.x.is_contiguous()
 
-    s = data.load(DatasetSpec(name="cifar10", root=str(root), val_fraction=0.25))
+    s = datasets.load(DatasetSpec(name="cifar10", root=str(root), val_fraction=0.25))
     assert (len(s.train), len(s.val), len(s.test)) == (15, 5, 5)
 
 
@@ -231,7 +233,7 @@ def test_cifar10_relative_root_resolves_against_home(
     root, _ = cifar_root
     monkeypatch.setenv("KDSEARCH_HOME", str(root.parent))
     monkeypatch.chdir("/")
-    assert len(data.load_raw(DatasetSpec(name="cifar10", root="data")).train) == 20
+    assert len(datasets.load_raw(DatasetSpec(name="cifar10", root="data")).train) == 20
 
 
 def test_cifar10_corrupted_file_is_rejected(cifar_root: tuple[Path, dict]) -> None:
@@ -240,14 +242,14 @@ def test_cifar10_corrupted_file_is_rejected(cifar_root: tuple[Path, dict]) -> No
     batch = root / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:-10])
     with pytest.raises(KDSearchError, match="cifar-10-batches-py"):
-        data.load_raw(DatasetSpec(name="cifar10", root=str(root)))
+        datasets.load_raw(DatasetSpec(name="cifar10", root=str(root)))
 
 
 def test_cifar10_missing_folder(tmp_path: Path) -> None:
     """No data: a KDSearchError naming the folder it looked in and how to fix it."""
     root = tmp_path / "nowhere"
     with pytest.raises(KDSearchError) as err:
-        data.load(DatasetSpec(name="cifar10", root=str(root)))
+        datasets.load(DatasetSpec(name="cifar10", root=str(root)))
     message = str(err.value)
     assert str(root / "cifar-10-batches-py") in message
     assert "download: true" in message and "copy" in message

@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from kdsearch import nets
 from kdsearch.config.spec import Spec, from_dict, merge
-from kdsearch.data import datasets as data
+from kdsearch.data import datasets
 from kdsearch.data.augment import for_dataset
 from kdsearch.errors import KDSearchError
 from kdsearch.search.objective import Objective
@@ -66,7 +66,7 @@ def _run(
     """Train the spec's student against a fixed random cnn5 teacher; returns the history."""
     if epochs is not None:
         spec = spec.with_overrides({"train.epochs": epochs})
-    d = DeviceData.from_splits(data.load(spec.dataset), CPU, for_dataset(spec.dataset))
+    d = DeviceData.from_splits(datasets.load(spec.dataset), CPU, for_dataset(spec.dataset))
     torch.manual_seed(123)
     net = nets.create("cnn5", num_classes=d.num_classes, num_channels=8)
     # Like a loaded teacher: uint8 in, normalized with its own (here the data's) constants.

@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from kdsearch.config import spec as specs
-from kdsearch.data import datasets as data
+from kdsearch.data import datasets
 from kdsearch.data import imagefolder as folders
 from kdsearch.errors import KDSearchError
 
@@ -59,7 +59,7 @@ def _spec(root: Path, **dataset: object) -> specs.DatasetSpec:
 
 def test_tree_loads_with_sorted_classes_rgb_and_resizing(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics")
-    raw = data.load_raw(_spec(root))
+    raw = datasets.load_raw(_spec(root))
     assert raw.classes == CLASSES and raw.num_classes == 3
     assert raw.train.x.dtype.is_floating_point is False and raw.train.x.shape == (3 * 8, 3, 32, 32)
     assert len(raw.test) == 3 * 4
@@ -79,16 +79,16 @@ def test_tree_loads_with_sorted_classes_rgb_and_resizing(kd_home: Path) -> None:
 
 def test_storage_size_is_part_of_the_cache_key(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics")
-    assert data.imagefolder(root, False).train.x.shape[1:] == (3, 32, 32)
-    assert data.imagefolder(root, False, storage_size=16).train.x.shape[1:] == (3, 16, 16)
+    assert datasets.imagefolder(root, False).train.x.shape[1:] == (3, 32, 32)
+    assert datasets.imagefolder(root, False, storage_size=16).train.x.shape[1:] == (3, 16, 16)
     assert len(list((kd_home / "models" / "cache").glob("images-*.pt"))) == 2
 
 
 def test_spec_normalization_replaces_the_computed_one(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics")
-    raw = data.load_raw(_spec(root, normalization="cifar10"))
-    assert (raw.mean, raw.std) == data.NORMALIZATION["cifar10"]
-    raw = data.load_raw(_spec(root, normalization="0.5,0.5,0.5/0.25,0.25,0.25"))
+    raw = datasets.load_raw(_spec(root, normalization="cifar10"))
+    assert (raw.mean, raw.std) == datasets.NORMALIZATION["cifar10"]
+    raw = datasets.load_raw(_spec(root, normalization="0.5,0.5,0.5/0.25,0.25,0.25"))
     assert (raw.mean, raw.std) == ((0.5,) * 3, (0.25,) * 3)
 
 
@@ -96,7 +96,7 @@ def test_held_out_class_missing_from_training_is_one_clear_error(kd_home: Path) 
     root = write_tree(kd_home / "pics")
     (root / "test" / "ship").rename(root / "test" / "shipp")
     with pytest.raises(KDSearchError) as err:
-        data.load_raw(_spec(root))
+        datasets.load_raw(_spec(root))
     msg = str(err.value)
     assert "pics/test has class folders that" in msg and "pics/train lacks: 'shipp'" in msg
     assert "add them to train/ or remove them from test/" in msg and "\n" not in msg
@@ -109,7 +109,7 @@ def test_held_out_labels_follow_class_names_when_it_lacks_a_class(
     root = write_tree(kd_home / "pics", {"train": 2, "test": 2})
     shutil.rmtree(root / "test" / "cat")
     with caplog.at_level(logging.WARNING, logger="kdsearch.data.imagefolder"):
-        raw = data.load_raw(_spec(root))
+        raw = datasets.load_raw(_spec(root))
     assert raw.classes == CLASSES
     assert raw.test.y.tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
     for i in (0, 1, 4, 5):  # the PNG files: the class's bright channel is exactly 200
@@ -119,7 +119,7 @@ def test_held_out_labels_follow_class_names_when_it_lacks_a_class(
 
 def test_val_is_the_held_out_split_where_there_is_no_test(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics", {"train": 2, "val": 1})
-    raw = data.load_raw(_spec(root))
+    raw = datasets.load_raw(_spec(root))
     assert len(raw.train) == 3 * 4 and len(raw.test) == 3 * 3
     assert raw.test.y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
@@ -129,7 +129,7 @@ def test_with_test_and_val_test_is_held_out_and_val_ignored(
 ) -> None:
     root = write_tree(kd_home / "pics", {"train": 2, "test": 1, "val": 3})
     with caplog.at_level(logging.WARNING, logger="kdsearch.data.imagefolder"):
-        raw = data.load_raw(_spec(root))
+        raw = datasets.load_raw(_spec(root))
     assert len(raw.test) == 3 * 3  # test/'s 3 files per class, not val/'s 5
     assert any("val/ is not used" in r.getMessage() for r in caplog.records)
 
@@ -139,11 +139,11 @@ def test_missing_split_folder_names_both_layouts(kd_home: Path) -> None:
     (root / "train" / "cat").mkdir(parents=True)
     (root / "val").mkdir()
     with pytest.raises(KDSearchError, match=r"train: Found no valid file for the classes cat"):
-        data.load_raw(_spec(root))
+        datasets.load_raw(_spec(root))
     Image.fromarray(_pixels(0, 0)).save(root / "train" / "cat" / "a.png")
     (root / "val").rmdir()
     with pytest.raises(KDSearchError) as err:
-        data.load_raw(_spec(root))
+        datasets.load_raw(_spec(root))
     msg = str(err.value)
     assert "has no test or val folder" in msg and "pics/test/<class>/" in msg
     assert "pics/val/<class>/" in msg and "\n" not in msg
@@ -216,20 +216,20 @@ def test_decoded_images_are_cached_and_refreshed_when_files_change(
 ) -> None:
     root = write_tree(kd_home / "pics")
     with caplog.at_level(logging.INFO, logger="kdsearch.data.imagefolder"):
-        first = data.load_raw(_spec(root))
+        first = datasets.load_raw(_spec(root))
     assert sum("decoding" in r.getMessage() for r in caplog.records) == 1
     cached = sorted((kd_home / "models" / "cache").glob("images-*.pt"))
     assert len(cached) == 1
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="kdsearch.data.imagefolder"):
-        again = data.load_raw(_spec(root))
+        again = datasets.load_raw(_spec(root))
     assert not any("decoding" in r.getMessage() for r in caplog.records)
     assert (again.train.x == first.train.x).all() and (again.test.y == first.test.y).all()
     # Another image in place of one file: other size and time, so it is decoded afresh.
     path = root / "train" / "dog" / "0000.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
     os.utime(path, ns=(1, 1))
-    changed = data.load_raw(_spec(root))
+    changed = datasets.load_raw(_spec(root))
     assert len(list((kd_home / "models" / "cache").glob("images-*.pt"))) == 2
     assert changed.train.x[8].sum() == 0 and first.train.x[8].sum() > 0
 
@@ -238,7 +238,7 @@ def test_corrupt_image_is_named(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics")
     (root / "test" / "dog" / "0000.png").write_bytes(b"not a png")
     with pytest.raises(KDSearchError, match=r"dog/0000.png is not a readable image"):
-        data.load_raw(_spec(root))
+        datasets.load_raw(_spec(root))
 
 
 def _truncate(path: Path) -> None:
@@ -250,7 +250,7 @@ def test_truncated_jpeg_is_one_line_naming_the_file_and_the_fix(kd_home: Path) -
     root = write_tree(kd_home / "pics")
     _truncate(root / "train" / "dog" / "big.jpg")
     with pytest.raises(KDSearchError) as err:
-        data.imagefolder(root, False)
+        datasets.imagefolder(root, False)
     msg = str(err.value)
     assert "dog/big.jpg is not a readable image (image file is truncated" in msg
     assert "dataset.skip_unreadable: true" in msg and "\n" not in msg
@@ -264,7 +264,7 @@ def test_skip_unreadable_skips_counts_and_lists_the_files(
     (root / "test" / "cat" / "0001.png").write_bytes(b"not a png")
     _truncate(root / "test" / "ship" / "0000.png")
     with caplog.at_level(logging.WARNING, logger="kdsearch.data"):
-        raw = data.imagefolder(root, False, skip_unreadable=True)
+        raw = datasets.imagefolder(root, False, skip_unreadable=True)
     assert any("1 of train, 2 of test" in r.getMessage() for r in caplog.records)
     assert len(raw.train) == 3 * 4 - 1 and len(raw.test) == 3 * 4 - 2
     assert raw.train.y.tolist() == [0] * 4 + [1] * 3 + [2] * 4
@@ -323,8 +323,8 @@ def test_processes_decode_once_under_the_lock(kd_home: Path) -> None:
     root = write_tree(kd_home / "pics", {"train": 150, "test": 20})
     code = (
         "import logging, sys; logging.basicConfig(level=logging.INFO);"
-        "from kdsearch.config import spec; from kdsearch.data import datasets as data;"
-        f"raw = data.load_raw(spec.DatasetSpec(name='imagefolder', root={str(root)!r}));"
+        "from kdsearch.config import spec; from kdsearch.data import datasets;"
+        f"raw = datasets.load_raw(spec.DatasetSpec(name='imagefolder', root={str(root)!r}));"
         "print(int(raw.train.x.sum()), len(raw.train))"
     )
     env = {**os.environ, "KDSEARCH_HOME": str(kd_home), "OMP_NUM_THREADS": "1"}

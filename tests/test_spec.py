@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT, SYNTHETIC_SPEC
 
 from kdsearch.config.spec import Spec, from_dict, load
-from kdsearch.data import datasets as data
+from kdsearch.data import datasets
 from kdsearch.data.datasets import UNLABELED
 from kdsearch.errors import KDSearchError
 
@@ -360,7 +360,7 @@ def test_teacher_spec_uses_all_labels() -> None:
     assert teacher.dataset.seed == spec.dataset.seed
     assert teacher.teacher is None and not teacher.distills and teacher.search.space == {}
     assert teacher.train.epochs == 15 and teacher.train.batch_size == spec.train.batch_size
-    student_data, teacher_data = data.load(spec.dataset), data.load(teacher.dataset)
+    student_data, teacher_data = datasets.load(spec.dataset), datasets.load(teacher.dataset)
     assert (student_data.train.y == UNLABELED).sum() > 0
     assert (teacher_data.train.y != UNLABELED).all()
     assert len(teacher_data.train) == len(student_data.train)

@@ -13,7 +13,7 @@ from conftest import SYNTHETIC_SPEC
 
 from kdsearch import nets
 from kdsearch.config.spec import Spec, from_dict, merge
-from kdsearch.data import datasets as data
+from kdsearch.data import datasets
 from kdsearch.data.augment import for_dataset
 from kdsearch.data.datasets import Images
 from kdsearch.files import safe_load
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _setup(overrides: dict[str, Any] | None = None) -> tuple[Spec, DeviceData]:
     """A spec (no teacher: the plain loop) and its synthetic data on the CPU."""
     spec = from_dict(merge(SYNTHETIC_SPEC, {"teacher": None, **(overrides or {})}))
-    splits = data.load(spec.dataset)
+    splits = datasets.load(spec.dataset)
     return spec, DeviceData.from_splits(splits, CPU, for_dataset(spec.dataset))
 
 

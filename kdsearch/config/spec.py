@@ -465,7 +465,7 @@ def _numeric_paths(data: dict[str, Any], prefix: str = "") -> set[str]:
 def _check_registries(spec: Spec) -> None:
     """Names that must exist in the registries: architectures, their arguments, data, loss."""
     from kdsearch import nets
-    from kdsearch.data import datasets as data
+    from kdsearch.data import datasets
 
     for key, net in (("student", spec.student), ("teacher", spec.teacher)):
         if net is None:
@@ -493,8 +493,8 @@ def _check_registries(spec: Spec) -> None:
                         f"{key}.kwargs.{name}: {arch} takes no argument {name!r} "
                         f"(allowed: {', '.join(allowed) or 'none'})"
                     )
-    if spec.dataset.name not in data.names():
-        raise unknown_name("dataset.name", spec.dataset.name, data.names())
+    if spec.dataset.name not in datasets.names():
+        raise unknown_name("dataset.name", spec.dataset.name, datasets.names())
     _check_methods(spec)
 
 
