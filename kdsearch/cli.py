@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,11 @@ def _parse_set(item: str) -> tuple[str, Any]:
 
 
 # --- commands -----------------------------------------------------------------------------
+
+
+def _args_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="study spec (YAML)")
+    _json_arg(p, "the resolved spec")
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
@@ -58,12 +64,44 @@ def _print_trained(result: dict[str, Any], as_json: bool) -> int:
     return 0
 
 
+def _args_train_teacher(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="study spec (YAML)")
+    p.add_argument("--out", help="checkpoint path (default: the spec's teacher.checkpoint)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing, different teacher (studies built on it no longer match)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this kdsearch checkpoint (same arch) and keep its input "
+        "normalization; a head for another class count is replaced",
+    )
+    _device_arg(p)
+    _json_arg(p)
+
+
 def cmd_train_teacher(a: argparse.Namespace) -> int:
     from kdsearch import api
 
     return _print_trained(
         api.train_teacher(a.spec, a.out, force=a.force, device=a.device, init=a.init), a.json
     )
+
+
+def _args_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="study spec (YAML)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. distill.alpha=0 for the baseline",
+    )
+    p.add_argument("--out", help="checkpoint path (default: models/<name>-student.pt)")
+    _device_arg(p)
+    _json_arg(p)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -74,6 +112,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     return _print_trained(result, a.json)
 
 
+def _args_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a kdsearch checkpoint (.pt)")
+    p.add_argument("--spec", help="spec whose data set to test on (default: the checkpoint's)")
+    _device_arg(p)
+    _json_arg(p, "the report")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from kdsearch import api
     from kdsearch.results.evaluate import format_report
@@ -81,6 +126,18 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     result = api.evaluate_checkpoint(a.checkpoint, a.spec, device=a.device)
     print(json.dumps(result) if a.json else format_report(result))
     return 0
+
+
+def _args_create_study(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="study spec (YAML)")
+    _storage_arg(p)
+    p.add_argument("--study-name", help="study name (default: the spec's name)")
+    p.add_argument(
+        "--load-if-exists",
+        action="store_true",
+        help="reuse an existing study if its stored spec equals this one "
+        "(a larger search.n_trials: use `kdsearch extend`)",
+    )
 
 
 def cmd_create_study(a: argparse.Namespace) -> int:
@@ -93,6 +150,43 @@ def cmd_create_study(a: argparse.Namespace) -> int:
     print(f"study {name.study_name} in {storage.mask(url)}")
     print(f"next: kdsearch worker --study {name.study_name} --storage '{storage.mask(url)}'")
     return 0
+
+
+def _args_worker(p: argparse.ArgumentParser) -> None:
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument(
+        "--n-workers", type=int, default=1, help="worker processes, round-robin over --devices"
+    )
+    p.add_argument(
+        "--devices", help="comma list: cpu or cuda:0,cuda:1 (default: all GPUs, else cpu)"
+    )
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        help="at most this many trials per worker, >= 1 (default: until the study's budget)",
+    )
+    p.add_argument(
+        "--timeout", type=float, help="stop taking trials after this many seconds (default: none)"
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=-1,
+        default=0,
+        help="warnings and errors only: no epoch or trial lines, no bar, no summary "
+        "(default: one line per epoch and per trial, and a summary)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
+        help="debug lines too, and Optuna's own per-trial lines",
+    )
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
@@ -118,6 +212,14 @@ def _budgets(a: argparse.Namespace) -> dict[str, float]:
     return {k: v for k, v in limits.items() if v is not None}
 
 
+def _args_confirm(p: argparse.ArgumentParser) -> None:
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--top", type=int, metavar="K", help="confirm the K best configurations")
+    p.add_argument("--seeds", type=int, metavar="N", help="new seeds per configuration")
+    _budget_args(p, "Pareto members")
+
+
 def cmd_confirm(a: argparse.Namespace) -> int:
     from kdsearch import api
     from kdsearch.search import storage
@@ -136,6 +238,12 @@ def cmd_confirm(a: argparse.Namespace) -> int:
     return 0
 
 
+def _args_status(p: argparse.ArgumentParser) -> None:
+    _study_arg(p, required=False, what=" (default: every study in the storage)")
+    _storage_arg(p)
+    _json_arg(p, "a list with one object per study (keys: README, `kdsearch status`)")
+
+
 def cmd_status(a: argparse.Namespace) -> int:
     from kdsearch import api
     from kdsearch.results import status
@@ -148,6 +256,14 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def _args_extend(p: argparse.ArgumentParser) -> None:
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument(
+        "--n-trials", type=int, required=True, help="the new budget, larger than the current one"
+    )
+
+
 def cmd_extend(a: argparse.Namespace) -> int:
     from kdsearch import api
     from kdsearch.search import storage
@@ -157,6 +273,12 @@ def cmd_extend(a: argparse.Namespace) -> int:
     print(f"study {a.study}: budget {old} -> {a.n_trials} trials")
     print(f"next: kdsearch worker --study {a.study} --storage '{storage.mask(url)}'")
     return 0
+
+
+def _args_delete(p: argparse.ArgumentParser) -> None:
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
 def cmd_delete(a: argparse.Namespace) -> int:
@@ -177,6 +299,55 @@ def cmd_delete(a: argparse.Namespace) -> int:
     removed = api.delete_study(a.study, url)
     print(f"deleted study {a.study}" + (f" and {removed}" if removed else ""))
     return 0
+
+
+def _args_export_table(p: argparse.ArgumentParser) -> None:
+    _study_arg(p, required=False, what=" (required unless --compare)")
+    _storage_arg(p)
+    p.add_argument("-o", "--output", help="file to write (format from its suffix)")
+    p.add_argument(
+        "--format",
+        choices=["csv", "markdown", "json", "latex", "parquet"],
+        help="table format (default: from --output's suffix, else markdown)",
+    )
+    p.add_argument(
+        "--top", type=int, metavar="K", help="only the best K trials, K >= 1 (default: all)"
+    )
+    p.add_argument("--columns", metavar="A,B,...", help="only these columns, in this order")
+    p.add_argument(
+        "--state", choices=["complete", "pruned", "all"], default="all", help="which trials"
+    )
+    p.add_argument(
+        "--pareto",
+        action="store_true",
+        help="only the non-dominated trials (the Pareto front), objective columns first",
+    )
+    p.add_argument(
+        "--pivot",
+        metavar="ROW,COL",
+        help="best validation accuracy over two parameters, e.g. alpha,temperature; "
+        "a continuous one is cut into --bins quantile ranges",
+    )
+    p.add_argument(
+        "--bins",
+        type=int,
+        default=4,
+        metavar="K",
+        help="ranges per parameter for --pivot (default: 4)",
+    )
+    p.add_argument(
+        "--by",
+        choices=["auto", "trial", "configuration"],
+        default="auto",
+        help="one row per trial, or per configuration (mean ± std over its seeds, tie marks); "
+        "auto: per configuration once the study has confirmation trials",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="STUDY",
+        help="one row per study: best val accuracy, its test accuracy, parameters",
+    )
 
 
 def cmd_export_table(a: argparse.Namespace) -> int:
@@ -218,6 +389,17 @@ def cmd_export_table(a: argparse.Namespace) -> int:
     if "confidence" in df.attrs:
         print(f"kdsearch: {df.attrs['confidence']}", file=sys.stderr)
     return 0
+
+
+def _args_dashboard(p: argparse.ArgumentParser) -> None:
+    _storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
+    p.add_argument(
+        "--artifact-store",
+        help="folder or s3://bucket whose files (report figures, spec) the dashboard shows "
+        "(default: the one the studies' specs name)",
+    )
 
 
 def cmd_dashboard(a: argparse.Namespace) -> int:
@@ -262,6 +444,11 @@ def _check_port(host: str, port: int) -> None:
         ) from None
 
 
+def _args_nets(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-classes", type=int, default=10, help="output classes of each net")
+    _json_arg(p, "the list")
+
+
 def cmd_nets(a: argparse.Namespace) -> int:
     from kdsearch import nets
 
@@ -288,6 +475,33 @@ def cmd_nets(a: argparse.Namespace) -> int:
     return 0
 
 
+def _args_import_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="the reference checkpoint")
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="kdsearch architecture (see `kdsearch nets`), torchvision:NAME or timm:NAME",
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=10, help="output classes of the net (ImageNet: 1000)"
+    )
+    p.add_argument(
+        "--normalization",
+        "--dataset",
+        help="input normalization the net was trained with: cifar10, cifar100, imagenet or "
+        "MEAN,MEAN,MEAN/STD,STD,STD (default: imagenet for torchvision: and timm: models, "
+        "their own convention; cifar10 for the zoo's)",
+    )
+    p.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture argument, repeatable, e.g. num_channels=32",
+    )
+    p.add_argument("--out", required=True, help="kdsearch checkpoint to write")
+
+
 def cmd_import_checkpoint(a: argparse.Namespace) -> int:
     from kdsearch.training import model_files as checkpoint
 
@@ -296,6 +510,13 @@ def cmd_import_checkpoint(a: argparse.Namespace) -> int:
     checkpoint.import_reference(Path(a.path), a.arch, Path(a.out), a.num_classes, kwargs, norm)
     print(f"wrote {a.out} ({a.arch}, {a.num_classes} classes, {norm} normalization)")
     return 0
+
+
+def _args_cache_teacher(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", nargs="?", help="study spec (YAML), or give --study")
+    _study_arg(p, required=False, what=" whose stored spec to use")
+    _storage_arg(p)
+    _device_arg(p)
 
 
 def cmd_cache_teacher(a: argparse.Namespace) -> int:
@@ -315,6 +536,26 @@ def cmd_cache_teacher(a: argparse.Namespace) -> int:
     cached, path = build_or_load(model, ctx.data, spec)
     print(f"teacher cache {path}: {tuple(cached.table.shape)} fp16 logits")
     return 0
+
+
+def _args_best(p: argparse.ArgumentParser) -> None:
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="retrain the best parameters on train+val for each seed",
+    )
+    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds for --retrain")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also the alpha = 0 student with the best trial's other hyperparameters and seed "
+        "(trained once, then stored on the study)",
+    )
+    _budget_args(p, "the most accurate trial")
+    _device_arg(p)
+    _json_arg(p)
 
 
 def cmd_best(a: argparse.Namespace) -> int:
@@ -338,6 +579,18 @@ def cmd_best(a: argparse.Namespace) -> int:
     return 0
 
 
+def _args_report(p: argparse.ArgumentParser) -> None:
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument("-o", "--output", help="folder (default: reports/<study>)")
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="do not train the alpha = 0 baseline if the study has none (it is trained once)",
+    )
+    p.add_argument("--device", help="for training the baseline (default: the spec's)")
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from kdsearch.results import report
 
@@ -355,6 +608,12 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _args_storage_proxy(p: argparse.ArgumentParser) -> None:
+    _storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
+    p.add_argument("--port", type=int, default=13000, help="port to listen on")
+
+
 def cmd_storage_proxy(a: argparse.Namespace) -> int:
     import warnings
 
@@ -369,6 +628,12 @@ def cmd_storage_proxy(a: argparse.Namespace) -> int:
     return 0
 
 
+def _args_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--images", type=int, help="synthetic training images (default by device)")
+    _json_arg(p, "the timings")
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from kdsearch.benchmarks import loop_speed
 
@@ -378,6 +643,38 @@ def cmd_bench(a: argparse.Namespace) -> int:
     else:
         print(loop_speed.format_table(result, timings))
     return 0
+
+
+def _args_bench_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="study spec with a grid (search.sampler: {name: grid})")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of the search's sampler seeds")
+    p.add_argument(
+        "--budget-fraction",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="each search's budget, as a fraction of the grid's epochs",
+    )
+    p.add_argument(
+        "--storage", help="database URL for the studies (default: a temporary SQLite file)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N workers at once (the grid's points, then one search per seed), "
+        "sharing the CPU threads; the accounting is the same as with 1",
+    )
+    p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train each run's winner (the grid's, each search's) again with N new seeds and "
+        "report its mean test accuracy, the fairer comparison (default 0: off)",
+    )
+    _json_arg(p, "the table")
 
 
 def cmd_bench_search(a: argparse.Namespace) -> int:
@@ -408,30 +705,6 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
 LIBRARY_NETS = (
     "library models: torchvision:NAME (torchvision.models.list_models()), "
     "timm:NAME (pip install 'kdsearch[timm]'; timm.list_models())"
-)
-
-#: ``kdsearch --help`` lists the commands in the order a user runs them.
-WORKFLOW = (
-    "validate",
-    "train-teacher",
-    "import-checkpoint",
-    "create-study",
-    "worker",
-    "status",
-    "extend",
-    "confirm",
-    "export-table",
-    "best",
-    "report",
-    "dashboard",
-    "delete",
-    "train",
-    "evaluate",
-    "nets",
-    "cache-teacher",
-    "storage-proxy",
-    "bench",
-    "bench-search",
 )
 
 
@@ -486,6 +759,98 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+@dataclass(frozen=True)
+class Command:
+    """One command: its name and help, the function that adds its options, and its action
+    (which calls :mod:`kdsearch.api` and prints)."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    epilog: str | None = None
+
+
+#: Every command, in the order of the workflow: the order ``kdsearch --help`` lists them in.
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "validate", "check a study spec and print it resolved (YAML)", _args_validate, cmd_validate
+    ),
+    Command("train-teacher", "train the spec's teacher", _args_train_teacher, cmd_train_teacher),
+    Command(
+        "import-checkpoint",
+        "convert a reference best.pth.tar or a torchvision/timm state dict into a kdsearch "
+        "checkpoint",
+        _args_import_checkpoint,
+        cmd_import_checkpoint,
+    ),
+    Command(
+        "create-study", "create the Optuna study for a spec", _args_create_study, cmd_create_study
+    ),
+    Command(
+        "worker", "run trials of a study in parallel worker processes", _args_worker, cmd_worker
+    ),
+    Command(
+        "status", "trials by state, best, live workers and time left", _args_status, cmd_status
+    ),
+    Command("extend", "raise a study's trial budget (search.n_trials)", _args_extend, cmd_extend),
+    Command(
+        "confirm",
+        "train the best configurations again with new seeds (run by the workers)",
+        _args_confirm,
+        cmd_confirm,
+        epilog="Queued as trials of the study, counted apart from its budget; workers run them "
+        "(kdsearch worker). With several objectives, the most accurate Pareto members are "
+        "confirmed. Defaults: the spec's search.confirm, else 3 and 3.",
+    ),
+    Command("export-table", "the study's trials as a table", _args_export_table, cmd_export_table),
+    Command(
+        "best", "test the best trial's checkpoint, or retrain it over seeds", _args_best, cmd_best
+    ),
+    Command("report", "plots and a report.md for a study", _args_report, cmd_report),
+    Command(
+        "dashboard", "serve optuna-dashboard on the study database", _args_dashboard, cmd_dashboard
+    ),
+    Command(
+        "delete", "delete a study, its checkpoints and TensorBoard logs", _args_delete, cmd_delete
+    ),
+    Command("train", "train one student with fixed hyperparameters", _args_train, cmd_train),
+    Command(
+        "evaluate",
+        "test accuracy, per-class accuracy and size of a checkpoint",
+        _args_evaluate,
+        cmd_evaluate,
+    ),
+    Command(
+        "nets",
+        "list the architectures with parameter counts and FLOPs",
+        _args_nets,
+        cmd_nets,
+        epilog=f"Besides these, {LIBRARY_NETS}; give their arguments as kwargs, "
+        "e.g. weights: DEFAULT (torchvision) or pretrained: true (timm).",
+    ),
+    Command(
+        "cache-teacher",
+        "precompute the teacher's logits for every view",
+        _args_cache_teacher,
+        cmd_cache_teacher,
+    ),
+    Command(
+        "storage-proxy",
+        "serve the storage through Optuna's gRPC proxy (for very many workers)",
+        _args_storage_proxy,
+        cmd_storage_proxy,
+    ),
+    Command("bench", "time a reference-style KD loop against kdsearch's", _args_bench, cmd_bench),
+    Command(
+        "bench-search",
+        "epochs a TPE + Hyperband search needs to reach the best of a spec's grid",
+        _args_bench_search,
+        cmd_bench_search,
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdsearch",
@@ -494,322 +859,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kdsearch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(
-        name: str, fn: Callable[[argparse.Namespace], int], help: str, epilog: str | None = None
-    ) -> Any:
+    for command in COMMANDS:
         p = sub.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=epilog,
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog=command.epilog,
             formatter_class=_DefaultsFormatter,
         )
-        p.set_defaults(fn=fn)
-        return p
-
-    p = add("validate", cmd_validate, "check a study spec and print it resolved (YAML)")
-    p.add_argument("spec", help="study spec (YAML)")
-    _json_arg(p, "the resolved spec")
-
-    p = add("train-teacher", cmd_train_teacher, "train the spec's teacher")
-    p.add_argument("spec", help="study spec (YAML)")
-    p.add_argument("--out", help="checkpoint path (default: the spec's teacher.checkpoint)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="replace an existing, different teacher (studies built on it no longer match)",
-    )
-    p.add_argument(
-        "--init",
-        metavar="CHECKPOINT",
-        help="fine-tune: start from this kdsearch checkpoint (same arch) and keep its input "
-        "normalization; a head for another class count is replaced",
-    )
-    _device_arg(p)
-    _json_arg(p)
-
-    p = add("train", cmd_train, "train one student with fixed hyperparameters")
-    p.add_argument("spec", help="study spec (YAML)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec key, e.g. distill.alpha=0 for the baseline",
-    )
-    p.add_argument("--out", help="checkpoint path (default: models/<name>-student.pt)")
-    _device_arg(p)
-    _json_arg(p)
-
-    p = add("evaluate", cmd_evaluate, "test accuracy, per-class accuracy and size of a checkpoint")
-    p.add_argument("checkpoint", help="a kdsearch checkpoint (.pt)")
-    p.add_argument("--spec", help="spec whose data set to test on (default: the checkpoint's)")
-    _device_arg(p)
-    _json_arg(p, "the report")
-
-    p = add("create-study", cmd_create_study, "create the Optuna study for a spec")
-    p.add_argument("spec", help="study spec (YAML)")
-    _storage_arg(p)
-    p.add_argument("--study-name", help="study name (default: the spec's name)")
-    p.add_argument(
-        "--load-if-exists",
-        action="store_true",
-        help="reuse an existing study if its stored spec equals this one "
-        "(a larger search.n_trials: use `kdsearch extend`)",
-    )
-
-    p = add("worker", cmd_worker, "run trials of a study in parallel worker processes")
-    _study_arg(p)
-    _storage_arg(p)
-    p.add_argument(
-        "--n-workers", type=int, default=1, help="worker processes, round-robin over --devices"
-    )
-    p.add_argument(
-        "--devices", help="comma list: cpu or cuda:0,cuda:1 (default: all GPUs, else cpu)"
-    )
-    p.add_argument(
-        "--n-trials",
-        type=int,
-        help="at most this many trials per worker, >= 1 (default: until the study's budget)",
-    )
-    p.add_argument(
-        "--timeout", type=float, help="stop taking trials after this many seconds (default: none)"
-    )
-    p.add_argument(
-        "-q",
-        "--quiet",
-        dest="verbosity",
-        action="store_const",
-        const=-1,
-        default=0,
-        help="warnings and errors only: no epoch or trial lines, no bar, no summary "
-        "(default: one line per epoch and per trial, and a summary)",
-    )
-    p.add_argument(
-        "-v",
-        "--verbose",
-        dest="verbosity",
-        action="store_const",
-        const=1,
-        help="debug lines too, and Optuna's own per-trial lines",
-    )
-
-    p = add("status", cmd_status, "trials by state, best, live workers and time left")
-    _study_arg(p, required=False, what=" (default: every study in the storage)")
-    _storage_arg(p)
-    _json_arg(p, "a list with one object per study (keys: README, `kdsearch status`)")
-
-    p = add("extend", cmd_extend, "raise a study's trial budget (search.n_trials)")
-    _study_arg(p)
-    _storage_arg(p)
-    p.add_argument(
-        "--n-trials", type=int, required=True, help="the new budget, larger than the current one"
-    )
-
-    p = add(
-        "confirm",
-        cmd_confirm,
-        "train the best configurations again with new seeds (run by the workers)",
-        epilog="Queued as trials of the study, counted apart from its budget; workers run them "
-        "(kdsearch worker). With several objectives, the most accurate Pareto members are "
-        "confirmed. Defaults: the spec's search.confirm, else 3 and 3.",
-    )
-    _study_arg(p)
-    _storage_arg(p)
-    p.add_argument("--top", type=int, metavar="K", help="confirm the K best configurations")
-    p.add_argument("--seeds", type=int, metavar="N", help="new seeds per configuration")
-    _budget_args(p, "Pareto members")
-
-    p = add("delete", cmd_delete, "delete a study, its checkpoints and TensorBoard logs")
-    _study_arg(p)
-    _storage_arg(p)
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-
-    p = add("export-table", cmd_export_table, "the study's trials as a table")
-    _study_arg(p, required=False, what=" (required unless --compare)")
-    _storage_arg(p)
-    p.add_argument("-o", "--output", help="file to write (format from its suffix)")
-    p.add_argument(
-        "--format",
-        choices=["csv", "markdown", "json", "latex", "parquet"],
-        help="table format (default: from --output's suffix, else markdown)",
-    )
-    p.add_argument(
-        "--top", type=int, metavar="K", help="only the best K trials, K >= 1 (default: all)"
-    )
-    p.add_argument("--columns", metavar="A,B,...", help="only these columns, in this order")
-    p.add_argument(
-        "--state", choices=["complete", "pruned", "all"], default="all", help="which trials"
-    )
-    p.add_argument(
-        "--pareto",
-        action="store_true",
-        help="only the non-dominated trials (the Pareto front), objective columns first",
-    )
-    p.add_argument(
-        "--pivot",
-        metavar="ROW,COL",
-        help="best validation accuracy over two parameters, e.g. alpha,temperature; "
-        "a continuous one is cut into --bins quantile ranges",
-    )
-    p.add_argument(
-        "--bins",
-        type=int,
-        default=4,
-        metavar="K",
-        help="ranges per parameter for --pivot (default: 4)",
-    )
-    p.add_argument(
-        "--by",
-        choices=["auto", "trial", "configuration"],
-        default="auto",
-        help="one row per trial, or per configuration (mean ± std over its seeds, tie marks); "
-        "auto: per configuration once the study has confirmation trials",
-    )
-    p.add_argument(
-        "--compare",
-        nargs="+",
-        metavar="STUDY",
-        help="one row per study: best val accuracy, its test accuracy, parameters",
-    )
-
-    p = add("dashboard", cmd_dashboard, "serve optuna-dashboard on the study database")
-    _storage_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on")
-    p.add_argument(
-        "--artifact-store",
-        help="folder or s3://bucket whose files (report figures, spec) the dashboard shows "
-        "(default: the one the studies' specs name)",
-    )
-
-    p = add(
-        "nets",
-        cmd_nets,
-        "list the architectures with parameter counts and FLOPs",
-        epilog=f"Besides these, {LIBRARY_NETS}; give their arguments as kwargs, "
-        "e.g. weights: DEFAULT (torchvision) or pretrained: true (timm).",
-    )
-    p.add_argument("--num-classes", type=int, default=10, help="output classes of each net")
-    _json_arg(p, "the list")
-
-    p = add(
-        "import-checkpoint",
-        cmd_import_checkpoint,
-        "convert a reference best.pth.tar or a torchvision/timm state dict into a kdsearch "
-        "checkpoint",
-    )
-    p.add_argument("path", help="the reference checkpoint")
-    p.add_argument(
-        "--arch",
-        required=True,
-        help="kdsearch architecture (see `kdsearch nets`), torchvision:NAME or timm:NAME",
-    )
-    p.add_argument(
-        "--num-classes", type=int, default=10, help="output classes of the net (ImageNet: 1000)"
-    )
-    p.add_argument(
-        "--normalization",
-        "--dataset",
-        help="input normalization the net was trained with: cifar10, cifar100, imagenet or "
-        "MEAN,MEAN,MEAN/STD,STD,STD (default: imagenet for torchvision: and timm: models, "
-        "their own convention; cifar10 for the zoo's)",
-    )
-    p.add_argument(
-        "--kwarg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="architecture argument, repeatable, e.g. num_channels=32",
-    )
-    p.add_argument("--out", required=True, help="kdsearch checkpoint to write")
-
-    p = add("cache-teacher", cmd_cache_teacher, "precompute the teacher's logits for every view")
-    p.add_argument("spec", nargs="?", help="study spec (YAML), or give --study")
-    _study_arg(p, required=False, what=" whose stored spec to use")
-    _storage_arg(p)
-    _device_arg(p)
-
-    p = add("best", cmd_best, "test the best trial's checkpoint, or retrain it over seeds")
-    _study_arg(p)
-    _storage_arg(p)
-    p.add_argument(
-        "--retrain",
-        action="store_true",
-        help="retrain the best parameters on train+val for each seed",
-    )
-    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds for --retrain")
-    p.add_argument(
-        "--baseline",
-        action="store_true",
-        help="also the alpha = 0 student with the best trial's other hyperparameters and seed "
-        "(trained once, then stored on the study)",
-    )
-    _budget_args(p, "the most accurate trial")
-    _device_arg(p)
-    _json_arg(p)
-
-    p = add("report", cmd_report, "plots and a report.md for a study")
-    _study_arg(p)
-    _storage_arg(p)
-    p.add_argument("-o", "--output", help="folder (default: reports/<study>)")
-    p.add_argument(
-        "--no-baseline",
-        action="store_true",
-        help="do not train the alpha = 0 baseline if the study has none (it is trained once)",
-    )
-    p.add_argument("--device", help="for training the baseline (default: the spec's)")
-
-    p = add(
-        "storage-proxy",
-        cmd_storage_proxy,
-        "serve the storage through Optuna's gRPC proxy (for very many workers)",
-    )
-    _storage_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind")
-    p.add_argument("--port", type=int, default=13000, help="port to listen on")
-
-    p = add("bench", cmd_bench, "time a reference-style KD loop against kdsearch's")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--images", type=int, help="synthetic training images (default by device)")
-    _json_arg(p, "the timings")
-
-    p = add(
-        "bench-search",
-        cmd_bench_search,
-        "epochs a TPE + Hyperband search needs to reach the best of a spec's grid",
-    )
-    p.add_argument("spec", help="study spec with a grid (search.sampler: {name: grid})")
-    p.add_argument("--seeds", default="0,1,2", help="comma list of the search's sampler seeds")
-    p.add_argument(
-        "--budget-fraction",
-        type=float,
-        default=0.5,
-        metavar="F",
-        help="each search's budget, as a fraction of the grid's epochs",
-    )
-    p.add_argument(
-        "--storage", help="database URL for the studies (default: a temporary SQLite file)"
-    )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        metavar="N",
-        help="run N workers at once (the grid's points, then one search per seed), "
-        "sharing the CPU threads; the accounting is the same as with 1",
-    )
-    p.add_argument(
-        "--confirm-seeds",
-        type=int,
-        default=0,
-        metavar="N",
-        help="train each run's winner (the grid's, each search's) again with N new seeds and "
-        "report its mean test accuracy, the fairer comparison (default 0: off)",
-    )
-    _json_arg(p, "the table")
-    sub._choices_actions.sort(key=lambda action: WORKFLOW.index(action.dest))
+        p.set_defaults(fn=command.run)
+        command.arguments(p)
     return parser
 
 

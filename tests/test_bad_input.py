@@ -436,9 +436,9 @@ def test_nothing_imports_torch_for_help():
     import sys
 
     code = (
-        "import sys; from kdsearch.cli import build_parser\n"
+        "import sys; from kdsearch.cli import COMMANDS, build_parser\n"
         "p = build_parser()\n"
-        "for cmd in [[]] + [[c] for c in p._subparsers._group_actions[0].choices]:\n"
+        "for cmd in [[]] + [[c.name] for c in COMMANDS]:\n"
         "    try: p.parse_args(cmd + ['--help'])\n"
         "    except SystemExit: pass\n"
         "assert 'torch' not in sys.modules and 'optuna' not in sys.modules\n"
