@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "benchmark_search",
+    "cache_teacher",
     "compare_studies",
     "confirm_study",
     "create_study",

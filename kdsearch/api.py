@@ -304,6 +304,32 @@ def write_report(
     return paths[-1]
 
 
+def cache_teacher(
+    spec: SpecRef | None = None,
+    study: StudyRef | None = None,
+    storage: str | None = None,
+    device: str | None = None,
+) -> tuple[Path, tuple[int, ...]]:
+    """Build (or find) the teacher's logit cache of a spec, or of a study's stored spec, so
+    that workers starting later share it; returns its path and the logits' shape."""
+    from kdsearch.errors import KDSearchError
+    from kdsearch.search import study as studies
+    from kdsearch.training.experiment import Context
+    from kdsearch.training.teacher import build_or_load, load_teacher
+
+    if study is not None:
+        name, url = _where(study, storage)
+        _, loaded = studies.open_study(name, url)
+    elif spec is not None:
+        loaded = _spec(spec)
+    else:
+        raise KDSearchError("cache-teacher: give a SPEC or --study NAME")
+    ctx = Context.load(loaded, device, with_teacher=False)
+    model = load_teacher(loaded, ctx.num_classes).to(ctx.device)
+    cached, path = build_or_load(model, ctx.data, loaded)
+    return Path(path), tuple(cached.table.shape)
+
+
 def _train(spec: Spec, out: Path, device: str | None, init: Path | None = None) -> dict[str, Any]:
     """Train to a temporary file beside ``out`` and rename it when finished, so an interrupted
     run leaves nothing at ``out``. A baseline (alpha 0) loads no teacher and builds no cache."""

@@ -351,19 +351,20 @@ def _args_export_table(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export_table(a: argparse.Namespace) -> int:
+    from kdsearch import api
     from kdsearch.errors import KDSearchError
-    from kdsearch.results import export
+    from kdsearch.results import export  # rendering only: the table comes from the API
 
     if a.top is not None and a.top < 1:
         raise KDSearchError(f"--top {a.top}: must be >= 1")
     if a.compare:
-        df = export.compare_table(a.compare, a.storage)
+        df = api.compare_studies(a.compare, a.storage)
     elif not a.study:
         raise KDSearchError("export-table: give --study NAME (or --compare STUDY ...)")
     else:
         row, _, col = (a.pivot or "").partition(",")
         columns = [c.strip() for c in a.columns.split(",")] if a.columns else None
-        df = export.table(
+        df = api.trials_table(
             a.study,
             a.storage,
             state=a.state,
@@ -520,21 +521,10 @@ def _args_cache_teacher(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_cache_teacher(a: argparse.Namespace) -> int:
-    from kdsearch.config import spec as specs
-    from kdsearch.search import study as studies
-    from kdsearch.training.experiment import Context
-    from kdsearch.training.teacher import build_or_load, load_teacher
+    from kdsearch import api
 
-    if a.study:
-        _, spec = studies.open_study(a.study, a.storage)
-    elif a.spec:
-        spec = specs.load(a.spec)
-    else:
-        raise SystemExit("kdsearch cache-teacher: give a SPEC or --study NAME")
-    ctx = Context.load(spec, a.device, with_teacher=False)
-    model = load_teacher(spec, ctx.num_classes).to(ctx.device)
-    cached, path = build_or_load(model, ctx.data, spec)
-    print(f"teacher cache {path}: {tuple(cached.table.shape)} fp16 logits")
+    path, shape = api.cache_teacher(a.spec, a.study, a.storage, a.device)
+    print(f"teacher cache {path}: {shape} fp16 logits")
     return 0
 
 
