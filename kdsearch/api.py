@@ -17,7 +17,7 @@ spec or a :class:`~kdsearch.config.spec.Spec`. Problems a user can fix raise
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -293,14 +293,18 @@ def write_report(
     out: str | Path | None = None,
     baseline: bool = True,
     device: str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
     """Write figures and report.md for the study to ``out`` (default: reports/<study>);
-    returns the path of report.md. ``baseline`` trains the alpha = 0 baseline once."""
+    returns the path of report.md. ``baseline`` trains the alpha = 0 baseline once; ``say``
+    (e.g. ``print``) hears of the baseline's training and of each file written and attached."""
     from kdsearch.results import report as reports
 
     name, url = _where(study, storage)
     folder = Path(out) if out is not None else None
-    paths, _ = reports.make_report(name, url, out=folder, baseline=baseline, device=device)
+    paths, _ = reports.make_report(
+        name, url, out=folder, baseline=baseline, device=device, say=say or (lambda _: None)
+    )
     return paths[-1]
 
 

@@ -582,19 +582,14 @@ def _args_report(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from kdsearch.results import report
+    from kdsearch import api
 
     def say(line: str) -> None:
         print(line, flush=True)
 
-    out = Path(a.output) if a.output else None
-    paths, attached = report.make_report(
-        a.study, a.storage, out=out, baseline=not a.no_baseline, device=a.device, say=say
+    api.write_report(
+        a.study, a.storage, out=a.output, baseline=not a.no_baseline, device=a.device, say=say
     )
-    for path in paths:
-        print(f"wrote {path}")
-    for line in attached:
-        print(f"attached {line}")
     return 0
 
 

@@ -187,7 +187,8 @@ def make_report(
     Returns the paths written, and each file attached to the study as "<file> to study
     <name> in <artifact store>".
     ``baseline`` trains the alpha = 0 baseline first if the study has none; ``say`` hears
-    about that before it starts, since it takes as long as a trial.
+    about that before it starts, since it takes as long as a trial, and of every file written
+    and attached at the end.
     """
     study, spec = studies.open_study(name, url)
     dashboard.describe(study, spec)  # the teacher may have been trained after create-study
@@ -198,5 +199,11 @@ def make_report(
     paths = write_report(study, spec, out or Path("reports") / name)
     files = {p.name: p.read_bytes() for p in paths}
     store = spec.search.artifact_store
-    attached = dashboard.attach(study, store, files)
-    return paths, [f"{file} to study {name} in {store}" for file in attached]
+    attached = [
+        f"{file} to study {name} in {store}" for file in dashboard.attach(study, store, files)
+    ]
+    for path in paths:
+        say(f"wrote {path}")
+    for line in attached:
+        say(f"attached {line}")
+    return paths, attached
