@@ -17,8 +17,9 @@ the student's, and the features it asks for are read by forward hooks on the stu
 online teacher.
 
 After every epoch the loop evaluates validation accuracy over all validation images, saves a
-resumable state (model, optimizer, scheduler, RNG, history) and calls ``on_epoch``, where the
-Optuna objective reports and prunes. A run resumes from that state bit for bit.
+resumable state (:class:`TrainingState`: model, method, optimizer, schedule, RNG, history) and
+calls ``on_epoch``, where the Optuna objective reports and prunes. A run resumes from that state
+bit for bit.
 """
 
 from __future__ import annotations
@@ -156,6 +157,46 @@ class History:
     def images_per_second(self) -> float:
         seconds = self.train_seconds
         return sum(e.images for e in self.epochs) / seconds if seconds else 0.0
+
+
+@dataclass
+class TrainingState:
+    """Everything an epoch changes and a resume must restore, bit for bit: the student, the
+    method's own parameters (a FitNets regressor), the optimizer, the schedule, the generator
+    that shuffles and draws views, and the history. ``state_dict`` is the resume file's
+    content (with torch's global RNG, which dropout uses)."""
+
+    model: nn.Module
+    method: distill.Method
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    generator: torch.Generator
+    history: History = field(default_factory=History)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epochs": [vars(e) for e in self.history.epochs],
+            "best_val": self.history.best_val,
+            "best_epoch": self.history.best_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state.get("method", {}))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        epochs = [EpochResult(**e) for e in state["epochs"]]
+        self.history = History(
+            epochs, state["best_val"], state["best_epoch"], resumed_from_epoch=len(epochs)
+        )
 
 
 def make_optimizer(params: Iterable[nn.Parameter], spec: Spec) -> torch.optim.Optimizer:
@@ -297,12 +338,13 @@ def fit(run: Run) -> History:
         optimizer, spec, math.ceil(_used(len(data.train), spec) / spec.train.batch_size)
     )
     gen = torch.Generator(device=device).manual_seed(spec.train.seed)
-    history = History()
-    state = _resume_state(run)
-    if state is not None:
-        history = _restore(state, model, method, optimizer, schedule, gen)
+    state = TrainingState(model, method, optimizer, schedule, gen)
+    saved = _resume_state(run)
+    if saved is not None:
+        state.load_state_dict(saved)
         if run.on_resume is not None:
-            run.on_resume(history)
+            run.on_resume(state.history)
+    history = state.history
     step = torch.compile(model) if spec.train.compile else model
     n = len(data.train)
     labeled = int((data.train.y != UNLABELED).sum())
@@ -316,9 +358,7 @@ def fit(run: Run) -> History:
         for epoch in range(len(history.epochs), spec.train.epochs):
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, terms, correct, used = _train_epoch(
-                run, step, method, hooks, optimizer, schedule, gen, epoch
-            )
+            train_loss, terms, correct, used = _train_epoch(run, step, state, hooks, epoch)
             if not _per_batch(spec):
                 schedule.step()
             val_loss, val_acc = evaluate(model, data, data.val)
@@ -341,7 +381,7 @@ def fit(run: Run) -> History:
             if improved and run.on_best is not None:
                 run.on_best(model, result)
             if run.workdir is not None:
-                _save_state(run, model, method, optimizer, schedule, gen, history)
+                atomic_save({**state.state_dict(), "tag": run.resume_tag}, run.workdir / "last.pt")
             if writer is not None:
                 _log_scalars(writer, result)
             bar.set_postfix_str(
@@ -384,11 +424,8 @@ def _attach_hooks(
 def _train_epoch(
     run: Run,
     step: Callable[[torch.Tensor], torch.Tensor],
-    method: distill.Method,
+    state: TrainingState,
     hooks: tuple[distill.FeatureHooks, distill.FeatureHooks] | None,
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    gen: torch.Generator,
     epoch: int,
 ) -> tuple[float, dict[str, float], int, int]:
     """One pass over the shuffled training set.
@@ -396,6 +433,7 @@ def _train_epoch(
     Returns (mean loss, mean of each named term, correct labeled, images used).
     """
     spec, data = run.spec, run.data
+    method, optimizer, gen = state.method, state.optimizer, state.generator
     device = data.device
     distilling = run.teacher is not None and spec.distill.alpha > 0
     n, bs = len(data.train), spec.train.batch_size
@@ -428,7 +466,7 @@ def _train_epoch(
         loss.backward()
         optimizer.step()
         if per_batch:
-            schedule.step()
+            state.schedule.step()
         loss_sum += loss.detach() * len(idx)
         for name, term in terms.items():
             term_sums[name] = term_sums.get(name, 0) + term.detach() * len(idx)
@@ -457,31 +495,6 @@ def _per_batch(spec: Spec) -> bool:
     return spec.train.schedule.name == "onecycle"
 
 
-def _save_state(
-    run: Run,
-    model: nn.Module,
-    method: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    gen: torch.Generator,
-    history: History,
-) -> None:
-    state = {
-        "model": model.state_dict(),
-        "method": method.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "epochs": [vars(e) for e in history.epochs],
-        "best_val": history.best_val,
-        "best_epoch": history.best_epoch,
-        "tag": run.resume_tag,
-    }
-    assert run.workdir is not None
-    atomic_save(state, run.workdir / "last.pt")
-
-
 def _resume_state(run: Run) -> dict[str, Any] | None:
     """The resume state in ``workdir/last.pt`` if it was written for this run, else None.
 
@@ -508,24 +521,6 @@ def _resume_state(run: Run) -> dict[str, Any] | None:
         run.resume_tag,
     )
     return None
-
-
-def _restore(
-    state: dict[str, Any],
-    model: nn.Module,
-    method: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    gen: torch.Generator,
-) -> History:
-    model.load_state_dict(state["model"])
-    method.load_state_dict(state.get("method", {}))
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    epochs = [EpochResult(**e) for e in state["epochs"]]
-    return History(epochs, state["best_val"], state["best_epoch"], resumed_from_epoch=len(epochs))
 
 
 def _tensorboard(logdir: Path | None) -> Any:
