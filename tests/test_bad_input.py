@@ -220,6 +220,7 @@ CASES = {
         "key 'train' appears twice (lines 2 and 3)",
     ),
     "spec is a folder": (lambda h, w: ["validate", "models"], "is a folder"),
+    "cache-teacher without a spec": (lambda h, w: ["cache-teacher"], "give a SPEC or --study"),
     "int parameter with fractional bounds": (
         lambda h, w: spec_with(
             w, search={"space": {"train.epochs": {"type": "int", "low": 1.5, "high": 3.7}}}
