@@ -52,11 +52,10 @@ NEARLY_FULL = 1 << 20
 
 def _raise_if_full(err: Exception, path: Path) -> None:
     """Raise :class:`DiskFull` if ``err`` is a write that failed for want of space."""
-    free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
     if isinstance(err, OSError):
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)
     else:
-        full = free < NEARLY_FULL
+        full = not path.parent.exists() or shutil.disk_usage(path.parent).free < NEARLY_FULL
     if not full:
         return
     raise DiskFull(

@@ -93,7 +93,7 @@ def test_workers_survive_a_proxy_restart(
     """The proxy is SIGKILLed while two workers are mid-trial and started again 5 s later on
     the same port: the workers say they lost it, wait, reconnect, and finish the study."""
     from conftest import start_worker
-    from test_crash import SLOW_TRIALS, wait_for
+    from test_crash import SLOW_TRIALS, running_after, wait_for
 
     search = {**SLOW_TRIALS["search"], "n_trials": 4}
     spec = write_spec({**SLOW_TRIALS, "train": {"epochs": 8}, "search": search})
@@ -101,14 +101,9 @@ def test_workers_survive_a_proxy_restart(
     port = free_port()
     url = f"grpc://127.0.0.1:{port}"
 
-    def mid_trial() -> bool:
-        study = optuna.load_study(study_name="synth", storage=STORAGE)
-        running = study.get_trials(deepcopy=False, states=(State.RUNNING,))
-        return any(len(t.intermediate_values) >= 2 for t in running)
-
     with storage_proxy(kd_home, port) as proxy:
         worker = start_worker(kd_home, "synth", url, n=2)
-        wait_for(mid_trial, 300, "a trial at epoch 2", [worker])
+        wait_for(lambda: running_after(STORAGE, 2), 300, "a trial at epoch 2", [worker])
         proxy.kill()
         proxy.wait()
     time.sleep(5)
