@@ -12,6 +12,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "benchmark_loop",
     "benchmark_search",
     "cache_teacher",
     "compare_studies",
@@ -21,7 +22,11 @@ __all__ = [
     "evaluate_best",
     "evaluate_checkpoint",
     "extend_study",
+    "import_checkpoint",
+    "list_nets",
     "run_workers",
+    "serve_dashboard",
+    "serve_storage_proxy",
     "study_status",
     "train_student",
     "train_teacher",

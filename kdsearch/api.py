@@ -204,13 +204,29 @@ def confirm_study(
     return confirm.enqueue(opened, spec, top, seeds, budgets)
 
 
-def delete_study(study: StudyRef, storage: str | None = None) -> Path | None:
-    """Delete the study, its checkpoints and logs (no confirmation); returns its folder."""
+def delete_study(
+    study: StudyRef,
+    storage: str | None = None,
+    *,
+    ask: Callable[[str], bool] | None = None,
+) -> Path | bool | None:
+    """Delete the study, its checkpoints and logs; returns its folder (None if it had none).
+
+    ``ask``, given, hears the question (which names the study and its storage, the password
+    masked) once the study is known to exist, and nothing is deleted unless it answers True;
+    the answer False is returned then.
+    """
     from kdsearch.search import storage as storages
     from kdsearch.search import study as studies
 
     name, url = _where(study, storage)
-    return studies.delete(storages.open_storage(storages.resolve_url(url), existing=True), name)
+    url = storages.resolve_url(url)
+    opened = storages.open_storage(url, existing=True)
+    studies.load_spec(opened, name)  # an unknown study fails here, before the question
+    question = f"delete study {name} and its checkpoints in {storages.mask(url)}?"
+    if ask is not None and not ask(question):
+        return False
+    return studies.delete(opened, name)
 
 
 def trials_table(
@@ -446,3 +462,193 @@ def benchmark_search(
         return search_efficiency.bench(
             loaded, list(seeds), budget_fraction, url, jobs, confirm_seeds
         )
+
+
+def list_nets(num_classes: int = 10) -> list[dict[str, Any]]:
+    """The zoo's networks: name, parameters, MFLOPs per image and keyword arguments, each
+    built for ``num_classes`` outputs (library models are named, not listed: LIBRARY_NETS)."""
+    from kdsearch import nets
+
+    rows = []
+    for arch in nets.names():
+        model = nets.create(arch, num_classes=num_classes)
+        rows.append(
+            {
+                "arch": arch,
+                "parameters": nets.count_parameters(model),
+                "mflops": round(nets.forward_flops(model) / 1e6, 1),
+                "kwargs": nets.kwarg_names(arch),
+            }
+        )
+    return rows
+
+
+def import_checkpoint(
+    path: str | Path,
+    arch: str,
+    out: str | Path,
+    *,
+    num_classes: int = 10,
+    kwargs: Mapping[str, Any] | None = None,
+    normalization: str | None = None,
+) -> str:
+    """Convert a reference (or torchvision/timm) state dict at ``path`` into a kdsearch
+    checkpoint at ``out``; returns the input normalization recorded in it (default: the
+    architecture's own convention)."""
+    from kdsearch.training import model_files
+
+    norm = normalization or model_files.default_normalization(arch)
+    model_files.import_reference(Path(path), arch, Path(out), num_classes, dict(kwargs or {}), norm)
+    return norm
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind once before serving: a busy or impossible port is one line, not a server crash."""
+    import socket
+
+    from kdsearch.errors import KDSearchError
+
+    if not 0 < port < 65536:
+        raise KDSearchError(f"--port {port}: not a TCP port (use 1-65535)")
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise KDSearchError(
+            f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); "
+            "pick another --port"
+        ) from None
+
+
+def serve_dashboard(
+    storage: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    artifact_store: str | None = None,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Serve optuna-dashboard for the storage until interrupted, with the artifact store the
+    studies' specs name (or ``artifact_store``) so report figures show; ``say`` hears a
+    warning if the address is exposed, then where it serves (the password masked)."""
+    import optuna_dashboard
+
+    from kdsearch.results import dashboard
+    from kdsearch.search import storage as storages
+
+    _check_port(host, port)
+    url = storages.resolve_url(storage)
+    opened = storages.open_storage(url, existing=True)
+    exposure = dashboard.exposure_warning(host)
+    if exposure:
+        say(f"warning: {exposure}")
+    location = artifact_store or dashboard.artifact_location(opened)
+    files = f", artifacts in {location}" if location else ""
+    say(f"optuna-dashboard on http://{host}:{port}/dashboard for {storages.mask(url)}{files}")
+    optuna_dashboard.run_server(
+        opened, host=host, port=port, artifact_store=dashboard.artifact_store(location)
+    )
+
+
+def serve_storage_proxy(
+    storage: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 13000,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Serve the storage through Optuna's gRPC proxy until interrupted (for very many
+    workers: one database connection pool instead of one per worker)."""
+    import warnings
+
+    import optuna
+
+    from kdsearch.search import storage as storages
+
+    url = storages.resolve_url(storage)
+    say(f"gRPC storage proxy on {host}:{port} for {storages.mask(url)}")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.storages.run_grpc_proxy_server(storages.open_storage(url), host=host, port=port)
+
+
+def benchmark_loop(device: str = "cpu", images: int | None = None) -> dict[str, Any]:
+    """A reference-style KD loop timed against kdsearch's on synthetic images
+    (:mod:`kdsearch.benchmarks.loop_speed`); returns its figures (keys as ``kdsearch bench
+    --json``)."""
+    from kdsearch.benchmarks import loop_speed
+
+    return loop_speed.run(device, images)
+
+
+# --- text: what the command line prints, for scripts that print the same -----------------
+
+
+def storage_url(storage: str | None = None, spec: SpecRef | None = None) -> str:
+    """The database URL a command uses: ``storage``, else $KDSEARCH_STORAGE, else the spec's,
+    else sqlite:///kdsearch.db."""
+    from kdsearch.search import storage as storages
+
+    return storages.resolve_url(storage, _spec(spec).storage if spec is not None else None)
+
+
+def masked(url: str) -> str:
+    """The URL with its password replaced by ``***``: the only form kdsearch ever shows."""
+    from kdsearch.search import storage as storages
+
+    return storages.mask(url)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """A comma list of seeds (``0,1,2``), or one line saying what is wrong with it."""
+    from kdsearch.results import best
+
+    return best.parse_seeds(text)
+
+
+def status_text(row: Mapping[str, Any]) -> str:
+    """One study's :func:`study_status` row as ``kdsearch status`` prints it."""
+    from kdsearch.results import status
+
+    return status.format_status(dict(row))
+
+
+def best_text(result: Mapping[str, Any]) -> str:
+    """:func:`evaluate_best`'s result as ``kdsearch best`` prints it."""
+    from kdsearch.results import best
+
+    return best.format_result(dict(result))
+
+
+def evaluation_text(result: Mapping[str, Any]) -> str:
+    """:func:`evaluate_checkpoint`'s result as ``kdsearch evaluate`` prints it."""
+    from kdsearch.results import evaluate
+
+    return evaluate.format_report(dict(result))
+
+
+def table_text(df: pd.DataFrame, fmt: str | None = None) -> str:
+    """A table (:func:`trials_table`, :func:`compare_studies`) as markdown, csv, json or latex."""
+    from kdsearch.results import export
+
+    return export.render(df, fmt)
+
+
+def write_table(df: pd.DataFrame, output: str | Path, fmt: str | None = None) -> None:
+    """Write a table to ``output``, its format from ``fmt`` or the file's suffix."""
+    from kdsearch.results import export
+
+    export.write(df, str(output), fmt)
+
+
+def loop_benchmark_text(result: Mapping[str, Any]) -> str:
+    """:func:`benchmark_loop`'s result as ``kdsearch bench`` prints it."""
+    from kdsearch.benchmarks import loop_speed
+
+    return loop_speed.format_table(dict(result))
+
+
+def search_benchmark_text(result: Any) -> str:
+    """:func:`benchmark_search`'s result as ``kdsearch bench-search`` prints it."""
+    from kdsearch.benchmarks import search_efficiency
+
+    return search_efficiency.format_table(result)

@@ -12,7 +12,6 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 
@@ -121,10 +120,9 @@ def _args_evaluate(p: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.results.evaluate import format_report
 
     result = api.evaluate_checkpoint(a.checkpoint, a.spec, device=a.device)
-    print(json.dumps(result) if a.json else format_report(result))
+    print(json.dumps(result) if a.json else api.evaluation_text(result))
     return 0
 
 
@@ -142,13 +140,12 @@ def _args_create_study(p: argparse.ArgumentParser) -> None:
 
 def cmd_create_study(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.search import storage
 
     spec = api.validate(a.spec)
-    url = storage.resolve_url(a.storage, spec.storage)
+    url = api.storage_url(a.storage, spec)
     name = api.create_study(spec, url, study_name=a.study_name, load_if_exists=a.load_if_exists)
-    print(f"study {name.study_name} in {storage.mask(url)}")
-    print(f"next: kdsearch worker --study {name.study_name} --storage '{storage.mask(url)}'")
+    print(f"study {name.study_name} in {api.masked(url)}")
+    print(f"next: kdsearch worker --study {name.study_name} --storage '{api.masked(url)}'")
     return 0
 
 
@@ -191,7 +188,6 @@ def _args_worker(p: argparse.ArgumentParser) -> None:
 
 def cmd_worker(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.results import status
 
     code = api.run_workers(
         a.study,
@@ -203,7 +199,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
     )
     if a.verbosity >= 0:
         (summary,) = api.study_status(a.storage, a.study)
-        print(f"summary of study {status.format_status(summary)}", file=sys.stderr)
+        print(f"summary of study {api.status_text(summary)}", file=sys.stderr)
     return code
 
 
@@ -222,9 +218,8 @@ def _args_confirm(p: argparse.ArgumentParser) -> None:
 
 def cmd_confirm(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.search import storage
 
-    url = storage.resolve_url(a.storage)
+    url = api.storage_url(a.storage)
     queued = api.confirm_study(a.study, url, top=a.top, seeds=a.seeds, budgets=_budgets(a))
     configs = sorted({n for n, _ in queued})
     if queued:
@@ -232,7 +227,7 @@ def cmd_confirm(a: argparse.Namespace) -> int:
             f"study {a.study}: queued {len(queued)} confirmation trials "
             f"(trials {', '.join(map(str, configs))}, seeds {sorted({s for _, s in queued})})"
         )
-        print(f"next: kdsearch worker --study {a.study} --storage '{storage.mask(url)}'")
+        print(f"next: kdsearch worker --study {a.study} --storage '{api.masked(url)}'")
     else:
         print(f"study {a.study}: every asked confirmation run is queued, running or done")
     return 0
@@ -246,13 +241,12 @@ def _args_status(p: argparse.ArgumentParser) -> None:
 
 def cmd_status(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.results import status
 
     rows = api.study_status(a.storage, a.study)
     if a.json:
         _print_json(rows)
     else:
-        print("\n".join(status.format_status(r) for r in rows) or "no studies in this storage")
+        print("\n".join(api.status_text(r) for r in rows) or "no studies in this storage")
     return 0
 
 
@@ -266,12 +260,11 @@ def _args_extend(p: argparse.ArgumentParser) -> None:
 
 def cmd_extend(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.search import storage
 
-    url = storage.resolve_url(a.storage)
+    url = api.storage_url(a.storage)
     old = api.extend_study(a.study, a.n_trials, url)
     print(f"study {a.study}: budget {old} -> {a.n_trials} trials")
-    print(f"next: kdsearch worker --study {a.study} --storage '{storage.mask(url)}'")
+    print(f"next: kdsearch worker --study {a.study} --storage '{api.masked(url)}'")
     return 0
 
 
@@ -284,19 +277,16 @@ def _args_delete(p: argparse.ArgumentParser) -> None:
 def cmd_delete(a: argparse.Namespace) -> int:
     from kdsearch import api
     from kdsearch.errors import KDSearchError
-    from kdsearch.search import storage
-    from kdsearch.search import study as studies
 
-    url = storage.resolve_url(a.storage)
-    studies.load_spec(storage.open_storage(url), a.study)  # an unknown study: before the prompt
-    if not a.yes:
+    def ask(question: str) -> bool:
         if not sys.stdin.isatty():
             raise KDSearchError(f"delete {a.study}: no terminal to confirm on; pass --yes")
-        answer = input(f"delete study {a.study} and its checkpoints in {storage.mask(url)}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return 1
-    removed = api.delete_study(a.study, url)
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+    removed = api.delete_study(a.study, a.storage, ask=None if a.yes else ask)
+    if removed is False:
+        print("nothing deleted")
+        return 1
     print(f"deleted study {a.study}" + (f" and {removed}" if removed else ""))
     return 0
 
@@ -353,7 +343,6 @@ def _args_export_table(p: argparse.ArgumentParser) -> None:
 def cmd_export_table(a: argparse.Namespace) -> int:
     from kdsearch import api
     from kdsearch.errors import KDSearchError
-    from kdsearch.results import export  # rendering only: the table comes from the API
 
     if a.top is not None and a.top < 1:
         raise KDSearchError(f"--top {a.top}: must be >= 1")
@@ -384,9 +373,9 @@ def cmd_export_table(a: argparse.Namespace) -> int:
             )
             return 0
     if a.output is not None:
-        export.write(df, a.output, a.format)
+        api.write_table(df, a.output, a.format)
     else:
-        print(export.render(df, a.format))
+        print(api.table_text(df, a.format))
     if "confidence" in df.attrs:
         print(f"kdsearch: {df.attrs['confidence']}", file=sys.stderr)
     return 0
@@ -404,45 +393,22 @@ def _args_dashboard(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_dashboard(a: argparse.Namespace) -> int:
-    import optuna_dashboard
+    from kdsearch import api
 
-    from kdsearch.results import dashboard
-    from kdsearch.search import storage
-
-    _check_port(a.host, a.port)
-    url = storage.resolve_url(a.storage)
-    opened = storage.open_storage(url, existing=True)
-    exposure = dashboard.exposure_warning(a.host)
-    if exposure:
-        print(f"kdsearch: warning: {exposure}", file=sys.stderr, flush=True)
-    location = a.artifact_store or dashboard.artifact_location(opened)
-    files = f", artifacts in {location}" if location else ""
-    print(
-        f"optuna-dashboard on http://{a.host}:{a.port}/dashboard for {storage.mask(url)}{files}",
-        flush=True,
-    )
-    optuna_dashboard.run_server(
-        opened, host=a.host, port=a.port, artifact_store=dashboard.artifact_store(location)
+    api.serve_dashboard(
+        a.storage, host=a.host, port=a.port, artifact_store=a.artifact_store, say=_say
     )
     return 0
 
 
-def _check_port(host: str, port: int) -> None:
-    """Bind once before serving: a busy or impossible port is one line, not a server crash."""
-    import socket
-
-    from kdsearch.errors import KDSearchError
-
-    if not 0 < port < 65536:
-        raise KDSearchError(f"--port {port}: not a TCP port (use 1-65535)")
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as err:
-        raise KDSearchError(
-            f"--host {host} --port {port}: cannot listen there ({err.strerror or err}); "
-            "pick another --port"
-        ) from None
+def _say(line: str) -> None:
+    """A server's lines: a warning to stderr, the rest to stdout, at once (it runs for long)."""
+    warning = line.startswith("warning:")
+    print(
+        f"kdsearch: {line}" if warning else line,
+        file=sys.stderr if warning else sys.stdout,
+        flush=True,
+    )
 
 
 def _args_nets(p: argparse.ArgumentParser) -> None:
@@ -451,19 +417,9 @@ def _args_nets(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_nets(a: argparse.Namespace) -> int:
-    from kdsearch import nets
+    from kdsearch import api
 
-    rows = []
-    for arch in nets.names():
-        model = nets.create(arch, num_classes=a.num_classes)
-        rows.append(
-            {
-                "arch": arch,
-                "parameters": nets.count_parameters(model),
-                "mflops": round(nets.forward_flops(model) / 1e6, 1),
-                "kwargs": nets.kwarg_names(arch),
-            }
-        )
+    rows = api.list_nets(a.num_classes)
     if a.json:
         _print_json(rows)
     else:
@@ -504,11 +460,17 @@ def _args_import_checkpoint(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_import_checkpoint(a: argparse.Namespace) -> int:
-    from kdsearch.training import model_files as checkpoint
+    from kdsearch import api
 
     kwargs = dict(_parse_set(k) for k in a.kwarg)
-    norm = a.normalization or checkpoint.default_normalization(a.arch)
-    checkpoint.import_reference(Path(a.path), a.arch, Path(a.out), a.num_classes, kwargs, norm)
+    norm = api.import_checkpoint(
+        a.path,
+        a.arch,
+        a.out,
+        num_classes=a.num_classes,
+        kwargs=kwargs,
+        normalization=a.normalization,
+    )
     print(f"wrote {a.out} ({a.arch}, {a.num_classes} classes, {norm} normalization)")
     return 0
 
@@ -550,9 +512,8 @@ def _args_best(p: argparse.ArgumentParser) -> None:
 
 def cmd_best(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.results import best
 
-    seeds = best.parse_seeds(a.seeds) if a.retrain else []  # a typo fails before any work
+    seeds = api.parse_seeds(a.seeds) if a.retrain else []  # a typo fails before any work
     result = api.evaluate_best(
         a.study,
         a.storage,
@@ -565,7 +526,7 @@ def cmd_best(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(result))
     else:
-        print(best.format_result(result))
+        print(api.best_text(result))
     return 0
 
 
@@ -600,16 +561,9 @@ def _args_storage_proxy(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_storage_proxy(a: argparse.Namespace) -> int:
-    import warnings
+    from kdsearch import api
 
-    import optuna
-
-    from kdsearch.search import storage
-
-    url = storage.resolve_url(a.storage)
-    print(f"gRPC storage proxy on {a.host}:{a.port} for {storage.mask(url)}", flush=True)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.storages.run_grpc_proxy_server(storage.open_storage(url), host=a.host, port=a.port)
+    api.serve_storage_proxy(a.storage, host=a.host, port=a.port, say=_say)
     return 0
 
 
@@ -620,13 +574,13 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from kdsearch.benchmarks import loop_speed
+    from kdsearch import api
 
-    result, timings = loop_speed.run(a.device, a.images)
+    result = api.benchmark_loop(a.device, a.images)
     if a.json:
         _print_json(result)
     else:
-        print(loop_speed.format_table(result, timings))
+        print(api.loop_benchmark_text(result))
     return 0
 
 
@@ -664,7 +618,6 @@ def _args_bench_search(p: argparse.ArgumentParser) -> None:
 
 def cmd_bench_search(a: argparse.Namespace) -> int:
     from kdsearch import api
-    from kdsearch.benchmarks import search_efficiency
     from kdsearch.errors import KDSearchError
 
     try:
@@ -679,7 +632,7 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
         jobs=a.jobs,
         confirm_seeds=a.confirm_seeds,
     )
-    print(json.dumps(result.to_dict()) if a.json else search_efficiency.format_table(result))
+    print(json.dumps(result.to_dict()) if a.json else api.search_benchmark_text(result))
     return 0
 
 

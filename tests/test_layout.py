@@ -118,11 +118,11 @@ def subpackage(name: str) -> str:
 #: The layers, bottom up, as docs/architecture.md lists them: a subpackage or top-level module
 #: may import its own layer and those below it, never one above. ``config`` sits above the
 #: registries because a spec's names are checked against them (lazily: importing it loads no
-#: torch); ``losses`` is the old name of ``distill``'s losses.
+#: torch).
 LAYERS: list[set[str]] = [
     {"errors", "registry", "schema", "files", "paths", "redact"},
     {"data", "nets"},
-    {"distill", "losses"},
+    {"distill"},
     {"config"},
     {"training"},
     {"search"},
@@ -154,6 +154,33 @@ def test_subpackages_import_only_downwards() -> None:
 def test_nothing_imports_the_cli() -> None:
     users = sorted(n for n, deps in GRAPH.items() if "kdsearch.cli" in deps)
     assert users == ["kdsearch.__main__"]
+
+
+def _kdsearch_imports(function: ast.FunctionDef) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kdsearch"):
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("kdsearch")}
+    return found
+
+
+def test_every_command_calls_only_the_api() -> None:
+    """A command's action does what its API function does, no more: a script calling
+    kdsearch.api gets what the command line does. The exception type is the one exception."""
+    tree = ast.parse(MODULES["kdsearch.cli"].read_text())
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    actions = [f for f in functions if f.name.startswith("cmd_")]
+    assert len(actions) >= 20
+    allowed = {"kdsearch.api", "kdsearch.errors.KDSearchError"}
+    beyond = {
+        f.name: sorted(_kdsearch_imports(f) - allowed)
+        for f in functions
+        if f.name != "main" and _kdsearch_imports(f) - allowed
+    }
+    assert not beyond, beyond
+    assert {"kdsearch.api"} <= GRAPH["kdsearch.cli"]
 
 
 @pytest.mark.parametrize("package", SUBPACKAGES)

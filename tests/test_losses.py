@@ -1,4 +1,4 @@
-"""``kdsearch.losses.kd_loss`` against an independent float64 computation of Hinton's loss.
+"""``kdsearch.distill.kd_loss`` against an independent float64 computation of Hinton's loss.
 
 The reference is written out by hand in numpy: ``(1-α)·CE + α·T²·Σ_c p_t·(log p_t − log p_s)``,
 the KL term averaged over the batch and the CE term over the labeled examples only.
@@ -14,10 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsearch import losses
+from kdsearch import distill
 from kdsearch.data.datasets import UNLABELED
-from kdsearch.distill import Batch
-from kdsearch.losses import kd_loss
+from kdsearch.distill import Batch, kd_loss
 
 TEMPERATURES = [1.0, 2.0, 4.0, 20.0]
 ALPHAS = [0.0, 0.3, 0.9, 1.0]
@@ -76,7 +75,7 @@ def test_float64_inputs_match_to_rounding(temperature: float) -> None:
 def test_registry_serves_kd_loss() -> None:
     """``distill.loss: hinton`` is the method whose terms sum to this function."""
     student, teacher, labels = _batch(seed=8)
-    method = losses.get("hinton")(4.0, 0.7, losses.get("hinton").Options())
+    method = distill.get("hinton")(4.0, 0.7, distill.get("hinton").Options())
     terms = method(Batch(student, teacher, labels), epoch=0)
     assert set(terms) == {"ce", "kd"}
     torch.testing.assert_close(sum(terms.values()), kd_loss(student, teacher, labels, 4.0, 0.7))

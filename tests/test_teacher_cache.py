@@ -17,7 +17,7 @@ from kdsearch.config import spec as specs
 from kdsearch.config.spec import merge
 from kdsearch.data import views
 from kdsearch.data.normalization import NAMED
-from kdsearch.losses import kd_loss
+from kdsearch.distill import kd_loss
 from kdsearch.training import teacher
 from kdsearch.training.experiment import Context
 from kdsearch.training.teacher import CachedTeacher, OnlineTeacher, build_or_load, compute_logits

@@ -16,6 +16,7 @@ study and shared by every trial and epoch, so its build time is reported on its 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -202,8 +203,9 @@ def _device_name(device: torch.device) -> str:
     return f"{model} ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)"
 
 
-def format_table(r: dict[str, Any], timings: list[Timing]) -> str:
+def format_table(r: dict[str, Any]) -> str:
     """The timings for a reader: one row per variant, ratios against the reference loop."""
+    timings = [Timing(**t) for t in r["timings"]]
     lines = [
         f"kdsearch bench: {r['device_name']}, torch {r['torch_version']}, load average "
         f"{r['load_average']:.2f} at start",
@@ -226,8 +228,9 @@ def format_table(r: dict[str, Any], timings: list[Timing]) -> str:
     return "\n".join(lines)
 
 
-def run(device_name: str = "cpu", images: int | None = None) -> tuple[dict[str, Any], list[Timing]]:
-    """Run (a), the cache build, (b) and (c): the figures (JSON-ready) and the timings."""
+def run(device_name: str = "cpu", images: int | None = None) -> dict[str, Any]:
+    """Run (a), the cache build, (b) and (c): the figures, JSON-ready, each variant's timing
+    under ``timings``."""
     device = resolve_device(device_name)
     load_average = os.getloadavg()[0]
     default_images, cache_mode = DEFAULTS[device.type]
@@ -264,5 +267,6 @@ def run(device_name: str = "cpu", images: int | None = None) -> tuple[dict[str, 
         "kdsearch_vs_student_only": cached.img_s / student_only.img_s,
         "cache_build_s": cache_seconds,
         "cache_bytes": cache_bytes,
+        "timings": [dataclasses.asdict(t) for t in timings],
     }
-    return result, timings
+    return result
