@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
+from kdsearch import api
+
 CLI = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -36,6 +38,12 @@ def test_bench_json(cli: CLI) -> None:
     assert result["cache_mode"] == "sampled:1"
     # 256 images x 1 view x 10 classes of fp16 logits
     assert result["cache_bytes"] == 256 * 1 * 10 * 2
+    # The text table is drawn from the same figures, one row per timed variant.
+    variants = [t["variant"] for t in result["timings"]]
+    assert len(variants) == 3 and result["timings"][0]["images"] == 256
+    text = api.loop_benchmark_text(result).splitlines()
+    rows = [line for line in text if line.startswith(tuple(variants))]
+    assert len(rows) == 3 and rows[0].endswith("1.0x"), text
 
 
 def test_bench_rejects_a_last_batch_of_one(cli: CLI) -> None:
