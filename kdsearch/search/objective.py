@@ -131,59 +131,16 @@ class Objective:
         self._skip_over_budget(trial)
         params = suggest(trial, self.spec.search.space)
         self._skip_taken_grid_point(trial)
-        spec = self.spec.with_overrides(params)
-        attrs = trial.user_attrs
-        confirming = ranking.CONFIRM_OF in attrs
-        if confirming:
-            self._skip_duplicate_confirmation(trial, attrs[ranking.CONFIRM_OF], attrs[ranking.SEED])
-            spec = spec.with_overrides({"train.seed": attrs[ranking.SEED]})
+        spec = self._trial_spec(trial, params)
         chain = retry_chain(trial)
-        root = chain[0] if chain else trial.number
-        # Every attempt writes a folder of its own: an earlier attempt whose worker was only
-        # paused may wake up and write on; it must not overwrite its retry's files.
-        workdir = self._workdir(trial.number)
-        # A retry on another machine finds the resume state in the artifact store, if any;
-        # on this machine, in the folder of the latest earlier attempt that left one.
-        if self.store.pull(trial.study, chain, workdir / "last.pt"):
-            self.store.pull(trial.study, chain, workdir / "best.pt")
-        else:
-            _copy_resume_state([self._workdir(n) for n in reversed(chain)], workdir)
+        workdir = self._resume_state(trial, chain)
         log.info("trial %d started: %s", trial.number, progress.fmt_params(params))
         cost = self._cost(spec).as_attrs()
         for key, value in cost.items():
             trial.set_user_attr(key, value)
         self._check_constraints(trial, cost)
-        # Optuna reports and prunes only single-objective trials; a confirmation is not pruned.
-        single = len(self.spec.search.objectives) == 1
-        prunable = single and not confirming
-
-        def on_resume(history: History) -> None:
-            # Re-report the epochs the killed attempt finished, so the pruner sees the curve.
-            for e in history.epochs if single else ():
-                trial.report(e.val_accuracy, e.epoch)
-            trial.set_user_attr("resumed_from_epoch", len(history.epochs))
-            log.info(
-                "trial %d resumes trial %d from epoch %d", trial.number, root, len(history.epochs)
-            )
-
-        def on_epoch(r: EpochResult, history: History) -> None:
-            self.store.push(trial.study, trial._trial_id, workdir / "last.pt")
-            if history.best_epoch == r.epoch:  # best.pt was just rewritten
-                self.store.push(trial.study, trial._trial_id, workdir / "best.pt")
-            if single:
-                trial.report(r.val_accuracy, r.epoch)
-            names = dict.fromkeys(name for e in history.epochs for name in e.terms)
-            terms = {name: [e.terms.get(name) for e in history.epochs] for name in names}
-            trial.set_user_attr("loss_terms", terms)
-            rate = r.images / r.seconds if r.seconds else 0.0
-            epochs, best = self.spec.train.epochs, history.best_val
-            progress.epoch_done(trial.number, r.epoch, epochs, r.val_accuracy, best, rate)
-            if prunable and trial.should_prune():
-                trial.set_user_attr("epochs_run", len(history.epochs))
-                raise optuna.TrialPruned(
-                    f"val accuracy {r.val_accuracy:.4f} at epoch {r.epoch + 1}"
-                )
-
+        root = chain[0] if chain else trial.number
+        reporter = _Reporter(trial, self.spec, self.store, workdir, root)
         # One TensorBoard run per retry chain, so a resumed trial continues its own curves.
         tb = self.folder / "tensorboard" / f"trial-{root:05d}"
         try:
@@ -192,8 +149,8 @@ class Objective:
                 spec,
                 workdir / "best.pt",
                 workdir=workdir,
-                on_epoch=on_epoch,
-                on_resume=on_resume,
+                on_epoch=reporter.on_epoch,
+                on_resume=reporter.on_resume,
                 resume_tag={"study_id": self.study_id, "trial": root, "params": params},
                 should_stop=self.should_stop,
                 progress=progress.show_bar(),
@@ -206,6 +163,39 @@ class Objective:
         except optuna.TrialPruned:
             self._discard(trial, workdir)
             raise
+        self._keep(trial, outcome, chain, workdir)
+        if reporter.single:
+            return outcome.val_accuracy
+        costs = [cost[METRICS[m]] for m in self.spec.search.objectives[1:]]
+        return [outcome.val_accuracy, *map(float, costs)]
+
+    def _trial_spec(self, trial: optuna.Trial, params: dict[str, Any]) -> Spec:
+        """The spec with the trial's parameters; a confirmation trial's with its own seed."""
+        spec = self.spec.with_overrides(params)
+        attrs = trial.user_attrs
+        if ranking.CONFIRM_OF in attrs:
+            self._skip_duplicate_confirmation(trial, attrs[ranking.CONFIRM_OF], attrs[ranking.SEED])
+            spec = spec.with_overrides({"train.seed": attrs[ranking.SEED]})
+        return spec
+
+    def _resume_state(self, trial: optuna.Trial, chain: list[int]) -> Path:
+        """The attempt's own folder, holding the resume state of the retry chain if any.
+
+        Every attempt writes a folder of its own: an earlier attempt whose worker was only
+        paused may wake up and write on; it must not overwrite its retry's files. A retry on
+        another machine finds the resume state in the artifact store, if any; on this
+        machine, in the folder of the latest earlier attempt that left one.
+        """
+        workdir = self._workdir(trial.number)
+        if self.store.pull(trial.study, chain, workdir / "last.pt"):
+            self.store.pull(trial.study, chain, workdir / "best.pt")
+        else:
+            _copy_resume_state([self._workdir(n) for n in reversed(chain)], workdir)
+        return workdir
+
+    def _keep(self, trial: optuna.Trial, outcome: Any, chain: list[int], workdir: Path) -> None:
+        """A finished trial: its best checkpoint (with test accuracy) kept and uploaded, its
+        resume state and the earlier attempts' files removed, its results stored on it."""
         h = outcome.history
         (workdir / "last.pt").unlink(missing_ok=True)  # resume state is not needed any more
         self.store.drop(trial._trial_id, "last.pt")
@@ -223,10 +213,6 @@ class Objective:
             "test_accuracy": outcome.test_accuracy,
         }.items():
             trial.set_user_attr(key, value)
-        if single:
-            return outcome.val_accuracy
-        costs = [cost[METRICS[m]] for m in self.spec.search.objectives[1:]]
-        return [outcome.val_accuracy, *map(float, costs)]
 
     def _skip_taken_grid_point(self, trial: optuna.Trial) -> None:
         """Prune, untrained, a grid trial whose point an earlier live trial already holds.
@@ -317,6 +303,56 @@ class Objective:
         shutil.rmtree(workdir, ignore_errors=True)
         self.store.drop(trial._trial_id, "last.pt")
         self.store.remove_all(trial.study, trial.study._storage.get_trial(trial._trial_id))
+
+
+class _Reporter:
+    """What a trial tells Optuna while it trains: each epoch's accuracy (for the pruner), loss
+    terms and progress, its files uploaded to the artifact store, and the epochs a killed
+    attempt had finished when a retry resumes them.
+
+    Optuna reports and prunes only single-objective trials; a confirmation is not pruned.
+    """
+
+    def __init__(
+        self, trial: optuna.Trial, spec: Spec, store: CheckpointStore, workdir: Path, root: int
+    ) -> None:
+        self.trial = trial
+        self.epochs = spec.train.epochs
+        self.store = store
+        self.workdir = workdir
+        self.root = root
+        self.single = len(spec.search.objectives) == 1
+        self.prunable = self.single and ranking.CONFIRM_OF not in trial.user_attrs
+
+    def on_resume(self, history: History) -> None:
+        """Re-report the epochs the killed attempt finished, so the pruner sees the curve."""
+        for e in history.epochs if self.single else ():
+            self.trial.report(e.val_accuracy, e.epoch)
+        self.trial.set_user_attr("resumed_from_epoch", len(history.epochs))
+        log.info(
+            "trial %d resumes trial %d from epoch %d",
+            self.trial.number,
+            self.root,
+            len(history.epochs),
+        )
+
+    def on_epoch(self, r: EpochResult, history: History) -> None:
+        trial = self.trial
+        self.store.push(trial.study, trial._trial_id, self.workdir / "last.pt")
+        if history.best_epoch == r.epoch:  # best.pt was just rewritten
+            self.store.push(trial.study, trial._trial_id, self.workdir / "best.pt")
+        if self.single:
+            trial.report(r.val_accuracy, r.epoch)
+        names = dict.fromkeys(name for e in history.epochs for name in e.terms)
+        terms = {name: [e.terms.get(name) for e in history.epochs] for name in names}
+        trial.set_user_attr("loss_terms", terms)
+        rate = r.images / r.seconds if r.seconds else 0.0
+        progress.epoch_done(
+            trial.number, r.epoch, self.epochs, r.val_accuracy, history.best_val, rate
+        )
+        if self.prunable and trial.should_prune():
+            trial.set_user_attr("epochs_run", len(history.epochs))
+            raise optuna.TrialPruned(f"val accuracy {r.val_accuracy:.4f} at epoch {r.epoch + 1}")
 
 
 def _copy_resume_state(earlier: list[Path], workdir: Path) -> None:

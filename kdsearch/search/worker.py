@@ -275,121 +275,192 @@ def _work(
     seed_salt: str | None,
     stop: threading.Event,
 ) -> int:
-    import optuna
-    import torch
-
-    from kdsearch.files import DiskFull
-    from kdsearch.search import confirm, ranking
-    from kdsearch.search import storage as storages
-    from kdsearch.search import study as studies
-    from kdsearch.search.objective import Objective
-    from kdsearch.training.experiment import Context
-
-    # A stop is not a failure worth a traceback: _requeue logs it as one line.
-    logging.getLogger("optuna.study._optimize").addFilter(_not_a_stop)
-    if os.environ.get("KDSEARCH_THREADS"):
-        torch.set_num_threads(int(os.environ["KDSEARCH_THREADS"]))
-    # Heartbeats and their retry callback are marked experimental; they are what we rely on.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    url = url or storages.resolve_url()
-    first = storages.open_storage(url)
-    spec = studies.load_spec(first, study_name)
-    storages.close(first)  # the heartbeat settings it held are in the spec: one pool per worker
-    s = spec.search
-    storage = storages.open_storage(url, s.heartbeat_interval, s.grace_period, s.max_retries)
-    study = optuna.load_study(
-        study_name=study_name,
-        storage=storage,
-        sampler=studies.make_sampler(spec, studies.worker_seed(spec, index, seed_salt)),
-        pruner=studies.make_pruner(spec),
-    )
-
-    def budget_met() -> bool:
-        return search_trials_finished(study) >= s.n_trials
-
-    def confirmations_due() -> bool:
-        if s.confirm and budget_met() and ranking.complete(study):
-            queued = confirm.enqueue(study, spec, s.confirm.top, s.confirm.seeds)
-            if queued:
-                log.info("search budget met: %d confirmation trials queued", len(queued))
-        return confirm.waiting(study)
-
-    # A RUNNING trial may have lost its worker a moment ago, before its heartbeat went silent:
-    # only a study with none can be left at once (finish_orphans watches the others).
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    if budget_met() and not running and not _orphans(study, storage) and not confirmations_due():
-        log.info("study %s has reached its budget of %d trials", study_name, s.n_trials)
+    """Open the study; leave at once if nothing is left to do; else load the data and the
+    teacher and take trials until ``n_trials``, ``timeout``, a stop or nothing left."""
+    worker = _Worker(study_name, index, url, seed_salt, stop)
+    if worker.idle():
+        log.info("study %s has reached its budget of %d trials", study_name, worker.budget)
         return 0
-    if studies.study_id(study) is None:
-        log.warning(
-            "study %s was created before study ids: its files share models/studies/%s with "
-            "any other study of that name; create it again for a folder of its own",
-            study_name,
-            study_name,
-        )
-    ctx = Context.load(spec, device)
-    objective = Objective(ctx, study, should_stop=stop.is_set)
-    failures: list[str] = []
-
-    def after_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        studies.prune_checkpoints(st, s.keep_checkpoints, objective.store)
-        _count_failure(failures, trial, objective.last_failure)
-        if stop.is_set():
-            st.stop()
-
-    catch = (torch.OutOfMemoryError,)
-
-    def run_one() -> None:  # a queued retry or confirmation comes first in Optuna's queue
-        study.optimize(
-            objective, n_trials=1, callbacks=[after_trial, progress.trial_done], catch=catch
-        )
-
-    def budget_taken() -> bool:
-        return search_trials_claimed(study) >= s.n_trials
-
-    def stop_when_taken(st: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
-        if budget_taken():
-            st.stop()
-
+    worker.load(device)
     started = time.monotonic()
     ran = 0
     while not stop.is_set() and (not n_trials or ran < n_trials):
         left = timeout - (time.monotonic() - started) if timeout else None
         if left is not None and left <= 0:
             break
-        before = objective.trials_started
+        before = worker.objective.trials_started
         try:
-            if not budget_taken():  # a slot is free: search
-                study.optimize(
-                    objective,
-                    n_trials=(n_trials - ran) if n_trials else None,
-                    timeout=left,
-                    callbacks=[stop_when_taken, after_trial, progress.trial_done],
-                    catch=catch,
-                )
-            elif not budget_met():  # every slot taken, some still running elsewhere
-                wait_for_others(study, storage, run_one, stop.is_set, budget_taken, budget_met)
-            else:
-                while not stop.is_set():
-                    if confirmations_due():
-                        run_one()
-                        continue
-                    finish_orphans(study, storage, run_one, stop.is_set)
-                    if not confirm.waiting(study):
-                        break
-                break
+            go_on = worker.step((n_trials - ran) if n_trials else None, left)
         except Exception as err:
-            if objective.taken_over is not None:  # Optuna could not tell it: it is not ours
-                objective.taken_over = None
-            elif isinstance(err, DiskFull):  # a worker with space resumes it; this one stops
-                _requeue(study, objective, s.max_retries, err)
-                raise
-            elif not _survivable(err, stop.is_set()):
-                raise
-            else:
-                _requeue(study, objective, s.max_retries, err)
-        ran += objective.trials_started - before
+            worker.recover(err)
+            go_on = True
+        ran += worker.objective.trials_started - before
+        if not go_on:
+            break
     return 0
+
+
+class _Worker:
+    """One worker's hold on a study: the study and its storage, the budget, the objective.
+
+    :meth:`step` does one thing the study needs (search, wait for other workers' trials, run
+    confirmations) and :meth:`recover` decides what an error in it means; :func:`_work` loops.
+    """
+
+    def __init__(
+        self,
+        study_name: str,
+        index: int,
+        url: str | None,
+        seed_salt: str | None,
+        stop: threading.Event,
+    ) -> None:
+        import optuna
+        import torch
+
+        from kdsearch.search import storage as storages
+        from kdsearch.search import study as studies
+
+        # A stop is not a failure worth a traceback: _requeue logs it as one line.
+        logging.getLogger("optuna.study._optimize").addFilter(_not_a_stop)
+        if os.environ.get("KDSEARCH_THREADS"):
+            torch.set_num_threads(int(os.environ["KDSEARCH_THREADS"]))
+        # Heartbeats and their retry callback are marked experimental; they are what we rely on.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        url = url or storages.resolve_url()
+        first = storages.open_storage(url)
+        self.spec = studies.load_spec(first, study_name)
+        storages.close(first)  # the heartbeat settings it held are in the spec: one pool each
+        s = self.spec.search
+        self.storage = storages.open_storage(
+            url, s.heartbeat_interval, s.grace_period, s.max_retries
+        )
+        self.study = optuna.load_study(
+            study_name=study_name,
+            storage=self.storage,
+            sampler=studies.make_sampler(
+                self.spec, studies.worker_seed(self.spec, index, seed_salt)
+            ),
+            pruner=studies.make_pruner(self.spec),
+        )
+        self.budget = s.n_trials
+        self.stop = stop
+        self.failures: list[str] = []
+
+    def budget_met(self) -> bool:
+        return search_trials_finished(self.study) >= self.budget
+
+    def budget_taken(self) -> bool:
+        return search_trials_claimed(self.study) >= self.budget
+
+    def confirmations_due(self) -> bool:
+        """Queue the spec's confirmations once the budget is met; whether any is waiting."""
+        from kdsearch.search import confirm, ranking
+
+        c = self.spec.search.confirm
+        if c and self.budget_met() and ranking.complete(self.study):
+            queued = confirm.enqueue(self.study, self.spec, c.top, c.seeds)
+            if queued:
+                log.info("search budget met: %d confirmation trials queued", len(queued))
+        return confirm.waiting(self.study)
+
+    def idle(self) -> bool:
+        """Nothing for this worker: the budget is met, no trial runs (one may have lost its
+        worker a moment ago, before its heartbeat went silent: finish_orphans watches those),
+        none needs a retry and no confirmation waits."""
+        import optuna
+
+        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        return (
+            self.budget_met()
+            and not running
+            and not _orphans(self.study, self.storage)
+            and not self.confirmations_due()
+        )
+
+    def load(self, device: str) -> None:
+        """The data, the teacher and the objective: once, for every trial this worker runs."""
+        from kdsearch.search import study as studies
+        from kdsearch.search.objective import Objective
+        from kdsearch.training.experiment import Context
+
+        if studies.study_id(self.study) is None:
+            log.warning(
+                "study %s was created before study ids: its files share models/studies/%s "
+                "with any other study of that name; create it again for a folder of its own",
+                self.study.study_name,
+                self.study.study_name,
+            )
+        ctx = Context.load(self.spec, device)
+        self.objective = Objective(ctx, self.study, should_stop=self.stop.is_set)
+
+    def after_trial(self, study: Any, trial: Any) -> None:
+        from kdsearch.search import study as studies
+
+        studies.prune_checkpoints(study, self.spec.search.keep_checkpoints, self.objective.store)
+        _count_failure(self.failures, trial, self.objective.last_failure)
+        if self.stop.is_set():
+            study.stop()
+
+    def stop_when_taken(self, study: Any, _trial: Any) -> None:
+        if self.budget_taken():
+            study.stop()
+
+    def _optimize(self, n_trials: int | None, timeout: float | None, *first: Callable) -> None:
+        import torch
+
+        self.study.optimize(
+            self.objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            callbacks=[*first, self.after_trial, progress.trial_done],
+            catch=(torch.OutOfMemoryError,),
+        )
+
+    def run_one(self) -> None:
+        """One trial; a queued retry or confirmation comes first in Optuna's queue."""
+        self._optimize(1, None)
+
+    def step(self, n_trials: int | None, timeout: float | None) -> bool:
+        """Search while a slot is free (up to ``n_trials``), else wait for the others'
+        trials, else run what is queued; False once nothing is left for this worker."""
+        from kdsearch.search import confirm
+
+        if not self.budget_taken():
+            self._optimize(n_trials, timeout, self.stop_when_taken)
+            return True
+        if not self.budget_met():  # every slot taken, some still running elsewhere
+            wait_for_others(
+                self.study,
+                self.storage,
+                self.run_one,
+                self.stop.is_set,
+                self.budget_taken,
+                self.budget_met,
+            )
+            return True
+        while not self.stop.is_set():
+            if self.confirmations_due():
+                self.run_one()
+                continue
+            finish_orphans(self.study, self.storage, self.run_one, self.stop.is_set)
+            if not confirm.waiting(self.study):
+                break
+        return False
+
+    def recover(self, err: Exception) -> None:
+        """After an error in :meth:`step`: go on, or re-raise what this worker cannot survive."""
+        from kdsearch.files import DiskFull
+
+        if self.objective.taken_over is not None:  # Optuna could not tell it: it is not ours
+            self.objective.taken_over = None
+        elif isinstance(err, DiskFull):  # a worker with space resumes it; this one stops
+            _requeue(self.study, self.objective, self.spec.search.max_retries, err)
+            raise err
+        elif not _survivable(err, self.stop.is_set()):
+            raise err
+        else:
+            _requeue(self.study, self.objective, self.spec.search.max_retries, err)
 
 
 def search_trials_finished(study: Any) -> int:
