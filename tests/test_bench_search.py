@@ -159,6 +159,31 @@ def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
     median = sorted(reached)[0] + (sorted(reached)[1] - sorted(reached)[0]) / 2
     assert rows[-1].startswith(f"| median | {median:g} | {median / grid_epochs:.2f} |")
 
+    # The same table from the studies alone (bench/search_table.py), after a round trip
+    # through a committed JSON file (bench/study_json.py) and a confirmation run added to the
+    # copy's grid study: confirmations are neither the grid's points nor the search's epochs.
+    def script(*args: object) -> str:
+        cmd = [sys.executable, str(ROOT / "bench" / str(args[0])), *map(str, args[1:])]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=kd_home)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    copy = f"sqlite:///{kd_home}/copy.db"
+    script("study_json.py", "dump", url, kd_home / "studies.json")
+    script("study_json.py", "load", kd_home / "studies.json", copy)
+    confirm = cli("confirm", "--study", grid, "--storage", copy, "--top", "1", "--seeds", "1")
+    assert confirm.returncode == 0, confirm.stderr
+    assert cli("worker", "--study", grid, "--storage", copy).returncode == 0
+    copied = optuna.load_study(study_name=grid, storage=open_storage(copy)).trials
+    assert len(copied) == len(trials[grid]) + 1
+    assert [t.intermediate_values for t in copied[:-1]] == [
+        t.intermediate_values for t in trials[grid]
+    ]
+    again = [line for line in script("search_table.py", copy).splitlines() if line[:2] == "| "]
+    assert len(again) == len(rows)
+    for redone, first_run in zip(again[1:], rows[1:], strict=True):
+        assert first_run.startswith(redone), (redone, first_run)
+
 
 @pytest.mark.parametrize(
     ("spec", "message"),

@@ -38,7 +38,7 @@ import statistics
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,13 +282,15 @@ def _run(
     worker.run(name, index, device, trials, None, url=url, seed_salt=SEED_SALT, stop=stop)
 
 
-def _trials(url: str, name: str) -> list[Any]:
+def search_trials(url: str, name: str) -> list[Any]:
+    """The study's search trials: confirmation runs queued on it later are not the search's
+    (their epochs are not spent finding the winner, and the grid's best is its own points')."""
     import optuna
 
-    from kdsearch.search import storage
+    from kdsearch.search import ranking, storage
 
     loaded = optuna.load_study(study_name=name, storage=storage.open_storage(url))
-    return loaded.get_trials(deepcopy=False)
+    return [t for t in loaded.get_trials(deepcopy=False) if ranking.CONFIRM_OF not in t.user_attrs]
 
 
 def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
@@ -307,7 +309,7 @@ def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
         _run(spec, url, name, trials, index, stop)
         if stop.is_set():  # Ctrl-C, or the pool's parent died: end the search, not one worker
             raise KeyboardInterrupt
-        curve = epoch_curve(_trials(url, name))
+        curve = epoch_curve(search_trials(url, name))
         index += 1
     return curve
 
@@ -434,13 +436,32 @@ def bench(
         functools.partial(run_search, searches[seed], url, names[seed], budget) for seed in seeds
     ]
     _execute(tasks, jobs)
-    grid_trials = _trials(url, grid_name)
+    result = measure(url, grid_name, names, budget, fraction)
+    if confirm_seeds:
+        for run in result.searches:
+            trials = search_trials(url, names[run.seed])
+            chosen = winner(trials, budget)
+            run.confirmed = confirm_winner(searches[run.seed], chosen, confirm_seeds)
+        result.grid_confirmed = confirm_winner(
+            grid, winner(search_trials(url, grid_name)), confirm_seeds
+        )
+    return result
+
+
+def measure(
+    url: str, grid_name: str, searches: Mapping[int, str], budget: int, fraction: float
+) -> Result:
+    """The table of finished studies: the grid's and each search's (by sampler seed) epochs.
+
+    What :func:`bench` prints after its runs, and what ``bench/search_table.py`` prints for
+    studies run earlier (a committed experiment loaded by ``bench/study_json.py``).
+    """
+    grid_trials = search_trials(url, grid_name)
     grid_curve = epoch_curve(grid_trials)
     best = max(t.value for t in grid_trials if t.value is not None)
     runs = []
-    for seed in seeds:
-        trials = _trials(url, names[seed])
-        curve = epoch_curve(trials)
+    for seed, name in searches.items():
+        curve = epoch_curve(search_trials(url, name))
         spent = reach(curve, best, budget)
         runs.append(
             SearchRun(
@@ -450,17 +471,9 @@ def bench(
                 reach=spent,
                 ratio=None if spent is None else spent / len(grid_curve),
                 best=max(curve[:budget]),
-                confirmed=(
-                    confirm_winner(searches[seed], winner(trials, budget), confirm_seeds)
-                    if confirm_seeds
-                    else None
-                ),
             )
         )
-    grid_confirmed = (
-        confirm_winner(grid, winner(grid_trials), confirm_seeds) if confirm_seeds else None
-    )
-    return Result(best, len(grid_curve), len(grid_trials), fraction, runs, grid_confirmed)
+    return Result(best, len(grid_curve), len(grid_trials), fraction, runs)
 
 
 def format_table(result: Result) -> str:
