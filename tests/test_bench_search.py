@@ -308,23 +308,33 @@ def test_bench_search_pool_leaves_when_its_parent_dies(kd_home, write_spec):
             epochs += " epoch " in line
             if epochs >= 2:
                 break
-        children = _children(parent.pid)
-        assert children, "no pool processes found"
+        children = _descendants(parent.pid)
+        assert len(_pool_processes(parent.pid)) == 2, "no pool processes found"
     finally:
         parent.kill()
         parent.wait()
     _assert_all_leave(children)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: the pool's forkserver, its resource tracker, the runs."""
+    out, todo = [], [pid]
+    while todo:
+        children = _children(todo.pop())
+        out += children
+        todo += children
+    return out
+
+
 def _pool_processes(pid: int) -> list[int]:
-    """The parent's ProcessPoolExecutor processes (not multiprocessing's resource tracker)."""
+    """bench-search's run processes (named ``kdsearch-bN``), forked by the worker's pool."""
     out = []
-    for child in _children(pid):
+    for child in _descendants(pid):
         try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            name = Path(f"/proc/{child}/comm").read_text()
         except OSError:
             continue
-        if b"spawn_main" in cmdline:
+        if name.startswith("kdsearch-b"):
             out.append(child)
     return out
 
@@ -366,10 +376,9 @@ sys.exit(main())
 
 @pytest.mark.slow
 def test_bench_search_pool_leaves_when_its_parents_main_thread_dies_first(kd_home, write_spec):
-    """A SIGKILLed parent's threads end one by one, and the kernel signals the pool once per
-    step: first when the thread that spawned it ends, while the process (so ``getppid()``)
-    lives on, and two such signals close together arrive as one. Ending the parent's main
-    thread alone replays that first step: the pool must leave, not take the next task."""
+    """A SIGKILLed parent's threads end one by one. Ending the parent's main thread alone
+    replays that first step (the one that starts the pool's processes and hands out the
+    tasks): the pool must leave, not train on or take the next task."""
     import platform
 
     if platform.machine() not in SYS_EXIT:

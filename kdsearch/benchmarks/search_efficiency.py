@@ -314,82 +314,53 @@ def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
     return curve
 
 
-#: Set in a pool process when its parent dies: it leaves after its task (:func:`_task`).
-_ORPHANED = threading.Event()
-
-
-def _orphaned(_signum: int, _frame: object) -> None:
-    """SIGHUP, the pool's signal for its parent's death: note it, then stop the worker after
-    its epoch with the SIGTERM a worker obeys (no worker running: the process just ends).
-
-    A signal of its own because the kernel signals once per step of the parent's death, the
-    first when the thread that spawned the pool ends while the rest of the parent still lives
-    (so ``getppid()`` still names it), and two signals close together arrive as one: a plain
-    SIGTERM would stop the task but leave no trace that the parent is dying.
-    """
-    import signal
-
-    _ORPHANED.set()
-    signal.raise_signal(signal.SIGTERM)
-
-
-def _in_child(threads: int, verbosity: int, parent: int) -> None:
-    """A pool process: its share of the CPU threads, the parent's log format, and a signal
-    when the parent dies (:func:`_orphaned`); a parent already gone ends it here."""
+def _in_process(task: Callable[[], object], threads: int, verbosity: int, index: int) -> None:
+    """One of bench-search's runs in a process of the worker's pool: it stops after its epoch
+    if bench-search dies, takes its share of the CPU threads and logs as bench-search does; an
+    error is one line on stderr and exit code 2, as from the command."""
     import os
-    import signal
+    import sys
 
+    from kdsearch.errors import report_errors
     from kdsearch.search import progress, worker
 
-    signal.signal(signal.SIGHUP, _orphaned)
-    worker.die_with_parent(parent, signal.SIGHUP)
+    worker.stop_when_orphaned()
+    worker.name_process(f"kdsearch-b{index}")
     os.environ["OMP_NUM_THREADS"] = os.environ["KDSEARCH_THREADS"] = str(threads)
     progress.configure(verbosity)
 
+    def run() -> int:
+        task()  # what it returns is for a caller in this process; here it is in the studies
+        return 0
 
-def _task(task: Callable[[], object], parent: int) -> None:
-    """Run one task in a pool process; leave if the parent died, or began to, meanwhile.
-
-    A pool process that outlives its parent would take the next task, or wait for one
-    forever (it holds the task queue's write end itself, so it never reads end-of-file).
-    """
-    import os
-
-    try:
-        task()
-    finally:
-        if _ORPHANED.is_set() or os.getppid() != parent:
-            os._exit(1)
+    sys.exit(report_errors(run))
 
 
 def _execute(tasks: Sequence[Callable[[], object]], jobs: int) -> None:
-    """Run the tasks in order in this process, or ``jobs`` at a time in fresh processes.
+    """Run the tasks in order in this process, or ``jobs`` at a time in processes of the
+    worker's pool (:func:`kdsearch.search.worker.run_processes`), sharing the CPU threads.
 
-    Ctrl-C reaches the pool's processes too (one process group): their workers stop after the
-    epoch and re-queue their trials, and tasks not yet started are cancelled.
+    Ctrl-C stops the running ones after their epoch (their trials re-queued) and starts no
+    more; bench-search then ends as interrupted. A run that fails fails the benchmark.
     """
     if jobs == 1:
         for task in tasks:
             task()
         return
-    import multiprocessing
     import os
-    from concurrent.futures import ProcessPoolExecutor
 
-    from kdsearch.search import progress
+    from kdsearch.search import progress, worker
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    pool = ProcessPoolExecutor(
-        jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_in_child,
-        initargs=(threads, progress.verbosity(), os.getpid()),
-    )
-    try:
-        for done in [pool.submit(_task, task, os.getpid()) for task in tasks]:
-            done.result()
-    finally:
-        pool.shutdown(cancel_futures=True)
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    verbosity = progress.verbosity()
+    targets = [(_in_process, (task, threads, verbosity, i)) for i, task in enumerate(tasks)]
+    outcome = worker.run_processes(targets, jobs)
+    if outcome.stopped:
+        raise KeyboardInterrupt
+    if outcome.code:
+        raise KDSearchError(
+            f"bench-search: a run ended with exit code {outcome.code} (its error is above)"
+        )
 
 
 def bench(

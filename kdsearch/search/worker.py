@@ -49,6 +49,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -184,38 +185,71 @@ def spawn(
     timeout: float | None,
 ) -> int:
     """Run ``n_workers`` worker processes to the end; returns the worst exit code."""
-    context = runtime_context()
-    children = [
-        context.Process(
-            target=_child,
-            args=(study, index, device, n_trials, timeout, env, storage_url),
-            name=f"kdsearch-w{index}",
-        )
+    targets = [
+        (_child, (study, index, device, n_trials, timeout, env, storage_url))
         for index, (device, env) in enumerate(plan(n_workers, devices))
     ]
-    for child in children:
-        start(child)
+    return run_processes(targets, n_workers).code
+
+
+@dataclass
+class Outcome:
+    """How :func:`run_processes` ended: the worst exit code, and whether a stop signal came."""
+
+    code: int
+    stopped: bool
+
+
+def run_processes(
+    targets: Sequence[tuple[Callable[..., None], tuple[Any, ...]]], at_once: int
+) -> Outcome:
+    """Run each ``(function, args)`` in a process forked from the runtime's forkserver, in
+    order, ``at_once`` at a time (the workers of ``kdsearch worker``, bench-search's runs).
+
+    Each process shares the runtime the forkserver imported, and should call
+    :func:`stop_when_orphaned` first: if this process dies, even by SIGKILL, it then stops
+    after its epoch. SIGINT and SIGTERM here are forwarded as SIGTERM to the running ones (stop
+    after the epoch, re-queue the trial), nothing more starts, and those still running after
+    :data:`STOP_GRACE_S` are killed. Both signals' handlers are restored afterwards.
+    """
+    context = runtime_context()
+    queue = list(targets)
+    running: list[multiprocessing.process.BaseProcess] = []
+    finished: list[multiprocessing.process.BaseProcess] = []
     stopping = threading.Event()
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
+    def forward(_signum: int, _frame: FrameType | None) -> None:
         stopping.set()
-        for child in children:
+        for child in running:
             if child.is_alive():
-                child.terminate()  # SIGTERM: stop after this epoch, re-queue the trial
+                child.terminate()
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     deadline = None
-    while any(c.is_alive() for c in children):
-        if stopping.is_set() and deadline is None:
-            deadline = time.monotonic() + STOP_GRACE_S
-        if deadline is not None and time.monotonic() > deadline:
-            for child in children:
-                if child.is_alive():
-                    child.kill()
-        time.sleep(0.2)
-    codes = [c.exitcode or 0 for c in children]
-    return max((abs(c) for c in codes), default=0)
+    try:
+        while queue or running:
+            while queue and len(running) < at_once and not stopping.is_set():
+                function, args = queue.pop(0)
+                child = context.Process(target=function, args=args)
+                start(child)
+                running.append(child)
+            if stopping.is_set():
+                queue.clear()
+                deadline = deadline or time.monotonic() + STOP_GRACE_S
+                if time.monotonic() > deadline:
+                    for child in running:
+                        child.kill()
+            done = [c for c in running if not c.is_alive()]
+            for child in done:
+                child.join()
+                running.remove(child)
+                finished.append(child)
+            time.sleep(0.2 if running else 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    codes = [abs(c.exitcode or 0) for c in finished]
+    return Outcome(max(codes, default=0), stopping.is_set())
 
 
 def _child(
