@@ -22,7 +22,8 @@ from conftest import SYNTHETIC_SPEC
 
 from kdsearch.config.spec import from_dict, merge
 from kdsearch.results import best, export
-from kdsearch.search import storage, study, worker
+from kdsearch.search import storage, worker
+from kdsearch.search import study as studies
 from kdsearch.training.model_files import load_checkpoint
 
 S = optuna.trial.TrialState
@@ -63,10 +64,10 @@ def finished(tmp_path_factory: pytest.TempPathFactory):
     threads = torch.get_num_threads()
     try:
         spec = from_dict(FIXTURE_SPEC)
-        created = study.create(spec, storage.open_storage(url), "guarded", False)
+        created = studies.create(spec, storage.open_storage(url), "guarded", False)
         for lr, wd in POINTS:  # fixed points: the worker's sampler seed varies by process
             created.enqueue_trial({"lr": lr, "train.optimizer.weight_decay": wd})
-        study.create(spec, storage.open_storage(url), "empty", False)
+        studies.create(spec, storage.open_storage(url), "empty", False)
         torch.set_num_threads(1)
         assert worker.run("guarded", 0, "cpu", None, None, url) == 0
     finally:
