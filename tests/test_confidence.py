@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 from pathlib import Path
 
@@ -174,6 +175,16 @@ def test_a_study_with_confirm_ends_confirmed_and_every_reader_shows_it(
     result = cli("best", "--study", "synth", "--storage", url)
     assert result.returncode == 0, result.stderr
     assert "over 3 seeds val" in result.stdout and "differences under" in result.stdout
+    # The winner's own checkpoint deleted, as search.keep_checkpoints does to a trial whose one
+    # seed ranked low before confirmation runs lifted its configuration: best still answers,
+    # with the test accuracy that trial measured on it.
+    winner = trials[best["number"]]
+    shutil.rmtree(Path(winner.user_attrs["checkpoint"]).parent)
+    pruned = cli("best", "--study", "synth", "--storage", url, "--json")
+    assert pruned.returncode == 0, pruned.stderr
+    answer = json.loads(pruned.stdout)
+    assert answer["mode"] == "recorded" and answer["trial"] == winner.number
+    assert answer["test_accuracies"] == [winner.user_attrs["test_accuracy"]]
 
     report = cli("report", "--study", "synth", "--storage", url, "--no-baseline", "-o", "rep")
     assert report.returncode == 0, report.stderr
