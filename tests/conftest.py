@@ -193,8 +193,9 @@ def pg_url() -> Iterator[str]:
     admin.dispose()
 
 
-def worker_processes(parent: int) -> list[int]:
-    """The worker processes (named kdsearch-wN) descending from process ``parent``."""
+def worker_processes(parent: int, name: str = "kdsearch-w") -> list[int]:
+    """The processes descending from process ``parent`` whose name starts with ``name``: the
+    workers (kdsearch-wN) by default, bench-search's runs with ``kdsearch-b``, all with ``""``."""
 
     def ppid(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -202,7 +203,7 @@ def worker_processes(parent: int) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if not Path(f"/proc/{pid}/comm").read_text().startswith("kdsearch-w"):
+            if not Path(f"/proc/{pid}/comm").read_text().startswith(name):
                 continue
             up = int(pid)
             while up > 1 and up != parent:

@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import worker_processes
 
 from kdsearch.benchmarks import search_efficiency
 from kdsearch.config.spec import ParamSpec, merge
@@ -256,18 +257,6 @@ def test_bench_search_in_parallel_is_repeatable(cli, kd_home, write_spec):
     assert runs[0][0] != runs[0][1]  # and the seeds differ from each other
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -308,35 +297,12 @@ def test_bench_search_pool_leaves_when_its_parent_dies(kd_home, write_spec):
             epochs += " epoch " in line
             if epochs >= 2:
                 break
-        children = _descendants(parent.pid)
-        assert len(_pool_processes(parent.pid)) == 2, "no pool processes found"
+        children = worker_processes(parent.pid, "")  # the pool's forkserver, tracker and runs
+        assert len(worker_processes(parent.pid, "kdsearch-b")) == 2, "no pool processes found"
     finally:
         parent.kill()
         parent.wait()
     _assert_all_leave(children)
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``: the pool's forkserver, its resource tracker, the runs."""
-    out, todo = [], [pid]
-    while todo:
-        children = _children(todo.pop())
-        out += children
-        todo += children
-    return out
-
-
-def _pool_processes(pid: int) -> list[int]:
-    """bench-search's run processes (named ``kdsearch-bN``), forked by the worker's pool."""
-    out = []
-    for child in _descendants(pid):
-        try:
-            name = Path(f"/proc/{child}/comm").read_text()
-        except OSError:
-            continue
-        if name.startswith("kdsearch-b"):
-            out.append(child)
-    return out
 
 
 @pytest.mark.slow
@@ -351,7 +317,7 @@ def test_bench_search_pool_leaves_when_its_parent_dies_while_they_start(kd_home,
         deadline = time.monotonic() + 120
         pool: list[int] = []
         while len(pool) < 2 and parent.poll() is None and time.monotonic() < deadline:
-            pool = _pool_processes(parent.pid)
+            pool = worker_processes(parent.pid, "kdsearch-b")
             time.sleep(0.01)
         assert len(pool) == 2, "the pool's two processes did not start"
     finally:
@@ -398,7 +364,7 @@ def test_bench_search_pool_leaves_when_its_parents_main_thread_dies_first(kd_hom
         for line in parent.stderr:
             if " epoch " in line:
                 break
-        pool = _pool_processes(parent.pid)
+        pool = worker_processes(parent.pid, "kdsearch-b")
         assert len(pool) == 2, "the pool's two processes did not start"
         parent.send_signal(signal.SIGUSR1)
         _assert_all_leave(pool)
