@@ -180,6 +180,15 @@ def test_bench_search_on_digits_counts_epochs_from_the_trials(cli, kd_home):
     assert [t.intermediate_values for t in copied[:-1]] == [
         t.intermediate_values for t in trials[grid]
     ]
+    # A search study is budgeted in epochs, not trials: a plain worker started on it runs its
+    # confirmation and stops, rather than searching on up to its n_trials cap.
+    (search,) = [n for n in names if "-tpe0-" in n]
+    confirm = cli("confirm", "--study", search, "--storage", copy, "--top", "1", "--seeds", "1")
+    assert confirm.returncode == 0, confirm.stderr
+    assert cli("worker", "--study", search, "--storage", copy).returncode == 0
+    copied = optuna.load_study(study_name=search, storage=open_storage(copy)).trials
+    assert len(copied) == len(trials[search]) + 1
+    assert copied[-1].user_attrs["confirm_of"] is not None
     again = [line for line in script("search_table.py", copy).splitlines() if line[:2] == "| "]
     assert len(again) == len(rows)
     for redone, first_run in zip(again[1:], rows[1:], strict=True):
@@ -255,6 +264,58 @@ def test_bench_search_in_parallel_is_repeatable(cli, kd_home, write_spec):
     assert runs[0].keys() == {0, 1}
     assert runs[0] == runs[1]
     assert runs[0][0] != runs[0][1]  # and the seeds differ from each other
+
+
+def _studies(url: str) -> dict[str, int]:
+    """Each study in the storage and its number of trials."""
+    storage = open_storage(url)
+    names = optuna.get_all_study_names(storage)
+    return {n: len(optuna.load_study(study_name=n, storage=storage).trials) for n in names}
+
+
+@pytest.mark.slow
+def test_bench_search_against_a_finished_grid_runs_only_the_searches(cli, kd_home, write_spec):
+    """``--grid`` reuses a finished grid (e.g. a committed one): the same table as running it,
+    no trial added to it, the searches named with its tag; a grid that is not this spec's,
+    not finished or not there is one line, exit 2, and nothing written."""
+    _write_grid(write_spec)
+    args = ["bench-search", "grid.yaml", "--seeds", "0", "--budget-fraction", "0.5", "--json"]
+    first = cli(*args, "--storage", f"sqlite:///{kd_home}/a.db")
+    assert first.returncode == 0, first.stderr
+    (grid,) = [n for n in _studies(f"sqlite:///{kd_home}/a.db") if "-grid-" in n]
+    (kd_home / "b.db").write_bytes((kd_home / "a.db").read_bytes())
+    copy = f"sqlite:///{kd_home}/b.db"
+    (search,) = [n for n in _studies(copy) if "-tpe0-" in n]
+    optuna.delete_study(study_name=search, storage=open_storage(copy))
+
+    again = cli(*args, "--storage", copy, "--grid", grid)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert _studies(copy) == _studies(f"sqlite:///{kd_home}/a.db")  # the grid is not rerun
+
+    from kdsearch import api
+    from kdsearch.search import study as studies
+
+    unfinished = search_efficiency.grid_spec(api.validate(str(kd_home / "grid.yaml")))
+    studies.create(unfinished, open_storage(copy), "half-grid", load_if_exists=False)
+    grid_only = _studies(copy)
+    files = sorted(kd_home.iterdir())
+    for extra, message in [
+        (["--grid", grid], "already exists in this storage"),
+        (["--grid", "half-grid", "--seeds", "1"], "0 of its 4 points are complete"),
+        (["--grid", "nothing", "--seeds", "1"], "--grid nothing: study: unknown 'nothing'"),
+    ]:
+        refused = cli(*args, "--storage", copy, *extra)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1 and message in refused.stderr, refused.stderr
+    assert _studies(copy) == grid_only
+    _write_grid(write_spec, {"train": {"epochs": 3}})
+    other = cli(*args, "--storage", copy, "--grid", grid, "--seeds", "1")
+    assert other.returncode == 2
+    assert "train.epochs: 2 -> 3" in other.stderr and other.stderr.count("\n") == 1
+    no_storage = cli(*args, "--grid", grid)
+    assert no_storage.returncode == 2 and "pass --storage" in no_storage.stderr
+    assert _studies(copy) == grid_only and sorted(kd_home.iterdir()) == files
 
 
 def _alive(pid: int) -> bool:

@@ -378,13 +378,20 @@ class _Worker:
             pruner=studies.make_pruner(self.spec),
         )
         self.budget = s.n_trials
+        # A bench-search study is budgeted in epochs (its n_trials only caps it), so a worker
+        # started on it by hand, to run confirmations, does not go on searching.
+        self.epoch_budget: int | None = self.study.user_attrs.get(studies.EPOCH_BUDGET_ATTR)
         self.stop = stop
         self.failures: list[str] = []
 
     def budget_met(self) -> bool:
+        if self.epoch_budget is not None:
+            return search_epochs_trained(self.study) >= self.epoch_budget
         return search_trials_finished(self.study) >= self.budget
 
     def budget_taken(self) -> bool:
+        if self.epoch_budget is not None:  # a trial's length is not known before it ends
+            return self.budget_met()
         return search_trials_claimed(self.study) >= self.budget
 
     def confirmations_due(self) -> bool:
@@ -507,6 +514,14 @@ def search_trials_finished(study: Any) -> int:
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     trials = study.get_trials(deepcopy=False, states=finished)
     return sum(claims_budget(t) for t in trials)
+
+
+def search_epochs_trained(study: Any) -> int:
+    """Epochs the study's search trials have trained (confirmations are not the search's)."""
+    from kdsearch.search.ranking import is_confirmation
+
+    trials = study.get_trials(deepcopy=False)
+    return sum(len(t.intermediate_values) for t in trials if not is_confirmation(t))
 
 
 def search_trials_claimed(study: Any) -> int:
