@@ -438,29 +438,34 @@ def benchmark_search(
     storage: str | None = None,
     jobs: int = 1,
     confirm_seeds: int = 0,
+    grid: str | None = None,
 ) -> Any:
     """The spec's grid run to the end against a kdsearch search (TPE + Hyperband) per seed on
     the same data, in epochs (:mod:`kdsearch.benchmarks.search_efficiency`); returns its
     result table.
 
     The studies go to ``storage`` (default: a temporary SQLite file, removed afterwards).
-    ``jobs`` studies' workers run at once, in processes that share the CPU threads. With
-    ``confirm_seeds`` > 0, each run's winner is trained again with that many new seeds and
-    its mean test accuracy reported.
+    ``jobs`` studies' workers run at once, in processes that share the CPU threads. ``grid``
+    names a finished grid study of this spec in ``storage`` to compare against instead of
+    running the grid again. With ``confirm_seeds`` > 0, each run's winner is trained again
+    with that many new seeds and its mean test accuracy reported.
     """
     import tempfile
 
     from kdsearch.benchmarks import search_efficiency
+    from kdsearch.errors import KDSearchError
 
     _at_least("--jobs", jobs, 1)  # before the data and teacher load
     _at_least("--confirm-seeds", confirm_seeds, 0)
+    if grid is not None and storage is None:
+        raise KDSearchError(f"--grid {grid}: names a study in --storage; pass --storage")
     loaded = validate(spec)
     search_efficiency.grid_spec(loaded)  # refuse a spec that is not a grid before anything runs
     _check_inputs(loaded)  # the data and the teacher load, or one line says why
     with tempfile.TemporaryDirectory() as tmp:
         url = storage or f"sqlite:///{tmp}/bench-search.db"
         return search_efficiency.bench(
-            loaded, list(seeds), budget_fraction, url, jobs, confirm_seeds
+            loaded, list(seeds), budget_fraction, url, jobs, confirm_seeds, grid
         )
 
 

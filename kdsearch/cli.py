@@ -613,6 +613,12 @@ def _args_bench_search(p: argparse.ArgumentParser) -> None:
         help="train each run's winner (the grid's, each search's) again with N new seeds and "
         "report its mean test accuracy, the fairer comparison (default 0: off)",
     )
+    p.add_argument(
+        "--grid",
+        metavar="STUDY",
+        help="compare against this finished grid study of the spec in --storage (e.g. one "
+        "loaded with bench/study_json.py) instead of running the grid again",
+    )
     _json_arg(p, "the table")
 
 
@@ -631,6 +637,7 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
         storage=a.storage,
         jobs=a.jobs,
         confirm_seeds=a.confirm_seeds,
+        grid=a.grid,
     )
     print(json.dumps(result.to_dict()) if a.json else api.search_benchmark_text(result))
     return 0

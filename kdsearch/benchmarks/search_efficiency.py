@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import statistics
 import tempfile
 import threading
@@ -363,6 +364,45 @@ def _execute(tasks: Sequence[Callable[[], object]], jobs: int) -> None:
         )
 
 
+#: A grid study's name as bench-search gives it: ``<spec>-grid-<tag>``.
+GRID_NAME = re.compile(r"-grid-(?P<tag>[0-9a-f]+)$")
+
+
+def finished_grid(grid: Spec, storage: Any, name: str) -> str:
+    """Check that study ``name`` is ``grid`` run to the end, so a benchmark can compare
+    against it instead of training it again; returns the tag its searches are named with.
+
+    The grid is the expensive half of the benchmark (every point, every epoch) and, on one
+    machine, a rerun reproduces it (docs/confidence.md), so a committed or earlier grid
+    (``bench/study_json.py load``) serves. Its stored spec must be this grid's, key for key,
+    and every point finished; otherwise the comparison would not be with this grid.
+    """
+    from kdsearch.search import ranking
+    from kdsearch.search import study as studies
+
+    try:
+        study, _ = studies.load(storage, name)
+    except KDSearchError as err:
+        raise KDSearchError(f"--grid {name}: {err}") from None
+    diff = studies.spec_diff(study.user_attrs[studies.SPEC_ATTR], grid.public_dict())
+    if diff:
+        raise KDSearchError(
+            f"--grid {name}: its spec is not this spec's grid ({'; '.join(diff[:3])}); "
+            "name the grid of this spec, or leave --grid out to run it"
+        )
+    done = sum(
+        t.state.name == "COMPLETE" and ranking.CONFIRM_OF not in t.user_attrs
+        for t in study.get_trials(deepcopy=False)
+    )
+    if done < grid.search.n_trials:
+        raise KDSearchError(
+            f"--grid {name}: {done} of its {grid.search.n_trials} points are complete; finish "
+            f"it (`kdsearch worker --study {name}`) or leave --grid out to run it"
+        )
+    named = GRID_NAME.search(name)
+    return named["tag"] if named else uuid.uuid4().hex[:6]
+
+
 def bench(
     spec: Spec,
     seeds: Sequence[int],
@@ -370,6 +410,7 @@ def bench(
     url: str,
     jobs: int = 1,
     confirm_seeds: int = 0,
+    grid_study: str | None = None,
 ) -> Result:
     """Run the grid and one search per seed, all in the storage at ``url``; ``jobs`` at once.
 
@@ -377,9 +418,13 @@ def bench(
     its result is compared with the grid's only afterwards), so with ``jobs`` > 1 the grid's
     points run on up to ``jobs`` workers and each search in a process of its own, as slots
     free up. Each search still runs its trials one after another, so its epoch order, and
-    hence its accounting, is the same as with one job. With ``confirm_seeds`` > 0 the winners
-    are then trained again (:func:`confirm_winner`), one after another in this process.
+    hence its accounting, is the same as with one job. With ``grid_study``, the grid is that
+    finished study in the same storage (:func:`finished_grid`) and only the searches run.
+    With ``confirm_seeds`` > 0 the winners are then trained again (:func:`confirm_winner`),
+    one after another in this process.
     """
+    import optuna
+
     from kdsearch.search import storage
     from kdsearch.search import study as studies
 
@@ -387,22 +432,34 @@ def bench(
         raise KDSearchError(f"--budget-fraction: {fraction} must be in (0, 1]")
     if confirm_seeds < 0:
         raise KDSearchError(f"--confirm-seeds: {confirm_seeds} must be 0 (off) or more")
-    tag = uuid.uuid4().hex[:6]
     grid = grid_spec(spec)
-    grid_name = f"{spec.name}-grid-{tag}"
+    opened = storage.open_storage(url)
+    if grid_study is None:
+        tag = uuid.uuid4().hex[:6]
+        grid_name = f"{spec.name}-grid-{tag}"
+    else:
+        tag, grid_name = finished_grid(grid, opened, grid_study), grid_study
     grid_epochs = grid.search.n_trials * spec.train.epochs  # no pruning: every epoch runs
     budget = max(1, math.floor(fraction * grid_epochs))
     names = {seed: f"{spec.name}-tpe{seed}-{tag}" for seed in seeds}
     searches = {seed: search_spec(spec, seed, budget) for seed in seeds}
-    opened = storage.open_storage(url)
-    studies.create(grid, opened, grid_name, load_if_exists=False)
+    taken = sorted(set(names.values()) & set(optuna.get_all_study_names(opened)))
+    if taken:
+        raise KDSearchError(
+            f"bench-search: study {taken[0]!r} already exists in this storage; "
+            "use another --storage, or other --seeds"
+        )
+    tasks: list[Callable[[], object]] = []
+    if grid_study is None:
+        studies.create(grid, opened, grid_name, load_if_exists=False)
+        grid_workers = min(jobs, grid.search.n_trials)
+        tasks += [
+            functools.partial(_run, grid, url, grid_name, None, index)
+            for index in range(grid_workers)
+        ]
     for seed in seeds:
         created = studies.create(searches[seed], opened, names[seed], load_if_exists=False)
         created.set_user_attr(studies.EPOCH_BUDGET_ATTR, budget)
-    grid_workers = min(jobs, grid.search.n_trials)
-    tasks: list[Callable[[], object]] = [
-        functools.partial(_run, grid, url, grid_name, None, index) for index in range(grid_workers)
-    ]
     tasks += [
         functools.partial(run_search, searches[seed], url, names[seed], budget) for seed in seeds
     ]
