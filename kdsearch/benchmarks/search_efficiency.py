@@ -5,7 +5,7 @@ kdsearch exists to find a student as good as the reference's grid search with le
 unit (an epoch of one trial costs the same whatever its hyperparameters):
 
 1. the grid: the spec as written (``search.sampler: {name: grid}``), every point, every epoch,
-   no pruning;
+   no pruning; or an earlier run of it, finished (:func:`finished_grid`);
 2. one search per sampler seed: the same spec with the grid's choices turned into ranges
    (:func:`search_space`), TPE (:data:`SAMPLER`) and Hyperband (:data:`PRUNER`), given a budget
    of ``fraction`` x the grid's epochs.
