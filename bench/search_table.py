@@ -5,7 +5,8 @@
 ``bench-search`` names its studies ``<spec>-grid-<tag>`` and ``<spec>-tpe<seed>-<tag>`` and
 stores each search's epoch budget on it; this reads them back (the one tag in the storage, or
 ``--tag``) and prints the same table through
-:func:`kdsearch.benchmarks.search_efficiency.measure`. With a committed experiment:
+:func:`kdsearch.benchmarks.search_efficiency.measure`, with what confirmation runs queued on
+the studies (``kdsearch confirm``) found. With a committed experiment:
 
     .venv/bin/python bench/study_json.py load bench/cifar10-subset-05/studies.json sqlite:///c.db
     .venv/bin/python bench/search_table.py sqlite:///c.db

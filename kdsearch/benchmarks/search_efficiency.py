@@ -92,6 +92,10 @@ class SearchRun:
     ratio: float | None
     best: float
     confirmed: Confirmed | None = None
+    #: The configuration ranked first by its mean over seeds (confirmation runs in the study).
+    confirmed_best: Confirmed | None = None
+    #: Epochs the study's confirmation runs trained: what confirming cost beyond the budget.
+    confirm_epochs: int = 0
 
 
 @dataclass
@@ -102,6 +106,8 @@ class Result:
     fraction: float
     searches: list[SearchRun]
     grid_confirmed: Confirmed | None = None
+    grid_confirmed_best: Confirmed | None = None
+    grid_confirm_epochs: int = 0
 
     @property
     def median_reach(self) -> float | None:
@@ -126,11 +132,17 @@ class Result:
                 "epochs": self.grid_epochs,
                 "points": self.grid_points,
                 "confirmed": confirmed(self.grid_confirmed),
+                "confirmed_best": confirmed(self.grid_confirmed_best),
+                "confirm_epochs": self.grid_confirm_epochs,
             },
             "fraction": self.fraction,
             "searches": [
                 {k: getattr(r, k) for k in ("seed", "budget", "reach", "ratio", "best")}
-                | {"confirmed": confirmed(r.confirmed)}
+                | {
+                    "confirmed": confirmed(r.confirmed),
+                    "confirmed_best": confirmed(r.confirmed_best),
+                    "confirm_epochs": r.confirm_epochs,
+                }
                 for r in self.searches
             ],
             "median": {
@@ -283,15 +295,55 @@ def _run(
     worker.run(name, index, device, trials, None, url=url, seed_salt=SEED_SALT, stop=stop)
 
 
+def _load(url: str, name: str) -> Any:
+    import optuna
+
+    from kdsearch.search import storage
+
+    return optuna.load_study(study_name=name, storage=storage.open_storage(url))
+
+
+def _search_trials(study: Any) -> list[Any]:
+    from kdsearch.search import ranking
+
+    return [t for t in study.get_trials(deepcopy=False) if not ranking.is_confirmation(t)]
+
+
 def search_trials(url: str, name: str) -> list[Any]:
     """The study's search trials: confirmation runs queued on it later are not the search's
     (their epochs are not spent finding the winner, and the grid's best is its own points')."""
-    import optuna
+    return _search_trials(_load(url, name))
 
-    from kdsearch.search import ranking, storage
 
-    loaded = optuna.load_study(study_name=name, storage=storage.open_storage(url))
-    return [t for t in loaded.get_trials(deepcopy=False) if ranking.CONFIRM_OF not in t.user_attrs]
+def _confirmed(configuration: Any) -> Confirmed | None:
+    """A configuration's confirmation runs (its runs after the search trial), or None."""
+    from kdsearch.search import ranking
+
+    runs = configuration.runs[1:]
+    if not runs:
+        return None
+    trial = configuration.trial
+    return Confirmed(
+        trial.number,
+        dict(trial.params),
+        [t.user_attrs[ranking.SEED] for t in runs],
+        [t.user_attrs["test_accuracy"] for t in runs],
+    )
+
+
+def confirmations(study: Any, winner_trial: Any) -> tuple[Confirmed | None, Confirmed | None, int]:
+    """What confirmation runs in ``study`` (``kdsearch confirm``) say, without training:
+    ``winner_trial``'s runs, those of the configuration ranked first by its mean over seeds
+    (:func:`kdsearch.search.confidence.rank`), and the epochs all confirmation runs trained."""
+    from kdsearch.search import confidence, ranking
+
+    trials = study.get_trials(deepcopy=False)
+    spent = sum(len(t.intermediate_values) for t in trials if ranking.is_confirmation(t))
+    if not spent:
+        return None, None, 0
+    (own,) = confidence.configurations(study, [winner_trial])
+    best = confidence.rank(study).winner
+    return _confirmed(own), None if best is None else _confirmed(best), spent
 
 
 def run_search(spec: Spec, url: str, name: str, budget: int) -> list[float]:
@@ -482,15 +534,21 @@ def measure(
     """The table of finished studies: the grid's and each search's (by sampler seed) epochs.
 
     What :func:`bench` prints after its runs, and what ``bench/search_table.py`` prints for
-    studies run earlier (a committed experiment loaded by ``bench/study_json.py``).
+    studies run earlier (a committed experiment loaded by ``bench/study_json.py``). Where the
+    studies hold confirmation runs (``kdsearch confirm``), each run's winner and confirmed
+    winner are read from them (:func:`confirmations`).
     """
-    grid_trials = search_trials(url, grid_name)
+    grid_study = _load(url, grid_name)
+    grid_trials = _search_trials(grid_study)
     grid_curve = epoch_curve(grid_trials)
     best = max(t.value for t in grid_trials if t.value is not None)
     runs = []
     for seed, name in searches.items():
-        curve = epoch_curve(search_trials(url, name))
+        study = _load(url, name)
+        trials = _search_trials(study)
+        curve = epoch_curve(trials)
         spent = reach(curve, best, budget)
+        own, top, extra = confirmations(study, winner(trials, budget))
         runs.append(
             SearchRun(
                 seed=seed,
@@ -499,27 +557,52 @@ def measure(
                 reach=spent,
                 ratio=None if spent is None else spent / len(grid_curve),
                 best=max(curve[:budget]),
+                confirmed=own,
+                confirmed_best=top,
+                confirm_epochs=extra,
             )
         )
-    return Result(best, len(grid_curve), len(grid_trials), fraction, runs)
+    result = Result(best, len(grid_curve), len(grid_trials), fraction, runs)
+    confirmed = confirmations(grid_study, winner(grid_trials))
+    result.grid_confirmed, result.grid_confirmed_best, result.grid_confirm_epochs = confirmed
+    return result
 
 
 def format_table(result: Result) -> str:
-    """The one table: the grid, each seed's search and their median."""
+    """The one table: the grid, each seed's search and their median; with confirmation runs,
+    each run's winner's test accuracy over new seeds and, where the studies hold them, the
+    confirmed winner's and the epochs confirming cost."""
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f}"
 
     def confirmed(c: Confirmed | None) -> str:
-        return "" if c is None else f" {pct(c.mean)} ± {100 * c.std:.2f} (trial {c.trial}) |"
+        return " - |" if c is None else f" {pct(c.mean)} ± {100 * c.std:.2f} (trial {c.trial}) |"
 
+    runs: list[tuple[str, Confirmed | None, Confirmed | None, int]] = [
+        ("grid", result.grid_confirmed, result.grid_confirmed_best, result.grid_confirm_epochs)
+    ]
+    runs += [
+        (f"seed {r.seed}", r.confirmed, r.confirmed_best, r.confirm_epochs) for r in result.searches
+    ]
+    seeds = next((len(c.seeds) for _, c, _, _ in runs if c is not None), None)
+    studied = any(best is not None for _, _, best, _ in runs)
     budget = result.searches[0].budget if result.searches else 0
-    confirm = result.grid_confirmed
     head = "| run | epochs to reach | ratio to grid epochs | best val accuracy within budget |"
     rule = "|---|---:|---:|---:|"
-    if confirm is not None:
-        head += f" winner's test accuracy, {len(confirm.seeds)} new seeds (mean ± std) |"
+    if seeds is not None:
+        head += f" winner's test accuracy, {seeds} new seeds (mean ± std) |"
         rule += "---:|"
+    if studied:
+        head += " confirmed winner's test accuracy, new seeds (mean ± std) | confirmation epochs |"
+        rule += "---:|---:|"
+
+    def tail(index: int) -> str:
+        _, own, best, extra = runs[index]
+        return (confirmed(own) if seeds is not None else "") + (
+            f"{confirmed(best)} {extra} |" if studied else ""
+        )
+
     lines = [
         f"grid: {result.grid_points} points, {result.grid_epochs} epochs, "
         f"best val accuracy {pct(result.grid_best)}",
@@ -528,18 +611,17 @@ def format_table(result: Result) -> str:
         "",
         head,
         rule,
-        f"| grid | {result.grid_epochs} | 1.00 | {pct(result.grid_best)} |" + confirmed(confirm),
+        f"| grid | {result.grid_epochs} | 1.00 | {pct(result.grid_best)} |" + tail(0),
     ]
-    for r in result.searches:
+    for index, r in enumerate(result.searches, start=1):
         spent = "not reached" if r.reach is None else str(r.reach)
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
-        row = f"| seed {r.seed} | {spent} | {ratio} | {pct(r.best)} |"
-        lines.append(row + confirmed(r.confirmed))
+        lines.append(f"| seed {r.seed} | {spent} | {ratio} | {pct(r.best)} |" + tail(index))
     m = result.to_dict()["median"]
     spent = "not reached" if m["reach"] is None else f"{m['reach']:g}"
     ratio = "-" if m["ratio"] is None else f"{m['ratio']:.2f}"
     median = f"| median | {spent} | {ratio} | {pct(m['best'])} |"
-    if confirm is not None:
+    if seeds is not None:
         median += f" {pct(m['confirmed_mean'])} |"
     lines.append(median)
     return "\n".join(lines)
