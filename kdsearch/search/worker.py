@@ -18,7 +18,9 @@ no trial once every slot is taken, and a trial two workers started at the same m
 the last slot is pruned untrained (``Objective._skip_over_budget``). A worker whose slots are
 all taken stays while other workers' trials run (:func:`wait_for_others`): it retries a trial
 whose worker died, or takes the slot a failed trial frees. Retries of failed trials replace
-them; they never add to the budget.
+them; they never add to the budget. A ``bench-search`` search is budgeted in epochs instead
+(the study's ``kdsearch_epoch_budget``; its ``n_trials`` only caps it): it is spent when its
+search trials have trained that many epochs.
 
 Confirmation: once the budget is met, a worker queues the spec's confirmation trials
 (``search.confirm``; :mod:`kdsearch.search.confirm`), and every worker runs queued ones
