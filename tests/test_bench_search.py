@@ -307,7 +307,7 @@ def test_bench_search_against_a_finished_grid_runs_only_the_searches(cli, kd_hom
 
     unfinished = search_efficiency.grid_spec(api.validate(str(kd_home / "grid.yaml")))
     studies.create(unfinished, open_storage(copy), "half-grid", load_if_exists=False)
-    grid_only = _studies(copy)
+    untouched = _studies(copy)
 
     def files() -> list[str]:  # SQLite's -wal and -shm files come and go with connections
         return sorted(p.name for p in kd_home.iterdir() if not p.name.endswith(("-wal", "-shm")))
@@ -321,14 +321,14 @@ def test_bench_search_against_a_finished_grid_runs_only_the_searches(cli, kd_hom
         refused = cli(*args, "--storage", copy, *extra)
         assert refused.returncode == 2, refused.stderr
         assert refused.stderr.count("\n") == 1 and message in refused.stderr, refused.stderr
-    assert _studies(copy) == grid_only
+    assert _studies(copy) == untouched
     _write_grid(write_spec, {"train": {"epochs": 3}})
     other = cli(*args, "--storage", copy, "--grid", grid, "--seeds", "1")
     assert other.returncode == 2
     assert "train.epochs: 2 -> 3" in other.stderr and other.stderr.count("\n") == 1
     no_storage = cli(*args, "--grid", grid)
     assert no_storage.returncode == 2 and "pass --storage" in no_storage.stderr
-    assert _studies(copy) == grid_only and files() == before
+    assert _studies(copy) == untouched and files() == before
 
 
 def _alive(pid: int) -> bool:
