@@ -443,7 +443,7 @@ def finished_grid(grid: Spec, storage: Any, name: str) -> str:
             "name the grid of this spec, or leave --grid out to run it"
         )
     done = sum(
-        t.state.name == "COMPLETE" and ranking.CONFIRM_OF not in t.user_attrs
+        t.state.name == "COMPLETE" and not ranking.is_confirmation(t)
         for t in study.get_trials(deepcopy=False)
     )
     if done < grid.search.n_trials:

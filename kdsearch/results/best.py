@@ -85,7 +85,7 @@ def checkpoint_accuracy(spec: Spec, trial: optuna.trial.FrozenTrial, device: str
     return evaluate(model, ctx.data, ctx.data.test)[1]
 
 
-def _pruned(trial: optuna.trial.FrozenTrial) -> bool:
+def _checkpoint_deleted(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the trial's checkpoint is gone but the test accuracy it measured is stored."""
     path = trial.user_attrs.get("checkpoint")
     return bool(path) and not Path(path).is_file() and "test_accuracy" in trial.user_attrs
@@ -185,7 +185,7 @@ def evaluate_best(
     if retrain:
         accuracies, checkpoints = retrain_seeds(trial_spec, studies.folder(study), seeds, device)
         result.update(mode="retrain", seeds=seeds, checkpoints=checkpoints)
-    elif _pruned(trial):
+    elif _checkpoint_deleted(trial):
         # search.keep_checkpoints deleted it while its one seed ranked low; confirmation runs
         # lifted its configuration to the top since. Its test accuracy was measured on that
         # very checkpoint when the trial finished.
