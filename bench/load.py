@@ -152,8 +152,9 @@ def _proxy(url: str, home: Path) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
     kd = [sys.executable, "-m", "kdsearch"]
     proc = subprocess.Popen(
-        [*kd, "storage-proxy", "--storage", url, "--port", str(port)],
+        [*kd, "storage-proxy", "--port", str(port)],
         cwd=home,
+        env={**os.environ, "KDSEARCH_STORAGE": url},  # not in argv, where `ps` shows it
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -179,12 +180,13 @@ def run(url: str, n: int, trials: int, proxy: bool, home: Path) -> dict[str, Any
     name = f"load-{n}-{os.urandom(3).hex()}"
     path = home / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**spec(trials), "name": name}))
-    env = {**os.environ, "KDSEARCH_HOME": str(home)}
     os.environ["KDSEARCH_HOME"] = str(home)
     api.create_study(str(path), url)
     server, worker_url = _proxy(url, home) if proxy else (None, url)
+    # The URL reaches the workers in their environment, not in argv, where `ps` shows it.
+    env = {**os.environ, "KDSEARCH_HOME": str(home), "KDSEARCH_STORAGE": worker_url}
     kd = [sys.executable, "-m", "kdsearch"]
-    cmd = [*kd, "worker", "--study", name, "--storage", worker_url, "--n-workers", str(n)]
+    cmd = [*kd, "worker", "--study", name, "--n-workers", str(n)]
     began = time.monotonic()
     try:
         proc = subprocess.Popen(

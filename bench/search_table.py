@@ -21,6 +21,7 @@ import re
 import optuna
 
 from kdsearch.benchmarks import search_efficiency
+from kdsearch.redact import mask_url
 from kdsearch.search.storage import open_storage
 from kdsearch.search.study import EPOCH_BUDGET_ATTR
 
@@ -39,7 +40,8 @@ def main() -> None:
     runs = [m for m in found if m and (a.tag is None or m["tag"] == a.tag)]
     tags = {m["tag"] for m in runs}
     if len(tags) != 1:
-        raise SystemExit(f"search_table: runs {sorted(tags)} in {a.storage}; pick one with --tag")
+        where = mask_url(a.storage)
+        raise SystemExit(f"search_table: runs {sorted(tags)} in {where}; pick one with --tag")
     grid = next(m.string for m in runs if m["seed"] is None)
     searches = {int(m["seed"]): m.string for m in runs if m["seed"] is not None}
     first = optuna.load_study(study_name=next(iter(searches.values())), storage=storage)

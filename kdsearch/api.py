@@ -571,9 +571,10 @@ def serve_storage_proxy(
     from kdsearch.search import storage as storages
 
     url = storages.resolve_url(storage)
+    opened = storages.open_storage(url)
     say(f"gRPC storage proxy on {host}:{port} for {storages.mask(url)}")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.storages.run_grpc_proxy_server(storages.open_storage(url), host=host, port=port)
+    optuna.storages.run_grpc_proxy_server(opened, host=host, port=port)
 
 
 def benchmark_loop(device: str = "cpu", images: int | None = None) -> dict[str, Any]:

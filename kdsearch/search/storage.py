@@ -19,10 +19,9 @@ import os
 import sqlite3
 import warnings
 from typing import Any
-from urllib.parse import urlsplit
 
 from kdsearch.errors import KDSearchError
-from kdsearch.redact import mask_url
+from kdsearch.redact import UNPARSEABLE, mask_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +34,40 @@ def resolve_url(cli: str | None = None, spec_url: str | None = None) -> str:
 
 
 def mask(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to print and log."""
+    """The URL with any password replaced by ``***``, safe to print and log; never raises."""
     return mask_url(url)
 
 
 def _where(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme.startswith("sqlite"):
-        return f"SQLite file {url.split(':///', 1)[-1]}"
-    return f"{parts.hostname or 'localhost'}:{parts.port or 'default port'}"
+    """The server a URL names, as host:port, read the way SQLAlchemy reads it (a password may
+    hold ``/``, ``?`` or ``#``); never raises."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parts = make_url(url)
+        if parts.drivername.startswith("sqlite"):
+            return f"SQLite file {parts.database}"
+        return f"{parts.host or 'localhost'}:{parts.port or 'default port'}"
+    except Exception:
+        return UNPARSEABLE
+
+
+def _parse(url: str) -> None:
+    """Refuse a URL SQLAlchemy cannot read, or would read wrongly, before connecting."""
+    from sqlalchemy.engine import make_url
+
+    if not url.startswith("sqlite") and url.count("@") > 1:
+        raise KDSearchError(
+            f"storage: the user or password in {mask(url)} holds an unescaped '@', which makes "
+            "the host ambiguous; write it as %40 (percent-encode the password)"
+        )
+    try:
+        make_url(url)
+    except Exception:
+        raise KDSearchError(
+            f"storage: {mask(url)} is not a database URL "
+            "(use sqlite:///FILE.db, postgresql://USER@HOST:PORT/DB or grpc://HOST:PORT)"
+        ) from None
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -135,10 +159,16 @@ def open_storage(
                 "heartbeats do not pass through Optuna's gRPC proxy: a killed worker's trial "
                 "stays RUNNING (a stopped one is still re-queued); use a database URL for that"
             )
-        parts = urlsplit(url)
+        netloc = url.removeprefix("grpc://").partition("/")[0]
+        host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "13000")
+        if not host or not port.isdigit():
+            raise KDSearchError(
+                f"storage: {mask(url)} is not a gRPC proxy URL; use grpc://HOST:PORT"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.GrpcStorageProxy(host=parts.hostname, port=parts.port or 13000)
+            return optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+    _parse(url)
     if url.startswith("sqlite"):
         _prepare_sqlite(url)
     heartbeat: dict[str, Any] = {}
@@ -153,7 +183,7 @@ def open_storage(
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **heartbeat)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as err:
-        reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
+        reason = scrub(str(getattr(err, "orig", err)).strip().splitlines()[0], url)
         if "too many clients" in reason or "too many connections" in reason:
             raise KDSearchError(
                 f"storage: the database at {_where(url)} refused a connection ({reason}): "
@@ -165,13 +195,11 @@ def open_storage(
             f"storage: cannot reach the database at {_where(url)} ({mask(url)}): {reason}; "
             "start the server or fix --storage / KDSEARCH_STORAGE"
         ) from None
-    except sqlalchemy.exc.ArgumentError:
-        raise KDSearchError(
-            f"storage: {mask(url)} is not a database URL "
-            "(use sqlite:///FILE.db, postgresql://USER@HOST:PORT/DB or grpc://HOST:PORT)"
-        ) from None
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
-        raise KDSearchError(f"storage: no driver for {mask(url)} ({err})") from None
+        raise KDSearchError(
+            f"storage: no driver for {mask(url)} ({scrub(str(err), url)})"
+        ) from None
     except RuntimeError as err:
         # Optuna raises RuntimeError for a schema written by another Optuna version.
-        raise KDSearchError(f"storage: {mask(url)}: {str(err).splitlines()[0]}") from None
+        reason = scrub(str(err).splitlines()[0], url)
+        raise KDSearchError(f"storage: {mask(url)}: {reason}") from None
