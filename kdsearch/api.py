@@ -149,7 +149,7 @@ def run_workers(
     url = storages.resolve_url(url)
     # Fail fast, here, on an unreachable database or an unknown study.
     checked = storages.open_storage(url, existing=True)
-    studies.load_spec(checked, name)
+    studies.check_files_safe(studies.load(checked, name)[0])
     storages.close(checked)
     if n_workers > 1:
         return worker.spawn(name, url, n_workers, chosen, n_trials, timeout)
@@ -222,7 +222,8 @@ def delete_study(
     name, url = _where(study, storage)
     url = storages.resolve_url(url)
     opened = storages.open_storage(url, existing=True)
-    studies.load_spec(opened, name)  # an unknown study fails here, before the question
+    # An unknown study, or one whose name or id is unsafe as a folder, fails before the question.
+    studies.check_files_safe(studies.load(opened, name)[0])
     question = f"delete study {name} and its checkpoints in {storages.mask(url)}?"
     if ask is not None and not ask(question):
         return False

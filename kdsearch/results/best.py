@@ -170,6 +170,7 @@ def evaluate_best(
     if retrain and len(set(seeds)) != len(seeds):
         raise KDSearchError(f"seeds {seeds}: a seed is repeated (it would train the same run)")
     study, spec = studies.open_study(name, url)
+    studies.check_files_safe(study)  # it may retrain into the study's folder
     trial = best_trial(study, dict(budgets or {}))
     trial_spec = spec.with_overrides(trial.params)
     result: dict[str, Any] = {

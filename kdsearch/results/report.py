@@ -191,6 +191,7 @@ def make_report(
     and attached at the end.
     """
     study, spec = studies.open_study(name, url)
+    studies.check_files_safe(study)  # the name becomes reports/<name>
     dashboard.describe(study, spec)  # the teacher may have been trained after create-study
     if baseline and ranking.complete(study):
         if BASELINE_ATTR not in study.user_attrs:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -43,13 +44,29 @@ def study_id(study: Any) -> str | None:
 def folder(study: Any) -> Path:
     """Where a study's files live: trial checkpoints, TensorBoard runs, final retrains.
 
-    The one place a path is derived from a study. A study created before ids existed keeps
-    its old folder, ``models/studies/<name>``, so its recorded checkpoints stay valid; such a
-    study shares that folder with any other study of its name (create it again to get an id).
+    The one place a path is derived from a study, so the one place its name and stored id are
+    checked (:func:`check_files_safe`): a study made by other tools (plain Optuna, a copy of
+    its attributes) gets no path outside ``models/studies/``. A study created before ids
+    existed keeps its old folder, ``models/studies/<name>``, so its recorded checkpoints stay
+    valid; such a study shares that folder with any other study of its name.
     """
+    check_files_safe(study)
     sid = study_id(study)
-    name = f"{study.study_name}-{sid}" if sid else study.study_name
-    return models_dir() / "studies" / name
+    root = models_dir() / "studies"
+    path = root / (f"{study.study_name}-{sid}" if sid else study.study_name)
+    if path.is_symlink() or path.resolve().parent != root.resolve():
+        raise KDSearchError(
+            f"study {study.study_name!r}: its folder {path} leads outside {root}; "
+            "remove that link, kdsearch will not write or delete through it"
+        )
+    return path
+
+
+def inside(path: str | Path, root: Path) -> bool:
+    """Whether ``path`` resolves to a place strictly inside ``root`` (links followed): the test
+    before deleting a path read from a study (a trial's recorded checkpoint)."""
+    resolved, top = Path(path).resolve(), root.resolve()
+    return resolved != top and top in resolved.parents
 
 
 def _samplers() -> dict[str, Any]:
@@ -183,28 +200,50 @@ def spec_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> lis
 
 #: Longest study name: it becomes one path component (``<name>-<id>``), well under 255 bytes.
 MAX_NAME = 120
+#: What a study name (and a stored id) may be: one path component on every file system, and
+#: one a shell or a URL needs no quoting for.
+_SAFE_CHAR = re.compile(r"[A-Za-z0-9._-]")
+ALLOWED = "letters, digits, '-', '_' or '.', not starting with '.'"
+
+
+def unsafe(name: object) -> str | None:
+    """Why ``name`` cannot name a folder, or None when it can."""
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not text"
+    if not name:
+        return "is empty"
+    if len(name.encode()) > MAX_NAME:
+        return f"is {len(name.encode())} bytes long (at most {MAX_NAME})"
+    if name.startswith("."):
+        return "starts with '.'"
+    bad = next((c for c in name if not _SAFE_CHAR.fullmatch(c)), None)
+    return f"contains {bad!r}" if bad is not None else None
 
 
 def check_name(name: str) -> None:
-    """Refuse a study name that is not safe as one path component of the study's folder:
-    empty, ``.`` or ``..``, a slash or backslash, a control character, or too long."""
-    bad = next((c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127), None)
-    reason = (
-        "is empty"
-        if not name
-        else "is . or .."
-        if name in (".", "..")
-        else f"contains {bad!r}"
-        if bad is not None
-        else f"is {len(name.encode())} bytes long (at most {MAX_NAME})"
-        if len(name.encode()) > MAX_NAME
-        else ""
-    )
+    """Refuse a new study name that is not safe as one path component of its folder."""
+    reason = unsafe(name)
     if reason:
         raise KDSearchError(
-            f"study name {name!r} {reason}: it names the study's folder, so use letters, digits, "
-            "'-', '_' or '.' (--study-name, or the spec's name)"
+            f"study name {name!r} {reason}: it names the study's folder, so use {ALLOWED} "
+            "(--study-name, or the spec's name)"
         )
+
+
+def check_files_safe(study: Any) -> None:
+    """Refuse to derive a path from a study whose name or stored id is unsafe: one made by
+    other tools (plain Optuna, ``bench/study_json.py``) skipped :func:`check_name`, and anyone
+    who can write to a shared storage can make such a study."""
+    name, sid = study.study_name, study_id(study)
+    for what, value in (("name", name), (f"stored {ID_ATTR}", sid)):
+        reason = None if what != "name" and value is None else unsafe(value)
+        if reason:
+            raise KDSearchError(
+                f"study {name!r}: its {what} {value!r} {reason}, so kdsearch will not make it "
+                f"a folder (it was not made by create-study); copy it to a name of {ALLOWED} "
+                "with optuna.copy_study, delete this one with optuna.delete_study, and give "
+                f"the copy's {ID_ATTR} 8 hex digits"
+            )
 
 
 def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
@@ -310,6 +349,7 @@ def prune_checkpoints(study: Any, keep: int, store: Any) -> None:
     # The candidates first, the ranking after: a trial another worker completes in between is
     # then either ranked or not deleted, never deleted unranked (it may be the best).
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    root = folder(study)  # a recorded path outside the study's folder is never deleted
     kept = {t.number for t in ranking.ranked(study)[:keep]}
     kept |= {r.configuration.trial.number for r in confidence.rank(study).rows[:keep]}
     if ranking.multi(study):  # the front is what a user picks from: keep all of it
@@ -318,7 +358,7 @@ def prune_checkpoints(study: Any, keep: int, store: Any) -> None:
         if t.number in kept:
             continue
         path = t.user_attrs.get("checkpoint")
-        if path and Path(path).parent.is_dir():
+        if path and Path(path).parent.is_dir() and inside(Path(path).parent, root):
             shutil.rmtree(Path(path).parent, ignore_errors=True)
         store.remove_all(study, t)
 
@@ -331,7 +371,7 @@ def delete(storage: Any, name: str) -> Path | None:
     from kdsearch.search.trial_files import CheckpointStore
 
     study, spec = load(storage, name)
-    files = folder(study)
+    files = folder(study)  # refuses an unsafe name or id before anything is deleted
     store = CheckpointStore(spec.search.artifact_store, files.name)
     for t in study.get_trials(deepcopy=False):
         store.remove_all(study, t)
