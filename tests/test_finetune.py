@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
 
+import pytest
 import torch
 
+from kdsearch import nets
 from kdsearch.data.normalization import NAMED
 from kdsearch.training.model_files import load_checkpoint
 
@@ -60,3 +62,23 @@ def test_init_of_another_shape_is_refused(
     assert "\n" not in line and line.startswith("kdsearch: error: --init:")
     assert "num_channels" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "arch", ["cnn5", "resnet20", "torchvision:mobilenet_v3_small", "timm:resnet10t"]
+)
+def test_replace_head_swaps_the_head_and_keeps_every_body_weight(arch: str) -> None:
+    """What ``--init`` from another class count does to the network: the head (and only it)
+    gets the new class count and fresh weights; every other tensor is the checkpoint's."""
+    torch.manual_seed(0)
+    model = nets.create(arch, num_classes=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    nets.replace_head(model, 10, 3, arch)
+    after = model.state_dict()
+    assert set(after) == set(before)
+    head = {k for k, v in after.items() if v.shape != before[k].shape}
+    assert head and all(after[k].shape[0] == 3 for k in head), head
+    for k in set(before) - head:
+        assert torch.equal(after[k], before[k]), k
+    model.eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)

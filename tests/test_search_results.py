@@ -53,23 +53,23 @@ FIXTURE_SPEC = merge(
 POINTS = [(0.1, 0.0), (0.03, 0.005), (0.01, 0.0), (0.003, 0.01), (0.001, 0.002)]
 
 
-@pytest.fixture(scope="session")
-def finished(tmp_path_factory: pytest.TempPathFactory):
-    """A finished five-trial study run by the real worker loop in this process, on SQLite."""
-    home = tmp_path_factory.mktemp("guarded")
+def run_study(home: Path, spec_dict: dict, points: list[tuple[float, float]]) -> str:
+    """Run study ``spec_dict["name"]`` at ``points`` to its end by the real worker loop in this
+    process, on SQLite in ``home``; returns the storage URL."""
     url = f"sqlite:///{home / 'kd.db'}"
+    name = spec_dict["name"]
     old_home = os.environ.get("KDSEARCH_HOME")
     os.environ["KDSEARCH_HOME"] = str(home)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     threads = torch.get_num_threads()
     try:
-        spec = from_dict(FIXTURE_SPEC)
-        created = studies.create(spec, storage.open_storage(url), "guarded", False)
-        for lr, wd in POINTS:  # fixed points: the worker's sampler seed varies by process
+        spec = from_dict(spec_dict)
+        created = studies.create(spec, storage.open_storage(url), name, False)
+        for lr, wd in points:  # fixed points: the worker's sampler seed varies by process
             created.enqueue_trial({"lr": lr, "train.optimizer.weight_decay": wd})
         studies.create(spec, storage.open_storage(url), "empty", False)
         torch.set_num_threads(1)
-        assert worker.run("guarded", 0, "cpu", None, None, url) == 0
+        assert worker.run(name, 0, "cpu", None, None, url) == 0
     finally:
         torch.set_num_threads(threads)
         for sig, handler in handlers.items():
@@ -78,6 +78,13 @@ def finished(tmp_path_factory: pytest.TempPathFactory):
             os.environ.pop("KDSEARCH_HOME", None)
         else:
             os.environ["KDSEARCH_HOME"] = old_home
+    return url
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory: pytest.TempPathFactory):
+    """A finished five-trial study run by the real worker loop in this process, on SQLite."""
+    url = run_study(tmp_path_factory.mktemp("guarded"), FIXTURE_SPEC, POINTS)
     loaded = optuna.load_study(study_name="guarded", storage=storage.open_storage(url))
     return url, loaded
 
@@ -114,11 +121,25 @@ def test_value_is_the_best_reported_validation_accuracy(finished):
     assert any(t.value != t.user_attrs["test_accuracy"] for t in done)
 
 
-def test_best_checkpoint_holds_the_best_epoch(finished):
-    """``best.pt`` is written at the best epoch, not every epoch."""
-    _, st = finished
-    kept = [t for t in complete(st) if Path(t.user_attrs["checkpoint"]).is_file()]
-    assert kept
+def test_best_checkpoint_holds_the_best_epoch(tmp_path_factory: pytest.TempPathFactory):
+    """``best.pt`` is written at the best epoch, not every epoch: on labels so noisy that
+    validation accuracy wanders, every checkpoint kept, some trial's best epoch is not its
+    last (checked first: else rewriting ``best.pt`` every epoch would pass unseen)."""
+    spec = merge(
+        FIXTURE_SPEC,
+        {
+            "name": "wandering",
+            "dataset": {"options": {"noise": 2000.0}},
+            "search": {"n_trials": 3, "keep_checkpoints": 3},
+        },
+    )
+    url = run_study(
+        tmp_path_factory.mktemp("wandering"), spec, [(0.3, 0.0), (0.1, 0.0), (0.03, 0.0)]
+    )
+    st = optuna.load_study(study_name="wandering", storage=storage.open_storage(url))
+    kept = complete(st)
+    assert len(kept) == 3 and all(Path(t.user_attrs["checkpoint"]).is_file() for t in kept)
+    assert any(t.user_attrs["best_epoch"] < t.user_attrs["epochs_run"] for t in kept)
     for t in kept:
         metrics = load_checkpoint(Path(t.user_attrs["checkpoint"]))["metrics"]
         assert metrics["epoch"] == t.user_attrs["best_epoch"]
