@@ -431,6 +431,86 @@ def evaluate_checkpoint(
     return evaluate.evaluate_checkpoint(Path(checkpoint), spec, device)
 
 
+def export_model(
+    checkpoint: str | Path | None = None,
+    *,
+    study: StudyRef | None = None,
+    storage: str | None = None,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    images: Sequence[str | Path] = (),
+    tolerance: float | None = None,
+) -> dict[str, Any]:
+    """Export a checkpoint (or, with ``study``, the study's best trial's) to ONNX or
+    TorchScript, its preprocessing and class names inside the file, checked against the
+    checkpoint on ``images`` (else random pixels); returns what was written and measured.
+    ``out`` defaults to the checkpoint's name (the study's) with .onnx / .ts, here."""
+    from kdsearch.deploy import export
+    from kdsearch.errors import KDSearchError
+
+    if (checkpoint is None) == (study is None):
+        raise KDSearchError("export-model: give a CHECKPOINT or --study NAME (one of them)")
+    if checkpoint is None:
+        assert study is not None  # one of the two, checked above
+        checkpoint, stem = _best_checkpoint(study, storage)
+    else:
+        stem = Path(checkpoint).stem
+    suffix = export.FORMATS.get(format, "")
+    target = Path(out) if out is not None else Path(f"{stem}{suffix}")
+    return export.export(
+        Path(checkpoint),
+        format,
+        target,
+        [Path(p) for p in images],
+        export.TOLERANCE if tolerance is None else tolerance,
+    )
+
+
+def _best_checkpoint(study: StudyRef, storage: str | None) -> tuple[Path, str]:
+    """The checkpoint of the study's best trial (by confirmed mean where confirmed), and the
+    name an export of it gets."""
+    from kdsearch.errors import KDSearchError
+    from kdsearch.results import best
+    from kdsearch.search import study as studies
+
+    name, url = _where(study, storage)
+    opened, _ = studies.open_study(name, url)
+    trial = best.best_trial(opened)
+    path = trial.user_attrs.get("checkpoint")
+    if not path or not Path(path).is_file():
+        raise KDSearchError(
+            f"export-model: the best trial ({trial.number}) of study {name!r} kept no "
+            f"checkpoint; retrain it with `kdsearch best --study {name} --retrain` and "
+            "export that checkpoint"
+        )
+    return Path(path), f"{name}-trial{trial.number}"
+
+
+def load_student(path: str | Path) -> Any:
+    """A student from a kdsearch checkpoint or an ONNX / TorchScript export: ``(model,
+    transform, classes, meta)``; ``model(transform(image).unsqueeze(0))`` gives logits."""
+    from kdsearch.deploy.student import load_student as load
+
+    return load(path)
+
+
+def predict(
+    model: str | Path, images: Sequence[str | Path], *, top_k: int = 5
+) -> list[dict[str, Any]]:
+    """The ``top_k`` classes (name, index, probability) of each image file, by the student in
+    ``model`` (a checkpoint or an export), with its own preprocessing."""
+    from kdsearch.deploy import predict as predicting
+    from kdsearch.deploy.student import load_student as load
+    from kdsearch.errors import KDSearchError
+
+    _at_least("--top-k", top_k, 1)
+    files = [Path(p) for p in images]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise KDSearchError(f"predict: no such image file {', '.join(missing[:3])}")
+    return predicting.predict(load(model), files, top_k)
+
+
 def benchmark_search(
     spec: SpecRef,
     *,
@@ -617,6 +697,28 @@ def status_text(row: Mapping[str, Any]) -> str:
     from kdsearch.results import status
 
     return status.format_status(dict(row))
+
+
+def export_text(result: Mapping[str, Any]) -> str:
+    """What ``export-model`` prints: where, what was checked, and the two latencies."""
+    lat = result["latency_ms_b1"]
+    fmt = result["format"]
+    return (
+        f"wrote {result['path']} ({fmt}, {result['bytes'] / 1e6:.2f} MB, "
+        f"{len(result['classes'])} classes, input {result['preprocess']['image_size']} px)\n"
+        f"checked on {result['checked_on']}: max |logit difference| "
+        f"{result['max_abs_diff']:.2e} on logits up to {result['max_abs_logit']:.3g} "
+        f"(tolerance {result['tolerance']:g}, absolute and relative)\n"
+        f"latency, batch 1 on this CPU: checkpoint {lat['checkpoint']:.3f} ms, "
+        f"{fmt} {lat[fmt]:.3f} ms"
+    )
+
+
+def predict_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What ``predict`` prints: one line per image, its top classes and probabilities."""
+    from kdsearch.deploy import predict as predicting
+
+    return predicting.text(list(rows))
 
 
 def best_text(result: Mapping[str, Any]) -> str:

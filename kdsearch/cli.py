@@ -126,6 +126,54 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _args_export_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", help="a kdsearch checkpoint (default: --study's best)")
+    p.add_argument("--study", help="export this study's best trial's checkpoint")
+    _storage_arg(p)
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("-o", "--out", help="the file to write (default: NAME.onnx / NAME.ts here)")
+    p.add_argument(
+        "--images",
+        nargs="+",
+        default=(),
+        metavar="IMAGE",
+        help="check the export on these images (default: random pixels)",
+    )
+    p.add_argument("--tolerance", type=float, help="largest logit difference allowed (1e-4)")
+    _json_arg(p, "what was written, checked and measured")
+
+
+def cmd_export_model(a: argparse.Namespace) -> int:
+    from kdsearch import api
+
+    result = api.export_model(
+        a.checkpoint,
+        study=a.study,
+        storage=a.storage,
+        format=a.format,
+        out=a.out,
+        images=a.images,
+        tolerance=a.tolerance,
+    )
+    print(json.dumps(result) if a.json else api.export_text(result))
+    return 0
+
+
+def _args_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a kdsearch checkpoint, or an ONNX / TorchScript export")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("-k", "--top-k", type=int, default=5, help="classes per image (5)")
+    _json_arg(p, "the predictions")
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from kdsearch import api
+
+    rows = api.predict(a.model, a.images, top_k=a.top_k)
+    print(json.dumps(rows) if a.json else api.predict_text(rows))
+    return 0
+
+
 def _args_create_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="study spec (YAML)")
     _storage_arg(p)
@@ -765,6 +813,18 @@ COMMANDS: tuple[Command, ...] = (
         "test accuracy, per-class accuracy and size of a checkpoint",
         _args_evaluate,
         cmd_evaluate,
+    ),
+    Command(
+        "export-model",
+        "a checkpoint (or a study's best) as ONNX or TorchScript, checked against it",
+        _args_export_model,
+        cmd_export_model,
+    ),
+    Command(
+        "predict",
+        "top-k class names for images, from a checkpoint or an export",
+        _args_predict,
+        cmd_predict,
     ),
     Command(
         "nets",

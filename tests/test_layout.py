@@ -125,7 +125,7 @@ LAYERS: list[set[str]] = [
     {"distill"},
     {"config"},
     {"training"},
-    {"search"},
+    {"search", "deploy"},
     {"results", "benchmarks"},
     {"api", "kdsearch", "demo"},
     {"cli", "__main__"},
