@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import os
 import re
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -343,3 +347,66 @@ def test_the_study_spec_validates(tmp_path):
         "--study-name",
         "$(KDSEARCH_STUDY)",
     ]
+
+
+def _init_script(job: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """A Job's init container's ``sh -c`` script, run here with this venv's kdsearch."""
+    pod = find(render(DEPLOY / "base"), "Job", job)["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return subprocess.Popen(
+        init["command"],
+        env={**os.environ, "PATH": path, **env},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # so that its sleep goes too (killpg below)
+    )
+
+
+def _still_waiting(proc: subprocess.Popen[str], seconds: float) -> bool:
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_create_study_waits_for_the_database(tmp_path):
+    """Its init container retries until the storage answers: here a SQLite file whose folder
+    does not exist yet, then does."""
+    folder = tmp_path / "db"
+    env = {"KDSEARCH_STORAGE": f"sqlite:///{folder / 'kd.db'}"}
+    proc = _init_script("kdsearch-create-study", env, tmp_path)
+    try:
+        assert _still_waiting(proc, 4)
+        folder.mkdir()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # Each try said why, in kdsearch's one line (the pod's log).
+    assert "kdsearch: error: storage:" in proc.stderr.read()
+
+
+@pytest.mark.slow
+def test_workers_wait_for_their_study(
+    kd_home: Path, write_spec: Callable[..., Path], cli: Callable[..., Any]
+) -> None:
+    """A worker given an unknown study exits 2, which fails the Job: so the worker pods' init
+    container waits until create-study has made the study."""
+    url = f"sqlite:///{kd_home / 'kd.db'}"
+    proc = _init_script(
+        "kdsearch-workers", {"KDSEARCH_STUDY": "k8s", "KDSEARCH_STORAGE": url}, kd_home
+    )
+    try:
+        assert _still_waiting(proc, 8)
+        made = cli("create-study", str(write_spec()), "--study-name", "k8s", "--storage", url)
+        assert made.returncode == 0, made.stderr
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "unknown 'k8s'" in proc.stderr.read()
