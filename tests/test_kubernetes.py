@@ -6,7 +6,8 @@ twice, against Kubernetes ``K8S_VERSION``: by kubernetes-validate in strict mode
 schema it ships) and by the kubernetes client's pydantic models. Both reject a misspelt field
 at any depth and a wrong type; both are pinned in pyproject's ``dev`` extra. What neither
 schema knows (a mount naming no volume, a ``$(VAR)`` no env defines, a Secret key, the worker
-Job's failure policy) is checked by the tests below it.
+Job's failure policy) is checked by the tests below it, and the two Jobs' init containers, which
+make them wait for the database and for the study, run their scripts here for real.
 """
 
 from __future__ import annotations
