@@ -9,13 +9,35 @@
 #   KDSEARCH_BASE_IMAGE=localhost/kdsearch-base:bookworm \
 #   KDSEARCH_POSTGRES_IMAGE=localhost/kdsearch-postgres:15 bash docker/check.sh
 # The plain engine CLI, not compose: podman-compose ignores depends_on conditions and profiles.
+# What it needs (the host's kdsearch, an engine that answers, python3, curl, the two images) is
+# checked first: a missing one stops it at once, exit code 2, with one line saying how to get it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ENGINE=${KDSEARCH_ENGINE:-$(command -v docker >/dev/null && docker info >/dev/null 2>&1 && echo docker || echo podman)}
+ENGINE=${KDSEARCH_ENGINE:-}      # default: docker if it answers, else podman
 BASE=${KDSEARCH_BASE_IMAGE:-python:3.11-slim}
 PG_IMAGE=${KDSEARCH_POSTGRES_IMAGE:-postgres:15}
 IMAGE=kdsearch-worker:check
 KD=${KDSEARCH:-.venv/bin/kdsearch}      # the host's kdsearch, for status and export-table
+
+# Before anything is built or started (see the header).
+refuse() { echo "docker/check.sh: $*" >&2; exit 2; }
+command -v "$KD" >/dev/null || refuse "the host's kdsearch ($KD) is missing, and the check reads the study with it: run make venv, or set KDSEARCH to a kdsearch command"
+if [ -z "$ENGINE" ]; then
+    for engine in docker podman; do
+        command -v "$engine" >/dev/null && "$engine" info >/dev/null 2>&1 && ENGINE=$engine && break
+    done
+    [ -n "$ENGINE" ] || refuse "no container engine answers (docker info and podman info fail or are missing): start docker, or set up podman as docs/containers.md says"
+else
+    command -v "$ENGINE" >/dev/null || refuse "KDSEARCH_ENGINE=$ENGINE is not on PATH: install it, or unset KDSEARCH_ENGINE to use docker or podman"
+    $ENGINE info >/dev/null 2>&1 || refuse "$ENGINE does not answer ($ENGINE info fails): start it (docs/containers.md)"
+fi
+for tool in python3 curl; do
+    command -v "$tool" >/dev/null || refuse "$tool is not on PATH: apt-get install -y $tool"
+done
+for image in "$BASE" "$PG_IMAGE"; do
+    $ENGINE image inspect "$image" >/dev/null 2>&1 || $ENGINE pull -q "$image" >/dev/null 2>&1 \
+        || refuse "image $image is neither on this machine nor pullable: bash docker/local-images.sh makes local ones, named by KDSEARCH_BASE_IMAGE and KDSEARCH_POSTGRES_IMAGE (docs/containers.md)"
+done
 PG_PORT=${KDSEARCH_CHECK_PG_PORT:-55432}
 DASH_PORT=${KDSEARCH_CHECK_DASHBOARD_PORT:-58080}
 SPEC=studies/digits_container_check.yaml

@@ -2,9 +2,11 @@
 image build would read, resolving ${...} from docker/.env.example the way compose does."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -175,3 +177,30 @@ def test_compose_config_cli():
     cmd = [*compose, *args, "--profile", "gpu1", "--profile", "cpu", "config", "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"KDSEARCH": "/nonexistent/kdsearch"}, "the host's kdsearch (/nonexistent/kdsearch) is"),
+        ({"KDSEARCH_ENGINE": "no-such-engine"}, "KDSEARCH_ENGINE=no-such-engine is not on PATH"),
+    ],
+    ids=["no-host-kdsearch", "no-engine"],
+)
+def test_check_script_refuses_before_it_builds(tmp_path, env, says):
+    """docker/check.sh checks what it needs first: a newcomer without the host's .venv used to
+    learn it from exit code 127 after six minutes of building and searching."""
+    out = tmp_path / "out"
+    host_kdsearch = str(Path(sys.executable).with_name("kdsearch"))
+    proc = subprocess.run(
+        ["bash", str(DOCKER / "check.sh"), str(out)],
+        env={**os.environ, "KDSEARCH": host_kdsearch, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"docker/check.sh: {says}"), line
+    # Nothing built or started: not even the output folder was made.
+    assert proc.stdout == "" and not out.exists()
