@@ -225,7 +225,7 @@ def test_ctrl_c_stops_every_child_and_requeues(cli, write_spec, kd_home):
     parent.send_signal(signal.SIGINT)  # Ctrl-C
     out, _ = parent.communicate(timeout=60)
     assert time.monotonic() - sent < 30, out[-3000:]
-    assert parent.returncode == 0, out[-3000:]
+    assert parent.returncode == 130, out[-3000:]  # stopped, not done: as a shell reports Ctrl-C
     # One line per worker, no tracebacks.
     assert "Traceback" not in out and "StopRequested" not in out, out[-3000:]
     assert out.count("stopped: trial") == 2, out[-3000:]
@@ -242,6 +242,22 @@ def test_ctrl_c_stops_every_child_and_requeues(cli, write_spec, kd_home):
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = [t for t in trials(url, "sigterm_study") if "resumed_from_epoch" in t.user_attrs]
     assert len(resumed) == 2 and all(t.user_attrs["resumed_from_epoch"] >= 2 for t in resumed)
+
+
+@pytest.mark.slow
+def test_a_single_worker_stopped_by_sigterm_exits_143(cli, write_spec, kd_home):
+    """``--n-workers 1`` runs the worker in the command's own process (what a Slurm task or a
+    Kubernetes pod runs): SIGTERM re-queues its trial and ends it with 128 + 15, so a
+    scheduler does not take the stop for work done (exit 0)."""
+    url = "sqlite:///kd.db"
+    assert cli("create-study", str(write_spec(SLOW_TRIALS)), "--storage", url).returncode == 0
+    worker = start_worker(kd_home, "synth", url, n=1)
+    wait_for(lambda: bool(running_after(url, 1)), 300, "a running trial", [worker])
+    worker.send_signal(signal.SIGTERM)
+    out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 143, out[-3000:]
+    assert "Traceback" not in out and "stopped: trial" in out, out[-3000:]
+    assert [t.state for t in trials(url)].count(S.WAITING) == 1
 
 
 @pytest.mark.slow

@@ -191,7 +191,7 @@ WORKER_ENV = "spec.template.spec.containers.0.env.1.valueFrom.secretKeyRef"
     [
         lambda job: _rename(job, "spec.completionMode", "completionMod"),
         lambda job: _rename(job, f"{WORKER_ENV}.name", "nmae"),
-        lambda job: _rename(job, "spec.podFailurePolicy.rules.1.onExitCodes.values", "value"),
+        lambda job: _rename(job, "spec.podFailurePolicy.rules.2.onExitCodes.values", "value"),
         lambda job: _retype(job, "spec.parallelism", "four"),
     ],
     ids=["completionMod", "secretKeyRef.nmae", "onExitCodes.value", "parallelism-str"],
@@ -306,8 +306,14 @@ def test_worker_job():
     assert job["completionMode"] == "Indexed" and job["parallelism"] == job["completions"] >= 1
     # podFailurePolicy needs restartPolicy Never; a per-index limit retries each worker alone.
     assert pod["restartPolicy"] == "Never" and job["backoffLimitPerIndex"] >= 1
-    ignore, fail = job["podFailurePolicy"]["rules"]
+    ignore, stopped, fail = job["podFailurePolicy"]["rules"]
     assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    # A worker a stop signal ended (128 + SIGINT/SIGTERM, kdsearch.search.worker.run) is
+    # started again without counting a retry.
+    assert stopped == {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": worker["name"], "operator": "In", "values": [130, 143]},
+    }
     # kdsearch's exit code for a mistake a retry cannot mend fails the Job.
     assert fail["action"] == "FailJob" and fail["onExitCodes"] == {
         "containerName": worker["name"],

@@ -186,20 +186,27 @@ def spawn(
     n_trials: int | None,
     timeout: float | None,
 ) -> int:
-    """Run ``n_workers`` worker processes to the end; returns the worst exit code."""
+    """Run ``n_workers`` worker processes to the end; returns the worst exit code, or
+    ``128 + signal`` when a stop signal ended them (see :func:`run`)."""
     targets = [
         (_child, (study, index, device, n_trials, timeout, env, storage_url))
         for index, (device, env) in enumerate(plan(n_workers, devices))
     ]
-    return run_processes(targets, n_workers).code
+    outcome = run_processes(targets, n_workers)
+    return 128 + outcome.signum if outcome.signum else outcome.code
 
 
 @dataclass
 class Outcome:
-    """How :func:`run_processes` ended: the worst exit code, and whether a stop signal came."""
+    """How :func:`run_processes` ended: the worst exit code, and the stop signal that came
+    (None if none)."""
 
     code: int
-    stopped: bool
+    signum: int | None
+
+    @property
+    def stopped(self) -> bool:
+        return self.signum is not None
 
 
 def run_processes(
@@ -219,8 +226,10 @@ def run_processes(
     running: list[multiprocessing.process.BaseProcess] = []
     finished: list[multiprocessing.process.BaseProcess] = []
     stopping = threading.Event()
+    received: list[int] = []
 
-    def forward(_signum: int, _frame: FrameType | None) -> None:
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
         stopping.set()
         for child in running:
             if child.is_alive():
@@ -251,7 +260,7 @@ def run_processes(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     codes = [abs(c.exitcode or 0) for c in finished]
-    return Outcome(max(codes, default=0), stopping.is_set())
+    return Outcome(max(codes, default=0), received[0] if received else None)
 
 
 def _child(
@@ -285,17 +294,27 @@ def run(
 ) -> int:
     """One worker: load once, then run trials until the budget, a timeout or a stop signal.
 
-    SIGINT and SIGTERM stop it after the current epoch (the trial is re-queued); the handlers
-    before the call are restored after it, so a process that runs workers one after another
-    (bench-search's pool) is not left deaf to signals. ``stop``, if given, is the Event those
+    SIGINT and SIGTERM stop it after the current epoch (the trial is re-queued), and it then
+    returns ``128 + signal`` (130, 143), as a shell reports a command a signal ended: a
+    scheduler (a Kubernetes Job, a Slurm array) must not count a stopped worker as one that
+    finished its work, which is what 0 says. The handlers before the call are restored after
+    it, so a process that runs workers one after another (bench-search's pool) is not left
+    deaf to signals. ``stop``, if given, is the Event those
     handlers set: a caller that runs workers in a loop sees the signal and ends its loop too.
     ``seed_salt`` fixes the sampler's seed salt (:func:`kdsearch.search.study.worker_seed`).
     """
     stop = stop or threading.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    received: list[int] = []
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in signals}
     try:
-        return _work(study_name, index, device, n_trials, timeout, url, seed_salt, stop)
+        code = _work(study_name, index, device, n_trials, timeout, url, seed_salt, stop)
+        return 128 + received[0] if received else code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
