@@ -251,6 +251,7 @@ def submit(
         home=home().resolve(),
         output_dir=out.expanduser().resolve(),
         path=os.environ.get("PATH", "/usr/bin:/bin"),
+        pgpassfile=os.environ.get("PGPASSFILE"),
         gpus_per_task=gpus_per_task,
         cpus_per_task=cpus_per_task,
         partition=partition,

@@ -14,7 +14,8 @@ limit, ``scancel``'s SIGTERM, a preemption's SIGTERM before the requeue (``--req
 What Slurm keeps of a job (its script, arguments, working folder, ``--export`` environment:
 ``scontrol show job -d``) holds no password: the job runs with ``--export=NONE`` and sets only
 ``KDSEARCH_HOME``, ``PATH``, the thread count and, when the URL holds a password, the path of
-the storage file (:mod:`kdsearch.search.storage_file`) that each worker reads it from.
+the storage file (:mod:`kdsearch.search.storage_file`) that each worker reads it from, or of
+libpq's password file (``PGPASSFILE``; ``~/.pgpass`` needs nothing).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class JobOptions:
     output_dir: Path
     storage: str | None = None  # a password-free URL, passed as --storage
     storage_file: Path | None = None  # else the file the URL is read from
+    pgpassfile: str | None = None  # libpq's password file, if not ~/.pgpass (a path, no secret)
     path: str = "/usr/bin:/bin"
     gpus_per_task: int = 0
     cpus_per_task: int = 1
@@ -91,6 +93,8 @@ def script(o: JobOptions) -> str:
     env = {"KDSEARCH_HOME": str(o.home), "PATH": o.path}
     if o.storage_file:
         env["KDSEARCH_STORAGE_FILE"] = str(o.storage_file)
+    if o.pgpassfile:
+        env["PGPASSFILE"] = o.pgpassfile
     lines = [
         "#!/bin/bash",
         f"# kdsearch worker array for study {o.study}: one worker per task, on the GPU Slurm",
