@@ -810,15 +810,6 @@ COMMANDS: tuple[Command, ...] = (
         "worker", "run trials of a study in parallel worker processes", _args_worker, cmd_worker
     ),
     Command(
-        "submit",
-        "run a study's workers as a Slurm job array",
-        _args_submit,
-        cmd_submit,
-        epilog="Each task runs one `kdsearch worker`; SIGTERM (time limit, scancel, preemption) "
-        "stops it after its epoch and its trial resumes in a later task. No password reaches "
-        "Slurm: give such a URL with --storage-file. docs/clusters.md.",
-    ),
-    Command(
         "status",
         "trials by state, best, live workers, Slurm jobs and time left",
         _args_status,
@@ -871,6 +862,15 @@ COMMANDS: tuple[Command, ...] = (
         "serve the storage through Optuna's gRPC proxy (for very many workers)",
         _args_storage_proxy,
         cmd_storage_proxy,
+    ),
+    Command(
+        "submit",
+        "run a study's workers as a Slurm job array",
+        _args_submit,
+        cmd_submit,
+        epilog="Each task runs one `kdsearch worker`; SIGTERM (time limit, scancel, preemption) "
+        "stops it after its epoch and its trial resumes in a later task. No password reaches "
+        "Slurm: give such a URL with --storage-file. docs/clusters.md.",
     ),
     Command("bench", "time a reference-style KD loop against kdsearch's", _args_bench, cmd_bench),
     Command(
