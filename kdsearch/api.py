@@ -281,14 +281,6 @@ def submit(
     return result
 
 
-def slurm_jobs(study: str) -> list[dict[str, str]]:
-    """The study's Slurm array tasks still pending or running (``squeue``); empty without
-    Slurm."""
-    from kdsearch.launch import slurm
-
-    return slurm.jobs(study)
-
-
 def extend_study(study: StudyRef, n_trials: int, storage: str | None = None) -> int:
     """Raise the study's trial budget to ``n_trials``; returns the old budget."""
     from kdsearch.search import storage as storages
