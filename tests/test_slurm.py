@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -151,6 +152,11 @@ def assert_nothing_lost(found: list[optuna.trial.FrozenTrial], budget: int) -> N
 def test_a_4_task_array_reaches_the_budget_exactly(cli, kd_home, study):
     url = f"sqlite:///{kd_home}/kd.db"
     name = study(url, n_trials=6, epochs=3)
+    dry = submit(cli, name, "--storage", url, "--tasks", "4", "--dry-run")
+    assert squeue(name) == [] and not list(kd_home.glob("models/studies/*/slurm"))
+    for line in ("#SBATCH --array=0-3", "#SBATCH --export=NONE", "#SBATCH --signal=B:TERM@120"):
+        assert f"\n{line}\n" in dry
+    assert f"\nexec {sys.executable} -m kdsearch worker --study {name} --n-workers 1" in dry
     job = submit(cli, name, "--storage", url, "--tasks", "4")
     assert job.isdigit()
     shown = json.loads(cli("status", "--study", name, "--storage", url, "--json").stdout)
