@@ -159,15 +159,126 @@ def run_workers(
 
 
 def study_status(storage: str | None = None, study: StudyRef | None = None) -> list[dict[str, Any]]:
-    """One dict per study (or just ``study``): trials by state, best, live workers, time left.
+    """One dict per study (or just ``study``): trials by state, best, live workers, time left,
+    and its Slurm array tasks still pending or running (``slurm_jobs``; empty without Slurm).
 
     The keys are those of ``kdsearch status --json`` (README).
     """
+    from kdsearch.launch import slurm
     from kdsearch.results import status as statuses
     from kdsearch.search import storage as storages
 
     name, url = _where(study, storage) if study is not None else (None, storage)
-    return statuses.all_statuses(storages.open_storage(storages.resolve_url(url)), name)
+    rows = statuses.all_statuses(storages.open_storage(storages.resolve_url(url)), name)
+    return [{**row, "slurm_jobs": slurm.jobs(row["study"])} for row in rows]
+
+
+def _job_storage(
+    storage: str | None, storage_file: str | Path | None
+) -> tuple[str, dict[str, Any]]:
+    """The URL a Slurm job's workers use, and how the job gets it: a password-free URL as
+    ``--storage``, else the path of the file holding it; a URL with a password is refused."""
+    import os
+
+    from kdsearch.errors import KDSearchError
+    from kdsearch.redact import mask_url
+    from kdsearch.search import storage as storages
+    from kdsearch.search import storage_file as url_files
+
+    if storage_file is None and not storage and not os.environ.get(storages.ENV):
+        storage_file = os.environ.get(url_files.ENV)
+    if storage_file:
+        path = Path(storage_file).expanduser().resolve()
+        return url_files.read(path), {"storage_file": path}
+    url = storages.resolve_url(storage)
+    if mask_url(url) != url:
+        raise KDSearchError(
+            f"submit: the storage URL {mask_url(url)} holds a password, which Slurm would keep "
+            "with the job; put the URL in a file only you can read (chmod 600) and pass "
+            f"--storage-file FILE (or ${url_files.ENV}), or leave the password out of the URL "
+            "and keep it in ~/.pgpass"
+        )
+    return url, {"storage": url}
+
+
+def submit(
+    study: str,
+    storage: str | None = None,
+    *,
+    tasks: int,
+    time: str = "4:00:00",
+    gpus_per_task: int = 0,
+    cpus_per_task: int = 1,
+    partition: str | None = None,
+    account: str | None = None,
+    sbatch_args: Sequence[str] = (),
+    storage_file: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    signal_seconds: int | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Submit ``tasks`` workers of ``study`` as one Slurm job array; each task is one worker on
+    the GPUs Slurm gives it (``gpus_per_task``; CPU when 0).
+
+    Returns the job's id (None on a dry run), its name, the script and where the tasks'
+    output goes (default: the study's folder, ``slurm/``). Nothing is submitted or written
+    unless sbatch exists, the study exists in a reachable storage, and no password would be
+    kept by Slurm (see :func:`kdsearch.launch.slurm.script`).
+    """
+    import os
+    import sys
+
+    from kdsearch.errors import KDSearchError
+    from kdsearch.launch import slurm
+    from kdsearch.paths import home
+    from kdsearch.search import study as studies
+
+    _at_least("--tasks", tasks, 1)
+    _at_least("--gpus-per-task", gpus_per_task, 0)
+    _at_least("--cpus-per-task", cpus_per_task, 1)
+    _at_least("--signal-seconds", signal_seconds, 1)
+    if not dry_run:
+        slurm.require_sbatch()
+    url, how = _job_storage(storage, storage_file)
+    found, _ = studies.open_study(study, url)
+    out = Path(output_dir) if output_dir else studies.folder(found) / "slurm"
+    options = slurm.JobOptions(
+        study=study,
+        tasks=tasks,
+        time=time,
+        python=sys.executable,
+        workdir=Path.cwd(),
+        home=home().resolve(),
+        output_dir=out.expanduser().resolve(),
+        path=os.environ.get("PATH", "/usr/bin:/bin"),
+        pgpassfile=os.environ.get("PGPASSFILE"),
+        gpus_per_task=gpus_per_task,
+        cpus_per_task=cpus_per_task,
+        partition=partition,
+        account=account,
+        signal_seconds=signal_seconds or slurm.SIGNAL_SECONDS,
+        sbatch_args=tuple(sbatch_args),
+        **how,
+    )
+    text = slurm.script(options)
+    result = {
+        "job_id": None,
+        "job_name": slurm.job_name(study),
+        "output_dir": str(options.output_dir),
+        "script": text,
+    }
+    if dry_run:
+        return result
+    made = not options.output_dir.exists()
+    options.output_dir.mkdir(parents=True, exist_ok=True)  # sbatch opens no missing folder
+    try:
+        result["job_id"] = job_id = slurm.submit(text)
+    except KDSearchError:
+        if made:
+            options.output_dir.rmdir()
+        raise
+    (options.output_dir / f"{job_id}.sh").write_text(text)
+    return result
 
 
 def extend_study(study: StudyRef, n_trials: int, storage: str | None = None) -> int:

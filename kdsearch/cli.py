@@ -281,6 +281,80 @@ def cmd_confirm(a: argparse.Namespace) -> int:
     return 0
 
 
+def _args_submit(p: argparse.ArgumentParser) -> None:
+    _study_arg(p)
+    _storage_arg(p)
+    p.add_argument(
+        "--storage-file",
+        metavar="FILE",
+        help="read the database URL from FILE (chmod 600; default: $KDSEARCH_STORAGE_FILE): "
+        "the way to give a URL with a password, which Slurm must never keep",
+    )
+    p.add_argument(
+        "--slurm", action="store_true", required=True, help="submit to Slurm (sbatch job array)"
+    )
+    p.add_argument("--tasks", type=int, required=True, help="array tasks: one worker each")
+    p.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per task; 0: CPU workers")
+    p.add_argument("--cpus-per-task", type=int, default=1, help="CPU cores per task")
+    p.add_argument("--time", default="4:00:00", help="time limit per task (Slurm's format)")
+    p.add_argument("--partition", help="Slurm partition (default: the cluster's)")
+    p.add_argument("--account", help="Slurm account to charge (default: yours)")
+    p.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more sbatch option for the script, e.g. --sbatch-arg=--qos=long (repeatable)",
+    )
+    p.add_argument(
+        "--output-dir",
+        help="folder for the tasks' output files (default: the study's folder, slurm/)",
+    )
+    p.add_argument(
+        "--signal-seconds",
+        type=int,
+        help="SIGTERM this many seconds before the time limit: the worker stops after its "
+        "epoch and the trial resumes in a later task (default: 120)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the script instead of submitting it"
+    )
+    _json_arg(p)
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from kdsearch import api
+
+    result = api.submit(
+        a.study,
+        a.storage,
+        tasks=a.tasks,
+        time=a.time,
+        gpus_per_task=a.gpus_per_task,
+        cpus_per_task=a.cpus_per_task,
+        partition=a.partition,
+        account=a.account,
+        sbatch_args=a.sbatch_arg,
+        storage_file=a.storage_file,
+        output_dir=a.output_dir,
+        signal_seconds=a.signal_seconds,
+        dry_run=a.dry_run,
+    )
+    if a.json:
+        _print_json(result)
+    elif a.dry_run:
+        print(result["script"], end="")
+    else:
+        print(result["job_id"])
+        print(
+            f"study {a.study}: {a.tasks} workers as Slurm job {result['job_id']}; output in "
+            f"{result['output_dir']}; see: kdsearch status --study {a.study}; cancel: "
+            f"scancel --name={result['job_name']}",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _args_status(p: argparse.ArgumentParser) -> None:
     _study_arg(p, required=False, what=" (default: every study in the storage)")
     _storage_arg(p)
@@ -784,7 +858,10 @@ COMMANDS: tuple[Command, ...] = (
         "worker", "run trials of a study in parallel worker processes", _args_worker, cmd_worker
     ),
     Command(
-        "status", "trials by state, best, live workers and time left", _args_status, cmd_status
+        "status",
+        "trials by state, best, live workers, Slurm jobs and time left",
+        _args_status,
+        cmd_status,
     ),
     Command("extend", "raise a study's trial budget (search.n_trials)", _args_extend, cmd_extend),
     Command(
@@ -845,6 +922,15 @@ COMMANDS: tuple[Command, ...] = (
         "serve the storage through Optuna's gRPC proxy (for very many workers)",
         _args_storage_proxy,
         cmd_storage_proxy,
+    ),
+    Command(
+        "submit",
+        "run a study's workers as a Slurm job array",
+        _args_submit,
+        cmd_submit,
+        epilog="Each task runs one `kdsearch worker`; SIGTERM (time limit, scancel, preemption) "
+        "stops it after its epoch and its trial resumes in a later task. No password reaches "
+        "Slurm: give such a URL with --storage-file. docs/clusters.md.",
     ),
     Command("bench", "time a reference-style KD loop against kdsearch's", _args_bench, cmd_bench),
     Command(

@@ -126,7 +126,7 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"training"},
     {"search", "deploy"},
-    {"results", "benchmarks"},
+    {"results", "benchmarks", "launch"},
     {"api", "kdsearch", "demo"},
     {"cli", "__main__"},
 ]

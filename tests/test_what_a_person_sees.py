@@ -41,6 +41,7 @@ STATUS_KEYS = {
     "workers",
     "epochs_per_second",
     "seconds_left",
+    "slurm_jobs",
 }
 
 DIGITS_SPEC = {

@@ -179,6 +179,8 @@ def format_status(s: dict[str, Any]) -> str:
     for w in s["workers"]:
         of = f"/{w['epochs']}" if w["epochs"] else ""
         lines.append(f"  running: trial {w['trial']} epoch {w['epoch']}{of} on {w['worker']}")
+    for j in s.get("slurm_jobs", ()):
+        lines.append(f"  slurm: job {j['job']} {j['state']} {j['elapsed']}/{j['time_limit']}")
     if s["epochs_per_second"]:
         left = s["seconds_left"]
         eta = "done" if not left else f"about {fmt_seconds(left)} left"

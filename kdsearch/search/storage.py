@@ -1,8 +1,9 @@
 """Opening the study database: which URL, how it is tuned, and errors a user can act on.
 
-The URL comes from ``--storage``, else ``KDSEARCH_STORAGE``, else the spec's ``storage``, else
-``sqlite:///kdsearch.db``. It is always Optuna's own storage (RDB, or its gRPC proxy for very
-many workers); kdsearch adds only tuning:
+The URL comes from ``--storage``, else ``KDSEARCH_STORAGE``, else the file that
+``KDSEARCH_STORAGE_FILE`` names (:mod:`kdsearch.search.storage_file`), else the spec's
+``storage``, else ``sqlite:///kdsearch.db``. It is always Optuna's own storage (RDB, or its
+gRPC proxy for very many workers); kdsearch adds only tuning:
 
 - SQLite: WAL journal (readers never block the writer) and a 60 s busy timeout, so several
   worker processes on one machine do not fail with "database is locked".
@@ -22,6 +23,7 @@ from typing import Any
 
 from kdsearch.errors import KDSearchError
 from kdsearch.redact import UNPARSEABLE, mask_url, scrub
+from kdsearch.search import storage_file
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ ENV = "KDSEARCH_STORAGE"
 
 
 def resolve_url(cli: str | None = None, spec_url: str | None = None) -> str:
-    return cli or os.environ.get(ENV) or spec_url or DEFAULT_URL
+    return cli or os.environ.get(ENV) or storage_file.from_env() or spec_url or DEFAULT_URL
 
 
 def mask(url: str) -> str:
