@@ -130,7 +130,9 @@ def _args_export_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", help="a kdsearch checkpoint (default: --study's best)")
     p.add_argument("--study", help="export this study's best trial's checkpoint")
     _storage_arg(p)
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument(
+        "--format", choices=("onnx", "torchscript"), default="onnx", help="file format (onnx)"
+    )
     p.add_argument("-o", "--out", help="the file to write (default: NAME.onnx / NAME.ts here)")
     p.add_argument(
         "--images",
