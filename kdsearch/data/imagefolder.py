@@ -158,9 +158,10 @@ def read(path: str, size: int, squash: bool) -> np.ndarray:
 
 
 def decode(
-    root: Path, samples: list[tuple[str, int]], size: int, squash: bool, skip_unreadable: bool
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``N×3×S×S`` uint8 pixels, N labels, and the files skipped as unreadable (if allowed)."""
+    root: Path, samples: list[tuple[str, int]], size: int, squash: bool
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """``N×3×S×S`` uint8 pixels and N labels of the readable files, and (path, reason) of
+    every file that cannot be decoded, all of them: the caller refuses or skips them."""
     from PIL import Image
 
     def one(i: int) -> tuple[str, str] | None:
@@ -175,16 +176,10 @@ def decode(
     y = np.asarray([label for _, label in samples], dtype=np.int64)
     with ThreadPoolExecutor(THREADS) as pool:
         failed = list(pool.map(one, range(len(samples))))
-    unreadable = [item for item in failed if item is not None]
-    if unreadable and not skip_unreadable:  # every file named at once: one run to fix them all
-        raise unreadable_error(unreadable)
-    for path, reason in unreadable:
-        log.info("skipping %s: not a readable image (%s)", path, reason)
-    skipped = [os.path.relpath(path, root) for path, _ in unreadable]
-    if skipped:
-        keep = np.asarray([name is None for name in failed])
+    if any(failed):
+        keep = np.asarray([item is None for item in failed])
         x, y = x[keep], y[keep]
-    return x, y, skipped
+    return x, y, [item for item in failed if item is not None]
 
 
 def load(
@@ -207,17 +202,21 @@ def load(
         if blob is None:
             log.info("decoding the images of %s into %s", root, path)
             blob = {"format": FORMAT, "skipped": {}}
+            unreadable = []
             for split in SPLITS:
-                x, y, skipped = decode(
-                    root, folders[split].samples, storage_size, squash, skip_unreadable
-                )
-                if len(y) == 0:
+                x, y, bad = decode(root, folders[split].samples, storage_size, squash)
+                unreadable += bad
+                if len(y) == 0 and skip_unreadable:
                     raise KDSearchError(
-                        f"dataset.root: none of the {len(skipped)} images in "
+                        f"dataset.root: none of the {len(bad)} images in "
                         f"{folders[split].path} is readable; check that they are image files"
                     )
                 blob[split] = (torch.from_numpy(x), torch.from_numpy(y))
-                blob["skipped"][split] = skipped
+                blob["skipped"][split] = [os.path.relpath(path, root) for path, _ in bad]
+            if unreadable and not skip_unreadable:  # every file at once: one run fixes them all
+                raise unreadable_error(unreadable)
+            for path, reason in unreadable:
+                log.info("skipping %s: not a readable image (%s)", path, reason)
             from kdsearch.files import atomic_save
 
             atomic_save(blob, path)
