@@ -67,6 +67,159 @@ def validate(spec: SpecRef, overrides: Mapping[str, Any] | None = None) -> Spec:
     return loaded
 
 
+def check_data(spec: SpecRef, *, thorough: bool = False) -> dict[str, Any]:
+    """What ``validate`` checks beyond the spec: an image folder's layout and classes (listed,
+    not decoded, so it stays fast), and, with ``thorough``, every image decoded, all unreadable
+    files refused at once; the teacher checkpoint's arch, class count and normalization.
+
+    Returns plain data; ``notes`` are what is fine but worth knowing (a teacher to train yet).
+    """
+    from kdsearch.data import scan
+    from kdsearch.paths import resolve
+    from kdsearch.training.teacher import teacher_checkpoint
+
+    loaded = _spec(spec)
+    out: dict[str, Any] = {"notes": []}
+    num_classes = None
+    if loaded.dataset.name == "imagefolder":
+        found = scan.layout(resolve(loaded.dataset.root))
+        num_classes = len(found.classes)
+        out["data"] = found.summary()
+        if thorough:
+            contents = scan.inspect(found)
+            if contents.unreadable and not loaded.dataset.skip_unreadable:
+                raise scan.unreadable_error(contents.unreadable)
+            out["images"] = contents.summary()
+    elif thorough:
+        out["notes"].append(f"{loaded.dataset.name} is a built-in data set: no files to decode")
+    if loaded.teacher is not None:
+        path = resolve(loaded.teacher.checkpoint or f"models/{loaded.name}-teacher.pt")
+        if path.is_file():
+            ckpt = teacher_checkpoint(loaded, path, num_classes)
+            out["teacher"] = {
+                "checkpoint": str(path),
+                "classes": ckpt["num_classes"],
+                "normalization": ckpt["normalization"],
+            }
+        else:
+            out["notes"].append(
+                f"teacher.checkpoint {path} does not exist yet: make it with `kdsearch "
+                "train-teacher SPEC` (or import-checkpoint) before create-study"
+            )
+    return out
+
+
+def data_check_text(report: Mapping[str, Any]) -> str:
+    """``check_data``'s report as the comment lines ``validate`` prints under the spec."""
+    lines = []
+    data = report.get("data")
+    if data:
+        images = ", ".join(f"{n} in {split}/" for split, n in data["images"].items())
+        lines.append(
+            f"# data: {data['root']}: {data['classes']} classes, {images} "
+            f"({data['held_out']}/ is the held-out test split), "
+            f"{data['ignored_files']} non-image files ignored"
+        )
+        if data["unmeasured_classes"]:
+            missing = ", ".join(data["unmeasured_classes"])
+            lines.append(f"# data: no {data['held_out']}/ images for {missing}: not measured")
+    images = report.get("images")
+    if images:
+        side = images["short_side"]
+        lines.append(
+            f"# images: {images['readable']} decoded, {images['unreadable']} unreadable "
+            f"(skipped), {images['greyscale']} greyscale; shorter side {side['min']}-"
+            f"{side['max']} px, median {side['median']}"
+        )
+    teacher = report.get("teacher")
+    if teacher:
+        norm = teacher["normalization"]
+        lines.append(
+            f"# teacher: {teacher['checkpoint']}: {teacher['classes']} classes, input "
+            f"normalized with mean {norm['mean']}, std {norm['std']}"
+        )
+    lines += [f"# note: {note}" for note in report["notes"]]
+    return "\n".join(lines)
+
+
+def init_spec(
+    data: str | Path,
+    teacher: str,
+    student: str,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write a commented starter spec for the image folder ``data`` (``kdsearch init``).
+
+    The folder is scanned (layout, classes, every image decoded: sizes, greyscale and
+    unreadable files) and ``image_size`` proposed from it; the spec is validated before it is
+    written, and an existing file is kept unless ``force``. Returns where it wrote, the spec's
+    name and the scan's summary.
+    """
+    import yaml
+
+    from kdsearch import nets
+    from kdsearch.config import spec as specs
+    from kdsearch.config import starter
+    from kdsearch.data import scan
+    from kdsearch.errors import KDSearchError
+    from kdsearch.paths import resolve
+
+    nets.check_arch(teacher, "--teacher")
+    nets.check_arch(student, "--student")
+    found = scan.layout(resolve(data))
+    contents = scan.inspect(found)
+    if not contents.sizes:
+        raise KDSearchError(
+            f"--data: none of the {len(contents.unreadable)} images in {data} can be decoded; "
+            "check that they are image files"
+        )
+    name = starter.study_name(found.root.resolve().name)
+    path = Path(out) if out is not None else Path("studies") / f"{name}.yaml"
+    if path.exists() and not force:
+        raise KDSearchError(f"{path} already exists; pass --force to replace it, or -o FILE")
+    command = f"kdsearch init --data {data} --teacher {teacher} --student {student}"
+    text = starter.write(str(data), found, contents, teacher, student, command)
+    loaded = specs.from_dict(yaml.safe_load(text))
+    validate(loaded)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return {
+        "spec": str(path),
+        "name": loaded.name,
+        "image_size": loaded.dataset.image_size,
+        "data": found.summary(),
+        "images": contents.summary(),
+    }
+
+
+def init_text(result: Mapping[str, Any]) -> str:
+    """What ``init`` tells the user on stderr: the scan, every unreadable file, and the spec."""
+    data, images = result["data"], result["images"]
+    side = images["short_side"]
+    lines = [
+        f"{data['root']}: {data['classes']} classes; "
+        + ", ".join(f"{n} images in {split}/" for split, n in data["images"].items())
+        + f" ({data['held_out']}/ is the held-out test split); "
+        f"{data['ignored_files']} non-image files ignored",
+        f"images: {images['greyscale']} greyscale, shorter side {side['min']}-{side['max']} px "
+        f"(median {side['median']}): image_size {result['image_size']}",
+    ]
+    if data["unmeasured_classes"]:
+        lines.append(
+            f"no {data['held_out']}/ images for {', '.join(data['unmeasured_classes'])}: "
+            "their test accuracy is not measured"
+        )
+    if images["unreadable"]:
+        lines.append(
+            f"{images['unreadable']} files cannot be decoded (the spec skips them: "
+            "dataset.skip_unreadable): " + ", ".join(images["unreadable_files"])
+        )
+    lines.append(f"wrote {result['spec']}; next: kdsearch validate {result['spec']} --data")
+    return "\n".join(lines)
+
+
 def _check_inputs(spec: Spec) -> None:
     """Open the data and load the teacher, so a study every worker would fail on is never
     created."""

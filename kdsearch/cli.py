@@ -35,20 +35,51 @@ def _parse_set(item: str) -> tuple[str, Any]:
 
 def _args_validate(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="study spec (YAML)")
-    _json_arg(p, "the resolved spec")
+    p.add_argument(
+        "--data",
+        action="store_true",
+        help="also decode every image of an image folder and list every unreadable file "
+        "(slower; the default lists folders and files only)",
+    )
+    _json_arg(p, "the resolved spec (the data check's lines go to stderr)")
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
     from kdsearch import api
 
     spec = api.validate(a.spec)
+    checked = api.data_check_text(api.check_data(spec, thorough=a.data))
     if a.json:
         _print_json(spec.public_dict())
+        if checked:
+            print(checked, file=sys.stderr)
     else:
         import yaml
 
         print(yaml.safe_dump(json.loads(json.dumps(spec.public_dict())), sort_keys=False), end="")
+        if checked:
+            print(checked)
         print(f"# {a.spec}: ok (study {spec.name}, {len(spec.search.space)} searched parameters)")
+    return 0
+
+
+def _args_init(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="image folder: train/<class>/ and val/ or test/")
+    p.add_argument("--teacher", required=True, metavar="ARCH", help="teacher architecture")
+    p.add_argument("--student", required=True, metavar="ARCH", help="student architecture")
+    p.add_argument("-o", "--out", help="spec file to write (default: studies/<folder>.yaml)")
+    p.add_argument("--force", action="store_true", help="replace an existing spec file")
+    _json_arg(p, "the scan and where the spec was written")
+
+
+def cmd_init(a: argparse.Namespace) -> int:
+    from kdsearch import api
+
+    result = api.init_spec(a.data, a.teacher, a.student, a.out, force=a.force)
+    if a.json:
+        _print_json(result)
+    else:
+        print(api.init_text(result), file=sys.stderr)
     return 0
 
 
@@ -842,6 +873,14 @@ class Command:
 
 #: Every command, in the order of the workflow: the order ``kdsearch --help`` lists them in.
 COMMANDS: tuple[Command, ...] = (
+    Command(
+        "init",
+        "write a commented starter spec for your own image folder",
+        _args_init,
+        cmd_init,
+        epilog="Scans the folder (classes, image sizes, greyscale, unreadable and ignored "
+        "files), proposes image_size from the images, and writes a spec that validates.",
+    ),
     Command(
         "validate", "check a study spec and print it resolved (YAML)", _args_validate, cmd_validate
     ),

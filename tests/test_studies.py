@@ -12,6 +12,7 @@ from subprocess import CompletedProcess
 
 import optuna
 import pytest
+from PIL import Image
 
 from kdsearch.config import spec as specs
 from kdsearch.search import study as studies
@@ -46,8 +47,13 @@ def test_the_studies_exist() -> None:
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
 def test_study_validates_through_the_cli(
-    path: Path, cli: Callable[..., CompletedProcess[str]]
+    path: Path, cli: Callable[..., CompletedProcess[str]], kd_home: Path
 ) -> None:
+    dataset = specs.load(path).dataset
+    if dataset.name == "imagefolder":  # validate lists the folder: give it one, as unpacked
+        for split in ("train", "val"):
+            (kd_home / dataset.root / split / "a").mkdir(parents=True)
+            Image.new("RGB", (40, 30)).save(kd_home / dataset.root / split / "a" / "0.png")
     proc = cli("validate", str(path))
     assert proc.returncode == 0, proc.stderr
     # A study inherits nothing of its base's identity: its name is its file's.

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from kdsearch.data.scan import layout, unreadable_error
 from kdsearch.errors import KDSearchError
 from kdsearch.paths import models_dir
 
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-#: Held-out folder names, in order of preference.
-HELD_OUT = ("test", "val")
 #: Bumped whenever the pixels or the blob layout of the cache change, so old caches are unused.
 FORMAT = 2
 #: Where an image has transparency, this shows through.
@@ -74,58 +73,30 @@ class Folder:
 
 
 def scan(root: Path) -> dict[str, Folder]:
-    """The training folder and the held-out folder of ``root`` (``test/``, else ``val/``)."""
-    held = [name for name in HELD_OUT if (root / name).is_dir()]
-    if not (root / "train").is_dir() or not held:
-        missing = "train" if not (root / "train").is_dir() else "test or val"
-        raise KDSearchError(
-            f"dataset.root: {root} has no {missing} folder; an imagefolder data set needs "
-            f"{root}/train/<class>/ and {root}/test/<class>/ (or ImageNet's {root}/val/<class>/), "
-            "image files inside"
-        )
-    if len(held) > 1:
+    """The training folder and the held-out folder of ``root`` (``test/``, else ``val/``),
+    listed and checked by :func:`kdsearch.data.scan.layout`."""
+    found = layout(root)
+    if found.unused:
         log.warning(
             "%s has both test/ and val/: test/ is the held-out split and val/ is not used "
             "(kdsearch holds its validation split out of train/, see dataset.val_fraction)",
             root,
         )
-    train = _folder(root / "train", None)
-    test = _folder(root / held[0], train.classes)
-    extra = sorted(set(test.classes) - set(train.classes))
-    if extra:
-        raise KDSearchError(
-            f"dataset.root: {test.path} has class folders that {root}/train lacks: "
-            f"{', '.join(map(repr, extra))}; add them to train/ or remove them from {held[0]}/"
-        )
-    missing = sorted(set(train.classes) - set(test.classes))
-    if missing:
+    if found.unmeasured:
         log.warning(
             "%s has no folder for the training classes %s; their test accuracy is not measured",
-            test.path,
-            ", ".join(map(repr, missing)),
+            found.held.path,
+            ", ".join(map(repr, found.unmeasured)),
         )
-    return {"train": train, "test": test}
-
-
-def _folder(path: Path, train_classes: tuple[str, ...] | None) -> Folder:
-    """``path``'s samples; labels index ``train_classes`` by name (its own classes if None)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-
-    try:
-        classes, to_idx = find_classes(str(path))
-        if train_classes is not None:
-            index = {name: i for i, name in enumerate(train_classes)}
-            to_idx = {name: index[name] for name in classes if name in index}
-        samples = make_dataset(str(path), to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as err:
-        hint = (
-            f"; sort its images into {path}/<class>/ (ImageNet's flat val/ needs its labels "
-            "file to do that)"
-            if "Couldn't find any class folder" in str(err)
-            else ""
+    index = {name: i for i, name in enumerate(found.classes)}
+    return {
+        split: Folder(
+            part.path,
+            tuple(part.images),
+            [(path, index[name]) for name, files in part.images.items() for path in files],
         )
-        raise KDSearchError(f"dataset.root: {path}: {str(err).splitlines()[0]}{hint}") from None
-    return Folder(path, tuple(classes), samples)
+        for split, part in (("train", found.train), ("test", found.held))
+    }
 
 
 def cache_key(
@@ -187,38 +158,28 @@ def read(path: str, size: int, squash: bool) -> np.ndarray:
 
 
 def decode(
-    root: Path, samples: list[tuple[str, int]], size: int, squash: bool, skip_unreadable: bool
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``N×3×S×S`` uint8 pixels, N labels, and the files skipped as unreadable (if allowed)."""
+    root: Path, samples: list[tuple[str, int]], size: int, squash: bool
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """``N×3×S×S`` uint8 pixels and N labels of the readable files, and (path, reason) of
+    every file that cannot be decoded, all of them: the caller refuses or skips them."""
     from PIL import Image
 
-    def one(i: int) -> str | None:
+    def one(i: int) -> tuple[str, str] | None:
         path = samples[i][0]
         try:
             x[i] = read(path, size, squash)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
-            if not skip_unreadable:
-                raise KDSearchError(
-                    f"dataset.root: {path} is not a readable image ({reason}); replace or delete "
-                    "it, or set dataset.skip_unreadable: true to skip such files"
-                ) from None
-            log.info("skipping %s: not a readable image (%s)", path, reason)
-            return os.path.relpath(path, root)
+            return path, str(err).splitlines()[0] if str(err).strip() else type(err).__name__
         return None
 
     x = np.empty((len(samples), 3, size, size), dtype=np.uint8)
     y = np.asarray([label for _, label in samples], dtype=np.int64)
-    pool = ThreadPoolExecutor(THREADS)
-    try:
+    with ThreadPoolExecutor(THREADS) as pool:
         failed = list(pool.map(one, range(len(samples))))
-    finally:  # on an error, the files not yet started are not decoded in vain
-        pool.shutdown(cancel_futures=True)
-    skipped = [name for name in failed if name is not None]
-    if skipped:
-        keep = np.asarray([name is None for name in failed])
+    if any(failed):
+        keep = np.asarray([item is None for item in failed])
         x, y = x[keep], y[keep]
-    return x, y, skipped
+    return x, y, [item for item in failed if item is not None]
 
 
 def load(
@@ -241,17 +202,21 @@ def load(
         if blob is None:
             log.info("decoding the images of %s into %s", root, path)
             blob = {"format": FORMAT, "skipped": {}}
+            unreadable = []
             for split in SPLITS:
-                x, y, skipped = decode(
-                    root, folders[split].samples, storage_size, squash, skip_unreadable
-                )
-                if len(y) == 0:
+                x, y, bad = decode(root, folders[split].samples, storage_size, squash)
+                unreadable += bad
+                if len(y) == 0 and skip_unreadable:
                     raise KDSearchError(
-                        f"dataset.root: none of the {len(skipped)} images in "
+                        f"dataset.root: none of the {len(bad)} images in "
                         f"{folders[split].path} is readable; check that they are image files"
                     )
                 blob[split] = (torch.from_numpy(x), torch.from_numpy(y))
-                blob["skipped"][split] = skipped
+                blob["skipped"][split] = [os.path.relpath(path, root) for path, _ in bad]
+            if unreadable and not skip_unreadable:  # every file at once: one run fixes them all
+                raise unreadable_error(unreadable)
+            for path, reason in unreadable:
+                log.info("skipping %s: not a readable image (%s)", path, reason)
             from kdsearch.files import atomic_save
 
             atomic_save(blob, path)

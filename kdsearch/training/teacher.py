@@ -73,18 +73,35 @@ def load_teacher(spec: Spec, num_classes: int) -> TeacherNet:
             f"teacher.checkpoint: {path} does not exist; train it with "
             f"`kdsearch train-teacher SPEC` or convert one with `kdsearch import-checkpoint`"
         )
+    ckpt = teacher_checkpoint(spec, path, num_classes)
+    return TeacherNet(model_of(ckpt), *input_normalization(ckpt)).eval()
+
+
+def teacher_checkpoint(spec: Spec, path: Path, num_classes: int | None) -> dict[str, Any]:
+    """The teacher's checkpoint at ``path``, refused unless it holds ``teacher.arch`` with a
+    head of ``num_classes`` (unchecked when None: a data set not yet opened) and a usable input
+    normalization (three means, three positive deviations: the teacher normalizes with its own
+    constants, whatever the student's are)."""
+    assert spec.teacher is not None
     ckpt = load_checkpoint(path, "teacher.checkpoint")
-    if ckpt["arch"] != teacher.arch:
+    if ckpt["arch"] != spec.teacher.arch:
         raise KDSearchError(
             f"teacher.checkpoint: {path} holds a {ckpt['arch']}, but teacher.arch is "
-            f"{teacher.arch}; fix teacher.arch or point to the right checkpoint"
+            f"{spec.teacher.arch}; fix teacher.arch or point to the right checkpoint"
         )
-    if ckpt["num_classes"] != num_classes:
+    if num_classes is not None and ckpt["num_classes"] != num_classes:
         raise KDSearchError(
             f"teacher.checkpoint: {path} has {ckpt['num_classes']} classes, the data set "
             f"{spec.dataset.name} has {num_classes}; use a teacher trained on this data set"
         )
-    return TeacherNet(model_of(ckpt), *input_normalization(ckpt)).eval()
+    mean, std = input_normalization(ckpt)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise KDSearchError(
+            f"teacher.checkpoint: {path} stores the input normalization mean {list(mean)}, std "
+            f"{list(std)} (three means and three positive deviations expected); import the "
+            "teacher again with `kdsearch import-checkpoint --normalization`"
+        )
+    return ckpt
 
 
 class CachedTeacher:
