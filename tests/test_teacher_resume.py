@@ -89,6 +89,23 @@ def test_killed_teacher_resumes_to_the_uninterrupted_result(write_spec, kd_home)
 
     _finish(kd_home, spec, "models/whole.pt")
     _same_model(models / "resumed.pt", models / "whole.pt")
+    # Piped, the runs wrote lines, not a progress bar's carriage-return fragments.
+    assert "\r" not in killed + stopped + finished
+
+
+def test_the_students_subset_is_said_not_to_apply_to_the_teacher(write_spec, kd_home):
+    """A spec whose students see 5 % of the images trains its teacher on all of them, and one
+    line says so (a user who set it to make the teacher quicker would otherwise not know)."""
+    spec = write_spec(
+        {"dataset": {"subset_fraction": 0.05}, "teacher_train": {"epochs": 1}}, name="subset"
+    )
+    output = _finish(kd_home, spec, "models/t.pt")
+    said = [line for line in output.splitlines() if "for the students only" in line]
+    assert len(said) == 1, output[-2000:]
+    assert (
+        "dataset.subset_fraction 0.05 is for the students only: the teacher trains on every"
+        in said[0]
+    )
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from kdsearch.errors import KDSearchError
+from kdsearch.meter import meter
 from kdsearch.paths import models_dir
 
 if TYPE_CHECKING:
@@ -187,9 +188,17 @@ def read(path: str, size: int, squash: bool) -> np.ndarray:
 
 
 def decode(
-    root: Path, samples: list[tuple[str, int]], size: int, squash: bool, skip_unreadable: bool
+    root: Path,
+    split: str,
+    samples: list[tuple[str, int]],
+    size: int,
+    squash: bool,
+    skip_unreadable: bool,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``N×3×S×S`` uint8 pixels, N labels, and the files skipped as unreadable (if allowed)."""
+    """``N×3×S×S`` uint8 pixels, N labels, and the files skipped as unreadable (if allowed).
+
+    Decoding a big folder takes minutes, so it reports progress from the first image
+    (:mod:`kdsearch.meter`)."""
     from PIL import Image
 
     def one(i: int) -> str | None:
@@ -210,8 +219,12 @@ def decode(
     x = np.empty((len(samples), 3, size, size), dtype=np.uint8)
     y = np.asarray([label for _, label in samples], dtype=np.int64)
     pool = ThreadPoolExecutor(THREADS)
+    failed: list[str | None] = []
     try:
-        failed = list(pool.map(one, range(len(samples))))
+        with meter(len(samples), f"{split} split", "images decoded") as tick:
+            for name in pool.map(one, range(len(samples))):
+                failed.append(name)
+                tick()
     finally:  # on an error, the files not yet started are not decoded in vain
         pool.shutdown(cancel_futures=True)
     skipped = [name for name in failed if name is not None]
@@ -243,7 +256,7 @@ def load(
             blob = {"format": FORMAT, "skipped": {}}
             for split in SPLITS:
                 x, y, skipped = decode(
-                    root, folders[split].samples, storage_size, squash, skip_unreadable
+                    root, split, folders[split].samples, storage_size, squash, skip_unreadable
                 )
                 if len(y) == 0:
                     raise KDSearchError(
