@@ -616,17 +616,14 @@ def cache_teacher(
 
 
 def _train(spec: Spec, out: Path, device: str | None, init: Path | None = None) -> dict[str, Any]:
-    """Train to a temporary file beside ``out`` and rename it when finished, so an interrupted
-    run leaves nothing at ``out``. A baseline (alpha 0) loads no teacher and builds no cache."""
-    from kdsearch.training.experiment import Context, fit_student
+    """Train to ``out``, writing it only when finished; an interrupted run keeps its state
+    beside ``out`` and the same call resumes it (:mod:`kdsearch.training.resumable`). A
+    baseline (alpha 0) loads no teacher and builds no cache."""
+    from kdsearch.training.experiment import Context
+    from kdsearch.training.resumable import train_to
 
     ctx = Context.load(spec, device, with_teacher=spec.distills)
-    tmp = out.with_name(f".{out.name}.partial")
-    try:
-        outcome = fit_student(ctx, spec, tmp, init=init)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    outcome = train_to(ctx, spec, out, init)
     return {
         "checkpoint": str(out),
         "val_accuracy": outcome.val_accuracy,

@@ -59,7 +59,9 @@ def cmd_validate(a: argparse.Namespace) -> int:
         print(yaml.safe_dump(json.loads(json.dumps(spec.public_dict())), sort_keys=False), end="")
         if checked:
             print(checked)
-        print(f"# {a.spec}: ok (study {spec.name}, {len(spec.search.space)} searched parameters)")
+        n = len(spec.search.space)
+        searched = f"{n} searched parameter{'' if n == 1 else 's'}"
+        print(f"# {a.spec}: ok (study {spec.name}, {searched})")
     return 0
 
 

@@ -449,8 +449,9 @@ def test_nothing_imports_torch_for_help():
 
 
 @pytest.mark.slow
-def test_interrupted_train_teacher_leaves_nothing(write_spec, kd_home):
-    """Ctrl-C during train-teacher: no checkpoint at --out (a partial model looks finished)."""
+def test_interrupted_train_teacher_leaves_no_checkpoint(write_spec, kd_home):
+    """Ctrl-C during train-teacher: no checkpoint at --out (a partial model looks finished),
+    only the hidden resume state beside it, and one line saying how to resume."""
     import signal
     import subprocess
     import sys
@@ -473,4 +474,5 @@ def test_interrupted_train_teacher_leaves_nothing(write_spec, kd_home):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
-    assert list(models.glob("*new.pt*")) == []
+    assert [p.name for p in models.glob("*new.pt*")] == [".new.pt.partial.d"]
+    assert err.splitlines()[-1].startswith("kdsearch: error: SIGINT: interrupted"), err[-2000:]

@@ -371,3 +371,35 @@ def test_train_and_evaluate_report_class_names(kd_home: Path, cli: CLI) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "per-class accuracy: cat:" in proc.stdout and " dog:" in proc.stdout
     assert "on imagefolder test set (12 images)" in proc.stdout
+
+
+def test_decoding_reports_progress_from_the_first_image_in_a_log(
+    kd_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Piped (no terminal), decoding says so before the first image and when each split is
+    done, in plain lines: a job's log shows progress from the first second (issue 35)."""
+    root = write_tree(kd_home / "pics")
+    n_train = len(folders.scan(root)["train"].samples)
+    with caplog.at_level(logging.INFO, logger="kdsearch"):
+        datasets.load_raw(_spec(root))
+    said = [r.getMessage() for r in caplog.records if r.name == "kdsearch.meter"]
+    assert said[0] == f"train split: 0/{n_train} images decoded"
+    assert said[1].startswith(f"train split: {n_train} images decoded in ")
+    assert said[2].startswith("test split: 0/")
+
+
+def test_progress_lines_come_between_the_first_and_the_last(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past ``every`` seconds, a line with the count, the share and the time left; none after
+    the last item (the closing line says it)."""
+    from kdsearch.meter import meter
+
+    with caplog.at_level(logging.INFO, logger="kdsearch.meter"), meter(4, "x", "items", 0) as tick:
+        for _ in range(4):
+            tick()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == "x: 0/4 items"
+    assert said[1].startswith("x: 1/4 items (25%), ") and said[1].endswith(" left")
+    assert said[2].startswith("x: 2/4 items (50%), ") and said[3].startswith("x: 3/4 items (75%)")
+    assert said[4].startswith("x: 4 items in ") and len(said) == 5

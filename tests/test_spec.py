@@ -415,6 +415,24 @@ def test_cli_validate_good_spec(kd_home: Path, cli: Callable[..., Any]) -> None:
     assert "ok (study digits_quick, 4 searched parameters)" in proc.stdout
 
 
+def test_one_of_a_thing_is_said_in_the_singular(kd_home: Path, cli: Callable[..., Any]) -> None:
+    """ "1 searched parameter", "after 1 epoch": counts a person reads agree with their noun."""
+    from kdsearch.search.progress import count
+
+    spec = yaml.safe_load((STUDIES / "digits_quick.yaml").read_text())
+    spec["search"]["space"] = {"alpha": spec["search"]["space"]["alpha"]}
+    (kd_home / "one.yaml").write_text(yaml.safe_dump(spec))
+    proc = cli("validate", "one.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert "ok (study digits_quick, 1 searched parameter)" in proc.stdout
+    assert [count(n, "epoch") for n in (0, 1, 2, 1000)] == [
+        "0 epochs",
+        "1 epoch",
+        "2 epochs",
+        "1,000 epochs",
+    ]
+
+
 @pytest.mark.parametrize(
     ("pruner", "epochs", "first_rung"),
     [

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from kdsearch.data import normalization
 from kdsearch.errors import KDSearchError, unknown_name
 from kdsearch.redact import mask_url
 from kdsearch.schema import build, in_range, positive
+
+log = logging.getLogger(__name__)
 
 SPEC_VERSION = 1
 
@@ -377,10 +380,31 @@ class Spec:
     def teacher_spec(self) -> Spec:
         """The spec ``train-teacher`` trains: the teacher as the net, on all training labels.
 
-        Validation and test images stay held out, as for every student.
+        Validation and test images stay held out, as for every student. ``subset_fraction``
+        and ``labeled_fraction`` are the students' data, not the teacher's: the partial-data
+        experiment compares students on a subset with and without one teacher trained on
+        everything (``cnn_partial_05/20/100`` share it), so a teacher trained on the subset
+        would change what the comparison means. One line says so, since a user who set them
+        to train faster would otherwise not know.
         """
         if self.teacher is None:
             raise KDSearchError("teacher: the spec has no teacher section to train")
+        partial = {
+            key: value
+            for key, value in (
+                ("subset_fraction", self.dataset.subset_fraction),
+                ("labeled_fraction", self.dataset.labeled_fraction),
+            )
+            if value < 1.0
+        }
+        if partial:
+            said = " and ".join(f"dataset.{key} {value:g}" for key, value in partial.items())
+            log.info(
+                "%s %s for the students only: the teacher trains on every training image "
+                "and label (the students are compared with a fully trained teacher)",
+                said,
+                "are" if len(partial) > 1 else "is",
+            )
         data = self.to_dict()
         data["student"] = {"arch": self.teacher.arch, "kwargs": self.teacher.kwargs}
         # The teacher is the fixed, fully trained model: every training image and label.

@@ -45,6 +45,7 @@ import torch
 
 from kdsearch.data.scan import layout, unreadable_error
 from kdsearch.errors import KDSearchError
+from kdsearch.meter import meter
 from kdsearch.paths import models_dir
 
 if TYPE_CHECKING:
@@ -158,10 +159,13 @@ def read(path: str, size: int, squash: bool) -> np.ndarray:
 
 
 def decode(
-    root: Path, samples: list[tuple[str, int]], size: int, squash: bool
+    root: Path, split: str, samples: list[tuple[str, int]], size: int, squash: bool
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """``N×3×S×S`` uint8 pixels and N labels of the readable files, and (path, reason) of
-    every file that cannot be decoded, all of them: the caller refuses or skips them."""
+    every file that cannot be decoded, all of them: the caller refuses or skips them.
+
+    Decoding a big folder takes minutes, so it reports progress from the first image
+    (:mod:`kdsearch.meter`)."""
     from PIL import Image
 
     def one(i: int) -> tuple[str, str] | None:
@@ -174,8 +178,15 @@ def decode(
 
     x = np.empty((len(samples), 3, size, size), dtype=np.uint8)
     y = np.asarray([label for _, label in samples], dtype=np.int64)
-    with ThreadPoolExecutor(THREADS) as pool:
-        failed = list(pool.map(one, range(len(samples))))
+    pool = ThreadPoolExecutor(THREADS)
+    failed: list[tuple[str, str] | None] = []
+    try:
+        with meter(len(samples), f"{split} split", "images decoded") as tick:
+            for item in pool.map(one, range(len(samples))):
+                failed.append(item)
+                tick()
+    finally:  # on an error, the files not yet started are not decoded in vain
+        pool.shutdown(cancel_futures=True)
     if any(failed):
         keep = np.asarray([item is None for item in failed])
         x, y = x[keep], y[keep]
@@ -204,7 +215,7 @@ def load(
             blob = {"format": FORMAT, "skipped": {}}
             unreadable = []
             for split in SPLITS:
-                x, y, bad = decode(root, folders[split].samples, storage_size, squash)
+                x, y, bad = decode(root, split, folders[split].samples, storage_size, squash)
                 unreadable += bad
                 if len(y) == 0 and skip_unreadable:
                     raise KDSearchError(

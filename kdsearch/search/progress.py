@@ -85,6 +85,11 @@ def fmt(value: Any) -> str:
     return f"{value:.4g}"
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 epoch", "3 epochs", "0 trials"."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def fmt_params(params: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={fmt(v)}" for k, v in sorted(params.items()))
 
@@ -120,11 +125,11 @@ def trial_done(_study: Any, trial: Any) -> None:
     of = trial.user_attrs.get("confirm_of")
     what = f"seed {trial.user_attrs.get('seed')} of trial {of}" if of is not None else ""
     log.info(
-        "trial %d %s: val %s after %d epochs in %s (%s)",
+        "trial %d %s: val %s after %s in %s (%s)",
         trial.number,
         trial.state.name.lower(),
         value,
-        epochs,
+        count(epochs, "epoch"),
         took,
         what or fmt_params(trial.params),
     )

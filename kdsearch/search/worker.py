@@ -334,7 +334,8 @@ def _work(
     teacher and take trials until ``n_trials``, ``timeout``, a stop or nothing left."""
     worker = _Worker(study_name, index, url, seed_salt, stop)
     if worker.idle():
-        log.info("study %s has reached its budget of %d trials", study_name, worker.budget)
+        budget = progress.count(worker.budget, "trial")
+        log.info("study %s has reached its budget of %s", study_name, budget)
         return 0
     worker.load(device)
     started = time.monotonic()

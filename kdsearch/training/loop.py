@@ -44,6 +44,7 @@ from kdsearch.data.batches import batches
 from kdsearch.data.datasets import UNLABELED, Images, Splits
 from kdsearch.errors import KDSearchError
 from kdsearch.files import atomic_save, safe_load
+from kdsearch.meter import at_terminal
 
 log = logging.getLogger(__name__)
 
@@ -334,9 +335,8 @@ def fit(run: Run) -> History:
     hooks = _attach_hooks(method, model, run.teacher, data) if distilling else None
     method.to(device)
     optimizer = make_optimizer([*model.parameters(), *method.parameters()], spec)
-    schedule = make_schedule(
-        optimizer, spec, math.ceil(_used(len(data.train), spec) / spec.train.batch_size)
-    )
+    steps = math.ceil(_used(len(data.train), spec) / spec.train.batch_size)
+    schedule = make_schedule(optimizer, spec, steps)
     gen = torch.Generator(device=device).manual_seed(spec.train.seed)
     state = TrainingState(model, method, optimizer, schedule, gen)
     saved = _resume_state(run)
@@ -351,14 +351,14 @@ def fit(run: Run) -> History:
     with contextlib.ExitStack() as cleanup:  # pruned, stopped and diverged runs close them too
         for h in hooks or ():
             cleanup.callback(h.remove)
-        bar = cleanup.enter_context(_progress_bar(spec, len(history.epochs), run.progress))
+        bar = cleanup.enter_context(_progress_bar(spec, steps, len(history.epochs), run.progress))
         writer = _tensorboard(run.tensorboard_dir)
         if writer is not None:
             cleanup.callback(writer.close)
         for epoch in range(len(history.epochs), spec.train.epochs):
             start = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, terms, correct, used = _train_epoch(run, step, state, hooks, epoch)
+            train_loss, terms, correct, used = _train_epoch(run, step, state, hooks, epoch, bar)
             if not _per_batch(spec):
                 schedule.step()
             val_loss, val_acc = evaluate(model, data, data.val)
@@ -385,11 +385,9 @@ def fit(run: Run) -> History:
             if writer is not None:
                 _log_scalars(writer, result)
             bar.set_postfix_str(
-                f"loss {train_loss:.3f} val {val_acc:.4f} best {history.best_val:.4f} "
-                f"{n / result.seconds:,.0f} img/s",
-                refresh=False,
+                f"epoch {epoch + 1}/{spec.train.epochs} loss {train_loss:.3f} val {val_acc:.4f} "
+                f"best {history.best_val:.4f} {n / result.seconds:,.0f} img/s"
             )
-            bar.update()
             if run.on_epoch is not None:
                 run.on_epoch(result, history)
     return history
@@ -427,8 +425,9 @@ def _train_epoch(
     state: TrainingState,
     hooks: tuple[distill.FeatureHooks, distill.FeatureHooks] | None,
     epoch: int,
+    bar: Any,
 ) -> tuple[float, dict[str, float], int, int]:
-    """One pass over the shuffled training set.
+    """One pass over the shuffled training set (``bar`` advances a batch at a time).
 
     Returns (mean loss, mean of each named term, correct labeled, images used).
     """
@@ -471,6 +470,7 @@ def _train_epoch(
         for name, term in terms.items():
             term_sums[name] = term_sums.get(name, 0) + term.detach() * len(idx)
         correct += ((out.argmax(1) == y) & (y != UNLABELED)).sum()
+        bar.update()
     train_loss = loss_sum.item() / used
     if not math.isfinite(train_loss):
         raise NonFiniteLoss(
@@ -545,9 +545,15 @@ def _log_scalars(writer: Any, r: EpochResult) -> None:
     writer.flush()
 
 
-def _progress_bar(spec: Spec, done: int, enabled: bool) -> Any:
+def _progress_bar(spec: Spec, steps: int, done: int, enabled: bool) -> Any:
+    """A bar over the run's batches, so an epoch of minutes moves too; drawn only at a
+    terminal (a log gets the callers' lines per epoch instead of a bar's fragments)."""
     from tqdm import tqdm
 
     return tqdm(
-        total=spec.train.epochs, initial=done, desc=spec.name, unit="epoch", disable=not enabled
+        total=spec.train.epochs * steps,
+        initial=done * steps,
+        desc=spec.name,
+        unit="batch",
+        disable=not (enabled and at_terminal()),
     )
