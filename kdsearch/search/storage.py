@@ -136,6 +136,8 @@ def open_storage(
                 "stays RUNNING (a stopped one is still re-queued); use a database URL for that"
             )
         parts = urlsplit(url)
+        if not parts.hostname:
+            raise KDSearchError(f"storage: {mask(url)} names no host; use grpc://HOST:PORT")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.GrpcStorageProxy(host=parts.hostname, port=parts.port or 13000)
