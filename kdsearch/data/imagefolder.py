@@ -77,9 +77,9 @@ def scan(root: Path) -> dict[str, Folder]:
     """The training folder and the held-out folder of ``root`` (``test/``, else ``val/``)."""
     held = [name for name in HELD_OUT if (root / name).is_dir()]
     if not (root / "train").is_dir() or not held:
-        missing = "train" if not (root / "train").is_dir() else "test or val"
+        lacking = "train" if not (root / "train").is_dir() else "test or val"
         raise KDSearchError(
-            f"dataset.root: {root} has no {missing} folder; an imagefolder data set needs "
+            f"dataset.root: {root} has no {lacking} folder; an imagefolder data set needs "
             f"{root}/train/<class>/ and {root}/test/<class>/ (or ImageNet's {root}/val/<class>/), "
             "image files inside"
         )
@@ -256,7 +256,8 @@ def load(
 
             atomic_save(blob, path)
             if mmap:  # return the file's shared pages, not this process's decoded copy
-                blob = _read(path, storage_size, mmap)
+                # (that copy when the file cannot be mapped back: _read logged why)
+                blob = _read(path, storage_size, mmap) or blob
     parts = {split: blob[split] for split in SPLITS}
     return parts, folders["train"].classes, {s: list(blob["skipped"][s]) for s in SPLITS}
 
