@@ -394,6 +394,7 @@ def train_teacher(
 
     loaded = _spec(spec)
     teacher_spec = loaded.teacher_spec()
+    assert loaded.teacher is not None  # teacher_spec() refuses a spec without one
     default = loaded.teacher.checkpoint or f"models/{loaded.name}-teacher.pt"
     path = Path(out) if out else resolve(default)
     if path.exists() and not force:
