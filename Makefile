@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 lint: venv
 	$(BIN)/ruff check kdsearch tests bench
 	$(BIN)/ruff format --check kdsearch tests bench
+	$(BIN)/python -m mypy
 
 test: venv lint
 	$(BIN)/pytest -q -n 2 --dist worksteal

@@ -114,9 +114,9 @@ def data_check_text(report: Mapping[str, Any]) -> str:
     lines = []
     data = report.get("data")
     if data:
-        images = ", ".join(f"{n} in {split}/" for split, n in data["images"].items())
+        counts = ", ".join(f"{n} in {split}/" for split, n in data["images"].items())
         lines.append(
-            f"# data: {data['root']}: {data['classes']} classes, {images} "
+            f"# data: {data['root']}: {data['classes']} classes, {counts} "
             f"({data['held_out']}/ is the held-out test split), "
             f"{data['ignored_files']} non-image files ignored"
         )
@@ -656,6 +656,7 @@ def train_teacher(
 
     loaded = _spec(spec)
     teacher_spec = loaded.teacher_spec()
+    assert loaded.teacher is not None  # teacher_spec() refuses a spec without one
     default = loaded.teacher.checkpoint or f"models/{loaded.name}-teacher.pt"
     path = Path(out) if out else resolve(default)
     if path.exists() and not force:
@@ -979,7 +980,7 @@ def predict_text(rows: Sequence[Mapping[str, Any]]) -> str:
     """What ``predict`` prints: one line per image, its top classes and probabilities."""
     from kdsearch.deploy import predict as predicting
 
-    return predicting.text(list(rows))
+    return predicting.text(rows)
 
 
 def best_text(result: Mapping[str, Any]) -> str:

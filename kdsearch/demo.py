@@ -39,6 +39,7 @@ def main() -> int:
     os.environ.setdefault("KDSEARCH_STORAGE", STORAGE)
     spec = specs.load(SPEC)
     started = time.perf_counter()
+    assert spec.teacher is not None and spec.teacher.checkpoint  # the demo's spec distills
     if not resolve(spec.teacher.checkpoint).is_file():
         sh("kdsearch", "train-teacher", SPEC)
     study = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -47,6 +48,8 @@ def main() -> int:
 
     ranked = confidence.rank(optuna.load_study(study_name=study, storage=STORAGE))
     winner = ranked.winner
+    if winner is None:
+        sys.exit(f"demo: study {study} finished no trial; see `kdsearch status --study {study}`")
     best = winner.trial
     sets = [f"--set={k}={v}" for k, v in best.params.items() if k != "alpha"]
     baseline = json.loads(

@@ -41,7 +41,11 @@ def meter(total: int, what: str, unit: str, every: float = EVERY_S) -> Iterator[
         from tqdm import tqdm
 
         with tqdm(total=total, desc=what, unit=unit.split()[0], leave=False) as bar:
-            yield bar.update
+
+            def step() -> None:
+                bar.update()
+
+            yield step
         return
     start = last = time.monotonic()
     done = 0

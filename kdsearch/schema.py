@@ -75,7 +75,7 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise KDSearchError(f"{path}: expected a list, got {value!r}")
         return list(value)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     if tp is Any:
         return value

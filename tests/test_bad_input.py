@@ -206,6 +206,10 @@ CASES = {
         ],
         "127.0.0.1:9",
     ),
+    "gRPC proxy without a host": (
+        lambda h, w: ["status", "--storage", "grpc://:13000"],
+        "grpc://:13000 names no host; use grpc://HOST:PORT",
+    ),
     "not a checkpoint": (
         lambda h, w: ((h / "junk.pt").write_bytes(b"not a zip"), ["evaluate", "junk.pt"])[1],
         "junk.pt",

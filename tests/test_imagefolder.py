@@ -263,8 +263,12 @@ def test_skip_unreadable_skips_counts_and_lists_the_files(
     _truncate(root / "train" / "dog" / "big.jpg")
     (root / "test" / "cat" / "0001.png").write_bytes(b"not a png")
     _truncate(root / "test" / "ship" / "0000.png")
+    bad = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     with caplog.at_level(logging.WARNING, logger="kdsearch.data"):
         raw = datasets.imagefolder(root, False, skip_unreadable=True)
+    # The decoded pixels went to the cache, and no image file was written over.
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == bad
+    assert len(list((kd_home / "models" / "cache").glob("images-*.pt"))) == 1
     assert any("1 of train, 2 of test" in r.getMessage() for r in caplog.records)
     assert len(raw.train) == 3 * 4 - 1 and len(raw.test) == 3 * 4 - 2
     assert raw.train.y.tolist() == [0] * 4 + [1] * 3 + [2] * 4

@@ -161,7 +161,9 @@ def build_cache(
     device = data.device
     start = time.perf_counter()
     slots = slot_views(data, spec.distill.cache_views(), spec.train.seed)
-    net = TeacherNet(teacher, data.mean.flatten().tolist(), data.std.flatten().tolist())
+    net = TeacherNet(
+        teacher, tuple(data.mean.flatten().tolist()), tuple(data.std.flatten().tolist())
+    )
     logits = compute_logits(net.to(device), data, slots)
     cache = CachedTeacher(logits.to(device), slots.to(device))
     if device.type == "cuda":

@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kdsearch.config.spec import ParamSpec, Spec
 from kdsearch.errors import KDSearchError
@@ -188,7 +188,7 @@ def search_range(values: Sequence[Any]) -> ParamSpec:
     if len(distinct) == 1 or not numeric:
         return ParamSpec(type="categorical", choices=list(values))
     ordered = sorted(float(v) for v in distinct)
-    kind = "int" if all(isinstance(v, int) for v in distinct) else "float"
+    kind: Literal["int", "float"] = "int" if all(isinstance(v, int) for v in distinct) else "float"
     return ParamSpec(type=kind, low=ordered[0], high=ordered[-1], log=_log_scale(ordered))
 
 

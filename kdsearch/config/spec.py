@@ -286,11 +286,12 @@ class SearchSpec:
     confirm: ConfirmSpec | None = None
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
         """Optuna's directions, one per objective."""
         if len(self.objectives) == 1:
             return [self.direction]
-        return ["maximize"] + ["minimize"] * (len(self.objectives) - 1)
+        # Accuracy first, then the costs.
+        return ["minimize" if i else "maximize" for i in range(len(self.objectives))]
 
     def check(self, path: str) -> None:
         self._check_objectives(path)
@@ -430,8 +431,11 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             out.pop(key)
             continue
         old = out.get(key)
-        both = isinstance(value, dict) and isinstance(old, dict)
-        if both and value.get("name", old.get("name")) == old.get("name"):
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and value.get("name", old.get("name")) == old.get("name")
+        ):
             out[key] = merge(old, value)
         else:
             out[key] = copy.deepcopy(value)
@@ -472,6 +476,7 @@ def _check_space(spec: Spec) -> None:
             for bound in ("low", "high"):
                 in_range(f"search.space.{key}.{bound}", getattr(param, bound), 0.0, 1.0)
         if target == "distill.temperature" and param.type != "categorical":
+            assert param.low is not None  # ParamSpec.check requires both
             positive(f"search.space.{key}.low", param.low)
 
 
@@ -552,6 +557,7 @@ def _check_methods(spec: Spec) -> None:
             values = param.choices or []
         else:
             cast = int if param.type == "int" else float
+            assert param.low is not None and param.high is not None  # ParamSpec.check requires both
             values = [cast(param.low), cast(param.high)]
         for value in values:
             distill.check_options({**spec.distill.kwargs, name: value}, methods)

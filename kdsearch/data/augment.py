@@ -10,7 +10,7 @@ cached view reproduces the teacher's input exactly. ``centre`` is the evaluation
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 
@@ -26,7 +26,8 @@ class PadCrop:
     augmentation); evaluation sees the image as it is."""
 
     augment: bool = True
-    enumerable = True
+    # Literal, so that checking it tells the type checker which of the two augmentations it is.
+    enumerable: ClassVar[Literal[True]] = True
 
     def all_views(self) -> torch.Tensor:
         return views.view_set(self.augment)
@@ -54,7 +55,7 @@ class RandomResizedCrop:
     side: int
     min_scale: float = 0.08
     augment: bool = True
-    enumerable = False
+    enumerable: ClassVar[Literal[False]] = False
 
     def draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
         if not self.augment:

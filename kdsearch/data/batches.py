@@ -20,6 +20,8 @@ from kdsearch.data.datasets import Images
 
 #: Batches gathered ahead of the one being trained on.
 DEPTH = 3
+#: What the gathering thread hands over: pixels and the CUDA event of their copy, or its error.
+Gathered = tuple[torch.Tensor, torch.cuda.Event | None] | BaseException
 
 
 def batches(
@@ -42,12 +44,12 @@ def _prefetched(
     images: Images, chunks: tuple[torch.Tensor, ...], device: torch.device
 ) -> Iterator[torch.Tensor]:
     """The pixels of each chunk of indices, gathered (and copied to ``device``) by a thread."""
-    ready: queue.Queue[tuple[torch.Tensor, object] | BaseException] = queue.Queue(DEPTH)
+    ready: queue.Queue[Gathered] = queue.Queue(DEPTH)
     stop = threading.Event()
     cuda = device.type == "cuda"
     stream = torch.cuda.Stream(device) if cuda else None
 
-    def put(item: tuple[torch.Tensor, object] | BaseException) -> bool:
+    def put(item: Gathered) -> bool:
         while not stop.is_set():
             try:
                 ready.put(item, timeout=0.1)

@@ -87,8 +87,8 @@ class RawDataset:
     train: Images
     test: Images
     num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     #: Class names by index (for reports); None where the data set has none.
     classes: tuple[str, ...] | None = None
 
@@ -101,8 +101,8 @@ class Splits:
     val: Images
     test: Images
     num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     classes: tuple[str, ...] | None = None
 
 

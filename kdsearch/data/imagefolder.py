@@ -226,13 +226,14 @@ def load(
                 blob["skipped"][split] = [os.path.relpath(path, root) for path, _ in bad]
             if unreadable and not skip_unreadable:  # every file at once: one run fixes them all
                 raise unreadable_error(unreadable)
-            for path, reason in unreadable:
-                log.info("skipping %s: not a readable image (%s)", path, reason)
+            for file, reason in unreadable:  # not `path`: that names the cache written below
+                log.info("skipping %s: not a readable image (%s)", file, reason)
             from kdsearch.files import atomic_save
 
             atomic_save(blob, path)
             if mmap:  # return the file's shared pages, not this process's decoded copy
-                blob = _read(path, storage_size, mmap)
+                # (that copy when the file cannot be mapped back: _read logged why)
+                blob = _read(path, storage_size, mmap) or blob
     parts = {split: blob[split] for split in SPLITS}
     return parts, folders["train"].classes, {s: list(blob["skipped"][s]) for s in SPLITS}
 

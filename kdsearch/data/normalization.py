@@ -34,4 +34,4 @@ def parse(text: str, what: str) -> tuple[Triple, Triple]:
             f"{what}: {text!r} is not a normalization; use {', '.join(NAMED)} or "
             "MEAN,MEAN,MEAN/STD,STD,STD in [0, 1] units (e.g. 0.5,0.5,0.5/0.25,0.25,0.25)"
         )
-    return m, s  # type: ignore[return-value]
+    return m, s

@@ -34,7 +34,8 @@ def digest(x: torch.Tensor, chunk: int = 1024) -> str:
     """SHA-256 of a uint8 tensor's shape and bytes, read a chunk at a time (no full copy)."""
     h = hashlib.sha256(repr(tuple(x.shape)).encode())
     for first in range(0, len(x), chunk):
-        h.update(x[first : first + chunk].contiguous().numpy())
+        # numpy's stubs give ndarray its buffer protocol on Python 3.12+ only.
+        h.update(x[first : first + chunk].contiguous().numpy())  # type: ignore[arg-type]
     return h.hexdigest()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def predict(student: Student, images: list[Path], top_k: int = 5) -> list[dict[s
     return out
 
 
-def text(rows: list[dict[str, Any]]) -> str:
+def text(rows: Sequence[Mapping[str, Any]]) -> str:
     """One line per image: the file, then each class with its probability."""
     return "\n".join(
         f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])

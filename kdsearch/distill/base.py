@@ -144,6 +144,14 @@ def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return total / (labels != UNLABELED).sum().clamp_min(1)
 
 
+def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss that named terms add up to (``sum`` would also allow the int 0 of no terms)."""
+    loss, *rest = terms.values()
+    for term in rest:
+        loss = loss + term
+    return loss
+
+
 def standardize(logits: torch.Tensor) -> torch.Tensor:
     """Z-score each row (logit standardization, Sun et al., CVPR 2024).
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdsearch.distill.base import Batch, Method, cross_entropy, register, standardize
+from kdsearch.distill.base import Batch, Method, cross_entropy, register, standardize, total
 from kdsearch.schema import in_range
 
 #: Guards the correlation of a constant row or column (0/0).
@@ -87,7 +87,7 @@ def dist_loss(
         beta=beta,
         gamma=gamma,
     )
-    return sum(terms.values())
+    return total(terms)
 
 
 @register("dist")
@@ -95,8 +95,10 @@ class DIST(Method):
     """Relation matching: alpha scales both correlation terms, ``beta``/``gamma`` split them."""
 
     Options = DISTOptions
+    options: DISTOptions
 
     def terms(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        assert batch.teacher_logits is not None  # forward() leaves the baseline out
         return dist_terms(
             batch.student_logits,
             batch.teacher_logits,

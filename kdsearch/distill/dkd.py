@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from kdsearch.data.datasets import UNLABELED
-from kdsearch.distill.base import Batch, Method, cross_entropy, register, standardize
+from kdsearch.distill.base import Batch, Method, cross_entropy, register, standardize, total
 from kdsearch.schema import in_range
 
 
@@ -101,7 +101,7 @@ def dkd_loss(
         beta=beta,
         warmup_factor=warmup_factor,
     )
-    return sum(terms.values())
+    return total(terms)
 
 
 @register("dkd")
@@ -109,8 +109,10 @@ class DKD(Method):
     """Target and non-target knowledge weighed apart: alpha for TCKD, ``beta`` for NCKD."""
 
     Options = DKDOptions
+    options: DKDOptions
 
     def terms(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        assert batch.teacher_logits is not None  # forward() leaves the baseline out
         warmup = self.options.warmup
         return dkd_terms(
             batch.student_logits,

@@ -45,7 +45,7 @@ def regressor(student: torch.Tensor, teacher: torch.Tensor) -> nn.Module:
 def hint_loss(regressed: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean squared error; feature maps of different sizes are pooled to the teacher's."""
     if regressed.dim() == 4 and regressed.shape[2:] != teacher.shape[2:]:
-        regressed = F.adaptive_avg_pool2d(regressed, teacher.shape[2:])
+        regressed = F.adaptive_avg_pool2d(regressed, (teacher.shape[2], teacher.shape[3]))
     return F.mse_loss(regressed.flatten(1).float(), teacher.flatten(1).float())
 
 
@@ -54,6 +54,7 @@ class FitNets(Method):
     """Hinton's loss plus ``weight``·MSE(regressor(student feature), teacher feature)."""
 
     Options = FitNetsOptions
+    options: FitNetsOptions
     needs_online_teacher = True
 
     def __init__(self, temperature: float, alpha: float, options: FitNetsOptions) -> None:
@@ -87,5 +88,6 @@ class FitNets(Method):
         if isinstance(self.regressor, nn.Linear):
             feature = feature.flatten(1)
         target = batch.teacher_features[self.options.teacher_layer].detach()
+        assert self.regressor is not None  # build() made it from the probe batch
         out["hint"] = self.options.weight * hint_loss(self.regressor(feature), target)
         return out

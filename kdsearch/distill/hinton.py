@@ -13,6 +13,7 @@ from kdsearch.distill.base import (
     kl_batchmean,
     register,
     standardize,
+    total,
 )
 
 
@@ -65,7 +66,7 @@ def kd_loss(
     cross-entropy mean, which is how unlabeled images still learn from the teacher.
     ``teacher_logits`` may be None when alpha is 0 (the plain baseline).
     """
-    return sum(hinton_terms(student_logits, teacher_logits, labels, temperature, alpha).values())
+    return total(hinton_terms(student_logits, teacher_logits, labels, temperature, alpha))
 
 
 @register("hinton")
@@ -73,6 +74,7 @@ class Hinton(Method):
     """Soft targets at temperature T, mixed with the labels' cross-entropy by alpha."""
 
     Options = HintonOptions
+    options: HintonOptions
 
     def terms(self, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         return hinton_terms(

@@ -34,6 +34,7 @@ def replace_head(model: nn.Module, old: int, new: int, what: str) -> None:
         )
     parent, _, attr = linears[-1].rpartition(".")
     head = model.get_submodule(linears[-1])
+    assert isinstance(head, nn.Linear)  # linears names nn.Linear modules only
     fresh = nn.Linear(
         head.in_features,
         new,

@@ -109,7 +109,7 @@ def _torchvision_kwargs(name: str) -> tuple[str, ...]:
     builder = models.get_model_builder(name)
     own = _takes(inspect.signature(builder).parameters.values(), with_default=True)
     cls = typing.get_type_hints(builder).get("return")
-    init = inspect.signature(cls.__init__).parameters.values() if isinstance(cls, type) else []
+    init = inspect.signature(cls).parameters.values() if isinstance(cls, type) else []
     return tuple(dict.fromkeys([*own, *_takes(init, with_default=True)]))
 
 

@@ -48,7 +48,7 @@ def _stage(
     """
     scale = 2 ** (number - 1)
     out_planes, inner = 256 * scale, cardinality * base_width * scale
-    blocks = OrderedDict()
+    blocks: OrderedDict[str, nn.Module] = OrderedDict()
     for i in range(count):
         stride = 2 if number > 1 and i == 0 else 1
         blocks[f"stage_{number}_bottleneck_{i}"] = ResNeXtBottleneck(

@@ -16,6 +16,7 @@ it and the study's seed noise; in a single-seed study, the best trial, as before
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,7 +66,13 @@ def best_trial(
     rows = confidence.rank(study, budgets).rows
     trial = rows[0].configuration.trial if rows else None
     if trial is None:
-        smallest = min(ranking.complete(study), key=lambda t: ranking.cost(t, next(iter(budgets))))
+        assert budgets  # without budgets every complete trial is a candidate
+        first = next(iter(budgets))
+        # A trial with no stored cost (all store theirs before training) would sort last.
+        smallest = min(
+            ranking.complete(study),
+            key=lambda t: c if (c := ranking.cost(t, first)) is not None else math.inf,
+        )
         costs = ", ".join(f"{m} {ranking.cost(smallest, m):g}" for m in budgets)
         within = ranking.describe_budgets(budgets)
         raise KDSearchError(
@@ -88,7 +95,9 @@ def checkpoint_accuracy(spec: Spec, trial: optuna.trial.FrozenTrial, device: str
 def _checkpoint_deleted(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the trial's checkpoint is gone but the test accuracy it measured is stored."""
     path = trial.user_attrs.get("checkpoint")
-    return bool(path) and not Path(path).is_file() and "test_accuracy" in trial.user_attrs
+    if not path:
+        return False
+    return not Path(path).is_file() and "test_accuracy" in trial.user_attrs
 
 
 def retrain_seeds(

@@ -189,7 +189,7 @@ def quantile_bins(values: pd.Series, bins: int) -> pd.Series:
     labels = [f"{fmt(lo)}–{fmt(hi)}" for lo, hi in itertools.pairwise(edges)]
     if len(set(labels)) < len(labels):  # edges closer than the column's digits show
         labels = [f"{lo:.6g}–{hi:.6g}" for lo, hi in itertools.pairwise(edges)]
-    return pd.cut(values, edges, labels=labels, include_lowest=True)
+    return pd.cut(values, list(edges), labels=labels, include_lowest=True)
 
 
 def pivot_table(df: pd.DataFrame, row: str, col: str, bins: int = 4) -> pd.DataFrame:
@@ -234,7 +234,7 @@ def compare(names: list[str], url: str | None = None) -> pd.DataFrame:
             {
                 "study": name,
                 "student": spec.student.arch,
-                "teacher": spec.teacher.arch if spec.distills else "-",
+                "teacher": spec.teacher.arch if spec.teacher and spec.distills else "-",
                 "trials": len(done),
                 "val_accuracy": best.values[0] if best else math.nan,
                 "test_accuracy": best.user_attrs.get("test_accuracy") if best else math.nan,
@@ -253,7 +253,7 @@ def _alpha_arms(spec: Spec) -> bool:
     """Whether a study's grid holds both arms of a partial-data run: alpha 0 and alpha > 0."""
     key = _alpha_key(spec)
     param = spec.search.space[key] if key else None
-    if param is None or param.type != "categorical":
+    if param is None or param.type != "categorical" or not param.choices:
         return False
     return 0 in param.choices and any(c > 0 for c in param.choices)
 

@@ -22,6 +22,7 @@ import optuna
 from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 #: Fewer complete trials than this give importances that are mostly noise.
@@ -29,7 +30,7 @@ MIN_IMPORTANCE_TRIALS = 10
 #: Up to this many trials, each curve and point carries its trial number.
 LABEL_LIMIT = 30
 #: tab10 without its grey: 9 hues, so trials n and n+1 always differ.
-PALETTE = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
+PALETTE = [c for i, c in enumerate(matplotlib.color_sequences["tab10"]) if i != 7]
 PRUNED_MARK = Line2D([], [], color="black", marker="x", linestyle="none", label="pruned (stopped)")
 
 
@@ -66,7 +67,9 @@ def accuracy_of(t: FrozenTrial) -> float:
     """A complete trial's value, a pruned trial's last reported accuracy."""
     if t.state == TrialState.COMPLETE:
         return t.values[0]
-    return reached(t)[1]
+    last = reached(t)
+    assert last is not None  # shown() drops the pruned trials that reported no epoch
+    return last[1]
 
 
 def _legend_below(ax: Any, handles: list[Any]) -> None:
@@ -161,9 +164,9 @@ def slices(study: optuna.Study, params: list[str]) -> Figure:
     )
     for ax, name in zip(axes.flat, params, strict=False):
         dist = next(t.distributions[name] for t in trials if name in t.distributions)
-        categorical = isinstance(dist, optuna.distributions.CategoricalDistribution)
+        choices = dist.choices if isinstance(dist, CategoricalDistribution) else None
         for t in (t for t in trials if name in t.params):
-            x = dist.choices.index(t.params[name]) if categorical else t.params[name]
+            x = choices.index(t.params[name]) if choices is not None else t.params[name]
             pruned = t.state == TrialState.PRUNED
             y = pct(accuracy_of(t))
             ax.scatter(x, y, color=colour(t.number), marker="x" if pruned else "o", s=36)
@@ -176,8 +179,8 @@ def slices(study: optuna.Study, params: list[str]) -> Figure:
                     fontsize=7,
                     color=colour(t.number),
                 )
-        if categorical:
-            ax.set_xticks(range(len(dist.choices)), [str(c) for c in dist.choices])
+        if choices is not None:
+            ax.set_xticks(range(len(choices)), [str(c) for c in choices])
         elif getattr(dist, "log", False):
             ax.set_xscale("log")
             # Ticks at 1, 2, 5 per decade: one decade or less still gets several labels.
@@ -242,6 +245,7 @@ def pareto_front(study: optuna.Study, objectives: list[str], labels: dict[str, s
             study, target_names=[labels.get(o, o) for o in objectives]
         )
     ax.set_title(f"{study.study_name}: Pareto front (red: non-dominated trials)")
+    assert isinstance(ax.figure, Figure)  # plot_pareto_front draws a figure of its own
     return ax.figure
 
 

@@ -151,7 +151,7 @@ class Ranking:
                 "unknown; add search.confirm or run `kdsearch confirm`)"
             )
         w = self.winner
-        assert w is not None and self.resolution is not None
+        assert w is not None and self.noise is not None and self.resolution is not None
         own = f", the winner's own {100 * w.std:.2f}" if w.std is not None else ""
         return (
             f"seed noise {100 * self.noise:.2f} points (pooled std, {self.df} degrees of "

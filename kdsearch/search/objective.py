@@ -51,8 +51,10 @@ def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, p in space.items():
         if p.type == "categorical":
-            out[name] = trial.suggest_categorical(name, p.choices)
-        elif p.type == "int":
+            out[name] = trial.suggest_categorical(name, p.choices or [])
+            continue
+        assert p.low is not None and p.high is not None  # ParamSpec.check requires both
+        if p.type == "int":
             step = int(p.step or 1)
             out[name] = trial.suggest_int(name, int(p.low), int(p.high), step=step, log=p.log)
         else:

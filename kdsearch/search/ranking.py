@@ -102,7 +102,8 @@ def complete(study: Any) -> list[Any]:
 def ranked(study: Any, trials: list[Any] | None = None) -> list[Any]:
     """``trials`` (default: :func:`complete`), best accuracy first in the study's direction."""
     s = sign(study)
-    return sorted(complete(study) if trials is None else trials, key=lambda t: -s * accuracy(t))
+    # Only complete trials are ranked, and a complete trial always holds its values.
+    return sorted(complete(study) if trials is None else trials, key=lambda t: -s * t.values[0])
 
 
 def best(
@@ -124,7 +125,7 @@ def best(
         for t in pool
         if t.state == optuna.trial.TrialState.COMPLETE
         and feasible(t)
-        and all(cost(t, m) is not None and cost(t, m) <= v for m, v in (budgets or {}).items())
+        and all((c := cost(t, m)) is not None and c <= v for m, v in (budgets or {}).items())
     ]
     top = ranked(study, ok)
     return top[0] if top else None

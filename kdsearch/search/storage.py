@@ -164,9 +164,8 @@ def open_storage(
         netloc = url.removeprefix("grpc://").partition("/")[0]
         host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "13000")
         if not host or not port.isdigit():
-            raise KDSearchError(
-                f"storage: {mask(url)} is not a gRPC proxy URL; use grpc://HOST:PORT"
-            )
+            what = "names no host" if not host else f"has port {port!r}, not a number"
+            raise KDSearchError(f"storage: {mask(url)} {what}; use grpc://HOST:PORT")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.GrpcStorageProxy(host=host, port=int(port))

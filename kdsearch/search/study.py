@@ -101,6 +101,7 @@ def grid_values(name: str, param: ParamSpec) -> list[Any]:
         raise KDSearchError(
             f"search.space.{name}: the grid sampler needs choices or a step for every parameter"
         )
+    assert param.low is not None and param.high is not None  # ParamSpec.check requires both
     count = round((param.high - param.low) / param.step) + 1
     values = [param.low + i * param.step for i in range(count)]
     return [int(v) for v in values] if param.type == "int" else [round(v, 12) for v in values]

@@ -139,7 +139,9 @@ def stop_when_orphaned() -> None:
     """
     from multiprocessing.connection import wait
 
-    sentinel = multiprocessing.parent_process().sentinel
+    parent = multiprocessing.parent_process()
+    assert parent is not None  # called in worker processes only, never in the command itself
+    sentinel = parent.sentinel
 
     def watch() -> None:
         wait([sentinel])
@@ -241,7 +243,9 @@ def run_processes(
         while queue or running:
             while queue and len(running) < at_once and not stopping.is_set():
                 function, args = queue.pop(0)
-                child = context.Process(target=function, args=args)
+                child: multiprocessing.process.BaseProcess = context.Process(
+                    target=function, args=args
+                )
                 start(child)
                 running.append(child)
             if stopping.is_set():

@@ -247,7 +247,8 @@ def predict_batch(device: torch.device, side: int) -> int:
 def place(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` on ``device`` in channels-last layout, which oneDNN (CPU) and cuDNN (GPU) run
     fastest: on two CPU cores, cnn5 trains 1.4x and infers 2x faster than in NCHW."""
-    return model.to(device, memory_format=torch.channels_last)
+    # Module.to takes both at once; torch's overloads list them only apart.
+    return model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 @torch.no_grad()
@@ -331,8 +332,8 @@ def fit(run: Run) -> History:
     model = place(model, device)
     d = spec.distill
     method = distill.create(d.loss, d.temperature, d.alpha, d.kwargs)
-    distilling = run.teacher is not None and d.alpha > 0
-    hooks = _attach_hooks(method, model, run.teacher, data) if distilling else None
+    teacher = run.teacher if d.alpha > 0 else None
+    hooks = _attach_hooks(method, model, teacher, data) if teacher is not None else None
     method.to(device)
     optimizer = make_optimizer([*model.parameters(), *method.parameters()], spec)
     steps = math.ceil(_used(len(data.train), spec) / spec.train.batch_size)
@@ -434,7 +435,7 @@ def _train_epoch(
     spec, data = run.spec, run.data
     method, optimizer, gen = state.method, state.optimizer, state.generator
     device = data.device
-    distilling = run.teacher is not None and spec.distill.alpha > 0
+    teacher = run.teacher if spec.distill.alpha > 0 else None
     n, bs = len(data.train), spec.train.batch_size
     order = torch.randperm(n, device=device, generator=gen)
     loss_sum = torch.zeros((), device=device)
@@ -446,8 +447,8 @@ def _train_epoch(
     for idx, pixels in batches(data.train, order[:used], bs, device):
         if run.should_stop():
             raise StopRequested(f"stop requested during epoch {epoch + 1}")
-        if distilling:
-            view, token = run.teacher.draw_views(idx, gen)
+        if teacher is not None:
+            view, token = teacher.draw_views(idx, gen)
         else:
             view, token = data.augment.draw(len(idx), gen), None
         raw = data.augment.apply(pixels, view)
@@ -455,7 +456,7 @@ def _train_epoch(
         y = data.train.y[idx]
         with _autocast(device):
             out = step(x)
-            target = run.teacher.logits(idx, token, raw) if distilling else None
+            target = teacher.logits(idx, token, raw) if teacher is not None else None
             batch = distill.Batch(out.float(), target, y)
             if hooks is not None:
                 batch.student_features, batch.teacher_features = hooks[0].take(), hooks[1].take()

@@ -47,6 +47,9 @@ CACHE_FORMAT = 3
 class TeacherNet(nn.Module):
     """A network that takes uint8 images and normalizes them with its own constants."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.net = net
@@ -108,7 +111,7 @@ class CachedTeacher:
     """Teacher logits looked up per (image, view) from a precomputed table on the device."""
 
     #: No network runs, so no intermediate features exist (methods that need them are refused).
-    model = None
+    model: nn.Module | None = None
 
     def __init__(self, logits: torch.Tensor, view_ids: torch.Tensor) -> None:
         # logits: N×V×C fp16; view_ids: N×V, the view each slot holds.
@@ -145,7 +148,8 @@ def cache_key(model: TeacherNet, data: DeviceData, spec: Spec) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     for first in range(0, len(data.train), 4096):  # a chunk at a time: no copy of a big store
-        h.update(data.train.chunk(first, first + 4096).cpu().contiguous().numpy())
+        # numpy's stubs give ndarray its buffer protocol on Python 3.12+ only.
+        h.update(data.train.chunk(first, first + 4096).cpu().contiguous().numpy())  # type: ignore[arg-type]
     per_image = spec.distill.cache_views()
     seed = spec.train.seed if per_image else None  # only sampled views depend on the seed
     h.update(repr((data.augment.describe(), per_image, seed)).encode())
@@ -176,7 +180,7 @@ def compute_logits(
     """Teacher logits (fp16, N×V×C on the CPU) for every image under every slot's view."""
     device = data.device
     batch = batch or predict_batch(device, data.train.x.shape[-1])
-    model = place(model, device).eval()
+    net = place(model, device).eval()
     n, v = slot_views.shape[:2]
     out = torch.empty(n, v, data.num_classes, dtype=torch.float16)
     slot_views = slot_views.to(device)
@@ -187,7 +191,7 @@ def compute_logits(
         for j in range(v):
             x = data.augment.apply(pixels, slot_views[idx, j])
             with autocast:
-                out[first : first + len(idx), j] = model(x).float().cpu().half()
+                out[first : first + len(idx), j] = net(x).float().cpu().half()
     return out
 
 
