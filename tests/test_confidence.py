@@ -48,6 +48,10 @@ def study_with(
     return study
 
 
+def in_memory() -> optuna.Study:
+    return optuna.create_study(direction="maximize")
+
+
 def order(ranked: confidence.Ranking) -> list[float]:
     return [r.configuration.trial.params["alpha"] for r in ranked.rows]
 
@@ -100,6 +104,41 @@ def test_a_single_seed_study_keeps_its_order_and_says_it_is_untested(kd_home: Pa
     assert order(ranked) == [0.2, 0.3, 0.1]
     assert not ranked.tested and ranked.ties == 0 and ranked.resolution is None
     assert "not tested" in ranked.summary()
+
+
+def test_the_summary_says_why_the_order_is_untested() -> None:
+    """One seed each, repeats that all agree (even one repeat: df 1), or nothing at all: each
+    its own sentence, so a reader knows what would make the order tested."""
+    single = confidence.rank(study_with({0.1: [0.80], 0.2: [0.85]}, study=in_memory()))
+    assert single.df == 0 and single.summary().startswith("single seed per configuration")
+    agree = confidence.rank(study_with({0.1: [0.90, 0.90], 0.2: [0.85]}, study=in_memory()))
+    assert agree.df == 1 and agree.noise is None and not agree.tested
+    assert agree.summary().startswith("every repeated configuration scored the same")
+    assert confidence.assess([]).summary() == "no complete trial yet"
+
+
+def test_a_configuration_counts_each_seed_once_and_only_its_complete_runs() -> None:
+    study = study_with({0.1: [0.90, 0.80], 0.2: [0.85, 0.86]}, study=in_memory())
+    again = {CONFIRM_OF: 0, SEED: 1}  # a raced duplicate of seed 1: the first one counts
+    study.add_trial(optuna.trial.create_trial(value=0.10, user_attrs=again))
+    failed = {CONFIRM_OF: 0, SEED: 2}
+    study.add_trial(optuna.trial.create_trial(state=S.FAIL, user_attrs=failed))
+    configs = confidence.configurations(study)
+    assert [c.trial.params["alpha"] for c in configs] == [0.1, 0.2]
+    assert [c.values for c in configs] == [[0.90, 0.80], [0.85, 0.86]]
+    assert configs[0].seeds == [None, 1]
+
+
+def test_rank_within_budgets_keeps_a_trial_at_the_budget_and_drops_an_unmeasured_one() -> None:
+    study = in_memory()
+    for alpha, value, params in [(0.1, 0.95, 5000), (0.2, 0.90, 1000), (0.3, 0.85, None)]:
+        attrs = {} if params is None else {"student_params": params}
+        trial = optuna.trial.create_trial(
+            params={"alpha": alpha}, distributions={"alpha": D}, value=value, user_attrs=attrs
+        )
+        study.add_trial(trial)
+    assert order(confidence.rank(study, {"student_params": 1000})) == [0.2]
+    assert order(confidence.rank(study)) == [0.1, 0.2, 0.3]
 
 
 def test_seeds_that_all_agree_leave_the_order_untested(write_spec, kd_home: Path) -> None:
