@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch and torchvision are pinned to the builds that lie on local disk on our machines.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-fast container-check demo bench lint clean
+.PHONY: venv test test-fast container-check demo bench lint clean mutation
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,17 @@ test-fast: venv
 # Builds the worker image and runs a study in containers (docs/containers.md): minutes.
 container-check: venv
 	KDSEARCH_CONTAINER_CHECK=1 $(BIN)/pytest -q tests/test_containers.py
+
+# Mutation testing of the modules that decide results (docs/testing.md): one module at a time,
+# one child process; tens of minutes, not part of `make test`. Results stay in mutants/, so a
+# second run retests only what changed; `$(BIN)/mutmut show NAME` prints a survivor's diff.
+MUTATE := kdsearch.search.ranking kdsearch.search.confidence kdsearch.files kdsearch.distill \
+	kdsearch.config.spec kdsearch.redact
+
+mutation: venv
+	$(BIN)/pip install -q -e '.[mutation]'
+	for m in $(MUTATE); do $(BIN)/mutmut run --max-children 1 "$$m.*" || exit 1; done
+	$(BIN)/mutmut results --all true | sed 's/ *\(.*\)\.x[_ǁ][^:]*: / \1 /' | sort | uniq -c
 
 demo: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m kdsearch.demo

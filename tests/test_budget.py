@@ -55,3 +55,20 @@ def test_a_trial_started_beyond_the_budget_is_pruned_untrained(write_spec, kd_ho
     fourth = study.ask()
     assert 0 <= objective(fourth) <= 1
     assert ranking.OVER_BUDGET not in study.trials[fourth.number].user_attrs
+
+
+def test_what_takes_a_place_in_the_budget():
+    """A search trial, finished or pruned, takes one; a failed trial (its retry takes its place),
+    a confirmation run and a trial turned away over budget do not."""
+    study = optuna.create_study()
+
+    def trial(state: S, **attrs: object) -> optuna.trial.FrozenTrial:
+        value = 0.5 if state == S.COMPLETE else None
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, user_attrs=attrs))
+        return study.trials[-1]
+
+    assert ranking.claims_budget(trial(S.COMPLETE))
+    assert ranking.claims_budget(trial(S.PRUNED))
+    assert not ranking.claims_budget(trial(S.FAIL))
+    assert not ranking.claims_budget(trial(S.COMPLETE, **{ranking.CONFIRM_OF: 0, ranking.SEED: 1}))
+    assert not ranking.claims_budget(trial(S.PRUNED, **{ranking.OVER_BUDGET: True}))

@@ -48,6 +48,10 @@ def study_with(
     return study
 
 
+def in_memory() -> optuna.Study:
+    return optuna.create_study(direction="maximize")
+
+
 def order(ranked: confidence.Ranking) -> list[float]:
     return [r.configuration.trial.params["alpha"] for r in ranked.rows]
 
@@ -81,10 +85,18 @@ def test_ties_are_a_one_sided_pooled_t_test_at_5_percent(
     expected = stats.ttest_ind(winner, other, equal_var=True, alternative="greater").pvalue
     assert row.p_value == pytest.approx(expected)
     assert row.tied is tied and ranked.ties == int(tied)
+    assert [r.rank for r in ranked.rows] == [1, 2] and ranked.rows[0].p_value is None
+    assert row.ci95 == pytest.approx(stats.t.ppf(0.975, 4) * ranked.noise / math.sqrt(3))
     assert ranked.noise == pytest.approx(math.sqrt((stats.tvar(winner) + stats.tvar(other)) / 2))
     lsd = stats.t.ppf(0.95, 4) * ranked.noise * math.sqrt(2 / 3)
     assert ranked.resolution == pytest.approx(lsd)
-    assert f"differences under {100 * lsd:.2f} points" in ranked.summary()
+    own = 100 * stats.tstd(winner)
+    assert ranked.summary() == (
+        f"seed noise {100 * ranked.noise:.2f} points (pooled std, 4 degrees of freedom, the "
+        f"winner's own {own:.2f}); differences under {100 * lsd:.2f} points between "
+        f"configurations of 3 seeds are not resolved by this study; {int(tied)} of 1 other "
+        "configurations tied with the winner (one-sided pooled t-test, 5%)"
+    )
 
 
 def test_unconfirmed_configurations_are_tested_with_the_pooled_noise(kd_home: Path) -> None:
@@ -100,6 +112,50 @@ def test_a_single_seed_study_keeps_its_order_and_says_it_is_untested(kd_home: Pa
     assert order(ranked) == [0.2, 0.3, 0.1]
     assert not ranked.tested and ranked.ties == 0 and ranked.resolution is None
     assert "not tested" in ranked.summary()
+
+
+def test_the_summary_says_why_the_order_is_untested() -> None:
+    """One seed each, repeats that all agree (even one repeat: df 1), or nothing at all: each
+    its own sentence, so a reader knows what would make the order tested."""
+    single = confidence.rank(study_with({0.1: [0.80], 0.2: [0.85]}, study=in_memory()))
+    assert single.df == 0 and single.summary().startswith("single seed per configuration")
+    agree = confidence.rank(study_with({0.1: [0.90, 0.90], 0.2: [0.85]}, study=in_memory()))
+    assert agree.df == 1 and agree.noise is None and not agree.tested
+    assert agree.summary().startswith("every repeated configuration scored the same")
+    assert all(r.p_value is None and r.ci95 is None for r in agree.rows)
+    assert confidence.assess([]).summary() == "no complete trial yet"
+
+
+def test_a_configuration_counts_each_seed_once_and_only_its_complete_runs() -> None:
+    study = study_with({0.1: [0.90, 0.80], 0.2: [0.85, 0.86]}, study=in_memory())
+    again = {CONFIRM_OF: 0, SEED: 1}  # a raced duplicate of seed 1: the first one counts
+    study.add_trial(optuna.trial.create_trial(value=0.10, user_attrs=again))
+    failed = {CONFIRM_OF: 0, SEED: 2}
+    study.add_trial(optuna.trial.create_trial(state=S.FAIL, user_attrs=failed))
+    configs = confidence.configurations(study)
+    assert [c.trial.params["alpha"] for c in configs] == [0.1, 0.2]
+    assert [c.values for c in configs] == [[0.90, 0.80], [0.85, 0.86]]
+    assert configs[0].seeds == [None, 1]
+
+
+def test_rank_within_budgets_keeps_a_trial_at_the_budget_and_drops_an_unmeasured_one() -> None:
+    study = in_memory()
+    for alpha, value, params in [(0.1, 0.95, 5000), (0.2, 0.90, 1000), (0.3, 0.85, None)]:
+        attrs = {} if params is None else {"student_params": params}
+        trial = optuna.trial.create_trial(
+            params={"alpha": alpha}, distributions={"alpha": D}, value=value, user_attrs=attrs
+        )
+        study.add_trial(trial)
+    assert order(confidence.rank(study, {"student_params": 1000})) == [0.2]
+    assert order(confidence.rank(study)) == [0.1, 0.2, 0.3]
+
+
+def test_two_seeds_confirm_and_one_repeat_is_enough_to_test() -> None:
+    ranked = confidence.rank(study_with({0.1: [0.80, 0.82], 0.2: [0.85]}, study=in_memory()))
+    assert order(ranked) == [0.1, 0.2]  # confirmed first, though 0.2's one seed is higher
+    assert ranked.df == 1 and ranked.tested
+    low = optuna.create_study(direction="minimize")
+    assert order(confidence.rank(study_with({0.1: [0.30], 0.2: [0.10]}, study=low))) == [0.2, 0.1]
 
 
 def test_seeds_that_all_agree_leave_the_order_untested(write_spec, kd_home: Path) -> None:

@@ -1,17 +1,19 @@
-"""From a finished search to a student one can ship (issue 35): ``export-model`` writes ONNX
-and TorchScript files that carry their preprocessing and class names, checked against the
-checkpoint; ``predict`` and ``load_student`` give the same answers from all three forms.
+"""From a user's folder of photos to a student one can ship (issue 35), the commands a user
+runs: ``init`` writes the spec, ``validate --data`` checks it and the photos, a teacher is
+trained and a search run, ``export-model`` writes ONNX and TorchScript files that carry their
+preprocessing and class names, checked against the checkpoint, and ``predict`` and
+``load_student`` give the same answers from all three forms.
 
-The data is a user's folder of real photos: a slice of the CIFAR-10 JPEG copy in
-``../shared/data`` laid out as ``train/<class>`` and ``val/<class>``, trained at 40 px with
-random-resized crops, so the stored preprocessing (resize to 46, centre 40 crop) is not the
-identity.
+The folder is a slice of the CIFAR-10 JPEG copy in ``../shared/data`` laid out as
+``train/<class>`` and ``val/<class>`` (tests/image_folders.py). Only the schedule lengths of
+the spec ``init`` wrote are cut, for the suite's time. A second check builds the stored
+preprocessing of a 40 px random-resized-crop data set (resize to 46, centre 40 crop) and
+compares it with the pixels the data set decoded.
 """
 
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import optuna
@@ -19,70 +21,42 @@ import pytest
 import torch
 import yaml
 from conftest import run_cli
+from image_folders import own_images
 from PIL import Image
 
-from kdsearch import api
+from kdsearch.config.spec import from_dict
+from kdsearch.data import datasets
 from kdsearch.deploy.preprocess import Preprocess
 from kdsearch.deploy.student import load_student
 from kdsearch.training.model_files import load_checkpoint, model_of
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
-CLASSES = ("cat", "dog", "ship")
-
-
-def user_folder(root: Path, train: int = 40, val: int = 10) -> Path:
-    """``root/photos/{train,val}/<class>/*.jpg``: real JPEGs from the shared CIFAR-10 copy."""
-    want = {("train", c): train for c in CLASSES} | {("test", c): val for c in CLASSES}
-    with tarfile.open(SHARED) as tar:
-        for member in tar:
-            parts = Path(member.name).parts[-3:]
-            key = tuple(parts[:2])
-            if member.isfile() and want.get(key, 0) > 0:  # type: ignore[call-overload]
-                want[key] -= 1  # type: ignore[index]
-                split = "val" if parts[0] == "test" else "train"
-                out = root / "photos" / split / parts[1] / parts[2]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
-            if not any(want.values()):
-                break
-    return root / "photos"
+CLASSES = ("airplane", "automobile", "bird")
+#: What the test shortens in the spec init wrote: schedule lengths and the budget only.
+SHORTER = {"teacher_train": {"epochs": 2}, "train": {"epochs": 2}, "search": {"n_trials": 2}}
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
-    """A finished two-trial search (no teacher: the export does not care) on the folder."""
+    """init, validate --data, train-teacher, create-study, worker: as a user runs them."""
     home = tmp_path_factory.mktemp("deploy")
-    photos = user_folder(home)
-    spec = {
-        "name": "pets",
-        "dataset": {
-            "name": "imagefolder",
-            "root": str(photos),
-            "image_size": 40,
-            "crop": "random_resized",
-            "val_fraction": 0.2,
-        },
-        "student": {"arch": "resnet20"},
-        "teacher": None,
-        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
-        "distill": {"alpha": 0.0},
-        "search": {
-            "n_trials": 2,
-            "pruner": {"name": "none"},
-            "space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-        },
-    }
-    path = home / "pets.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    photos = own_images(home / "photos", classes=3, train=40, val=10)
+    env = {"KDSEARCH_HOME": str(home)}
+
+    def kd(*args: str) -> str:
+        proc = run_cli(*args, cwd=home, env=env)
+        assert proc.returncode == 0, (args, proc.stderr[-3000:])
+        return proc.stdout
+
+    kd("init", "--data", "photos", "--teacher", "resnet20", "--student", "cnn5", "-o", "pets.yaml")
+    spec = yaml.safe_load((home / "pets.yaml").read_text())
+    for key, values in SHORTER.items():
+        spec[key].update(values)
+    (home / "pets.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert "# pets.yaml: ok" in kd("validate", "pets.yaml", "--data")
     url = f"sqlite:///{home / 'kd.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.chdir(home)
-    mp.setenv("KDSEARCH_HOME", str(home))
-    try:
-        api.create_study(str(path), url)
-        assert api.run_workers("pets", url, devices="cpu") == 0
-    finally:
-        mp.undo()
+    kd("train-teacher", "pets.yaml")
+    kd("create-study", "pets.yaml", "--storage", url)
+    kd("worker", "--study", "photos", "--storage", url, "--devices", "cpu")
     return home, url, photos
 
 
@@ -98,7 +72,7 @@ def test_export_and_predict_agree_with_the_checkpoint(searched) -> None:
     outs = {}
     for fmt in ("onnx", "torchscript"):
         proc = run_cli(
-            "export-model", "--study", "pets", "--storage", url, "--format", fmt,
+            "export-model", "--study", "photos", "--storage", url, "--format", fmt,
             "--images", *images[:6], "--json", cwd=home, env=env,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
@@ -106,12 +80,11 @@ def test_export_and_predict_agree_with_the_checkpoint(searched) -> None:
         assert result["max_abs_diff"] <= 1e-4 * (1 + result["max_abs_logit"])
         assert result["checked_on"] == "6 images"
         assert result["classes"] == list(CLASSES)
-        assert result["preprocess"]["image_size"] == 40
-        assert result["preprocess"]["stored_size"] == 46
+        assert result["preprocess"]["image_size"] == result["preprocess"]["stored_size"] == 32
         assert set(result["latency_ms_b1"]) == {"checkpoint", fmt}
         outs[fmt] = home / result["path"]
         assert outs[fmt].is_file() and not list(home.glob(".*.partial"))
-    study = optuna.load_study(study_name="pets", storage=url)
+    study = optuna.load_study(study_name="photos", storage=url)
     checkpoint = home / study.best_trial.user_attrs["checkpoint"]
     # Every form predicts the same classes with the same probabilities, on all 30 photos.
     answers = {}
@@ -120,7 +93,7 @@ def test_export_and_predict_agree_with_the_checkpoint(searched) -> None:
         assert proc.returncode == 0, proc.stderr
         answers[form] = json.loads(proc.stdout)
     reference = answers.pop("checkpoint")
-    assert len(reference) == len(images) == 30
+    assert len(reference) == len(images) == 30  # 10 photos of each class
     for rows in answers.values():
         for mine, theirs in zip(rows, reference, strict=True):
             assert [t["class"] for t in mine["top"]] == [t["class"] for t in theirs["top"]]
@@ -140,23 +113,36 @@ def test_export_and_predict_agree_with_the_checkpoint(searched) -> None:
 
 
 def test_preprocessing_is_what_training_evaluated_on(searched) -> None:
-    """The stored transform reproduces the evaluation pixels the data set decoded: the same
-    resize to 46 and centre 40 crop, bit for bit (unlike, say, a resize straight to 40)."""
-    from kdsearch.data import datasets
-    from kdsearch.search import study as studies
-    from kdsearch.search.storage import open_storage
-
-    home, url, photos = searched
-    _, spec = studies.load(open_storage(url), "pets")
+    """At 40 px with random-resized crops, the stored transform (resize to 46, centre 40 crop)
+    gives bit for bit the evaluation pixels the data set decoded: a resize straight to 40, or
+    no centre crop, would not."""
+    home, _, photos = searched
+    spec = from_dict(
+        {
+            "name": "forty",
+            "dataset": {
+                "name": "imagefolder",
+                "root": str(photos),
+                "image_size": 40,
+                "crop": "random_resized",
+            },
+            "student": {"arch": "resnet20"},
+            "teacher": None,
+            "distill": {"alpha": 0.0},
+        }
+    )
     mp = pytest.MonkeyPatch()
     mp.setenv("KDSEARCH_HOME", str(home))
     try:
         splits = datasets.load(spec.dataset)
     finally:
         mp.undo()
-    study = optuna.load_study(study_name="pets", storage=url)
-    checkpoint = home / study.best_trial.user_attrs["checkpoint"]
-    pre = Preprocess.from_checkpoint(load_checkpoint(checkpoint))
+    ckpt = {
+        "dataset": datasets.describe(spec.dataset),
+        "normalization": {"mean": list(splits.mean), "std": list(splits.std)},
+    }
+    pre = Preprocess.from_checkpoint(ckpt)
+    assert (pre.image_size, pre.stored_size) == (40, 46)
     stored = splits.test.x[0].numpy()  # the first val photo, in sorted order, as decoded
     assert stored.shape == (3, 46, 46)
     expected = torch.from_numpy(stored[:, 3:43, 3:43].copy())  # the evaluation centre crop

@@ -12,7 +12,12 @@ import torch
 
 from kdsearch.data.datasets import UNLABELED
 from kdsearch.distill import Batch, FitNets, dist_loss, dkd_loss, get, kd_loss
+from kdsearch.distill.base import cross_entropy, standardize
+from kdsearch.distill.dist import DISTOptions, dist_terms
+from kdsearch.distill.dkd import DKDOptions, dkd_terms
 from kdsearch.distill.fitnets import FitNetsOptions
+from kdsearch.distill.hinton import hinton_terms
+from kdsearch.errors import KDSearchError
 
 SETTINGS = [(1.0, 1.0, 1.0), (2.0, 0.5, 2.0), (4.0, 1.0, 8.0), (8.0, 0.3, 4.0)]
 
@@ -206,3 +211,34 @@ def test_fitnets_regressor_gets_gradients_and_maps_vectors_linearly() -> None:
     sum(method(Batch(s, t, y, {"a": fs}, {"b": ft}), 0).values()).backward()
     assert method.regressor.weight.grad.abs().sum() > 0
     assert fs.grad.abs().sum() > 0
+
+
+def test_terms_are_named_for_the_trial_record_and_options_keep_their_bounds() -> None:
+    """The term names are what each trial stores in ``loss_terms``; alpha 0 is the plain
+    baseline (cross-entropy alone); an option at its lower bound is valid, below it is not."""
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    assert set(hinton_terms(s, t, y, 4.0, 0.5)) == {"ce", "kd"}
+    assert set(hinton_terms(s, t, y, 4.0, 0.0)) == {"ce"}
+    assert set(dkd_terms(s, t, y, temperature=4.0, alpha=1.0, beta=8.0)) == {"ce", "tckd", "nckd"}
+    assert set(dist_terms(s, t, y, temperature=4.0, alpha=1.0, beta=1.0, gamma=1.0)) == {
+        "ce",
+        "inter",
+        "intra",
+    }
+    one = torch.full((6,), UNLABELED)
+    one[2] = 2  # one labeled image: its own cross-entropy, not half of it
+    assert cross_entropy(s, one).item() == pytest.approx(_ce(s.numpy()[2:3], np.array([2])))
+    z = standardize(s + 3.0)
+    assert torch.allclose(z.mean(dim=1), torch.zeros(6), atol=1e-6)
+    assert torch.allclose(z.std(dim=1), torch.ones(6), atol=1e-5)
+
+    DKDOptions(beta=0.5, warmup=0).check("distill.options")
+    DISTOptions(beta=0.5, gamma=0.5).check("distill.options")
+    with pytest.raises(KDSearchError, match=r"^distill\.options\.beta"):
+        DKDOptions(beta=-1.0).check("distill.options")
+    with pytest.raises(KDSearchError, match=r"^distill\.options\.warmup"):
+        DKDOptions(warmup=-1).check("distill.options")
+    with pytest.raises(KDSearchError, match=r"^distill\.options\.gamma"):
+        DISTOptions(gamma=-1.0).check("distill.options")

@@ -131,6 +131,49 @@ def test_ranking_picks_within_budgets_and_never_an_infeasible_trial():
     assert [t.values[0] for t in ranking.ranked(single)] == [0.90]
 
 
+def test_ranking_at_the_edges_of_its_rules():
+    """A trial exactly at a budget is within it; a trial a fraction over its ceiling is out; a
+    trial as accurate as another but larger is off the front; a pruned trial is never ranked,
+    however high its last value; a minimized first objective ranks lowest first."""
+    multi = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, size in [(0.90, 1000), (0.90, 500), (0.80, 100)]:
+        _add(multi, [acc, size], size)
+    assert [t.values for t in ranking.pareto(multi)] == [[0.90, 500], [0.80, 100]]
+    assert ranking.best(multi, {"student_params": 100}).values == [0.80, 100]
+    assert ranking.multi(multi) and ranking.sign(multi) == 1
+
+    single = optuna.create_study(direction="maximize")
+    _add(single, [0.99], 5000, over=0.5)  # half a parameter over its ceiling
+    _add(single, [0.90], 1000, over=0.0)  # exactly at it
+    single.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, value=0.995))
+    single.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    assert [t.values[0] for t in ranking.ranked(single)] == [0.90]
+    assert ranking.accuracy(single.trials[-1]) is None
+    assert not ranking.multi(single)
+
+    low = optuna.create_study(direction="minimize")
+    for value in (0.3, 0.1, 0.2):
+        low.add_trial(optuna.trial.create_trial(value=value))
+    assert ranking.sign(low) == -1
+    assert [t.value for t in ranking.ranked(low)] == [0.1, 0.2, 0.3]
+
+
+def test_constraint_excess_and_the_first_violation_in_words():
+    limits = {"student_params": {"max": 1000.0}, "flops": {"max": 5e6}}
+    within = {"student_params": 1000, "student_flops": 4e6}
+    assert ranking.excess(within, limits) == {"student_params": 0.0, "flops": -1e6}
+    assert ranking.violation(within, limits) == ""
+    over = {"student_params": 1000, "student_flops": 6e6}
+    assert ranking.violation(over, limits) == (
+        "flops 6e+06 is over the limit 5e+06 (search.constraints)"
+    )
+    both = {"student_params": 1001, "student_flops": 6e6}
+    assert ranking.violation(both, limits).startswith("student_params 1001 is over the limit")
+    assert ranking.describe_budgets({"student_params": 1e5, "flops": 2.5e6}) == (
+        "student_params <= 100000, flops <= 2.5e+06"
+    )
+
+
 def _front_is_non_dominated(table: pd.DataFrame) -> bool:
     rows = list(zip(table["val_accuracy"], table["student_params"], strict=True))
     return not any(
