@@ -317,13 +317,24 @@ def study_status(storage: str | None = None, study: StudyRef | None = None) -> l
 
     The keys are those of ``kdsearch status --json`` (README).
     """
+    import optuna
+
     from kdsearch.launch import slurm
     from kdsearch.results import status as statuses
     from kdsearch.search import storage as storages
 
     name, url = _where(study, storage) if study is not None else (None, storage)
-    rows = statuses.all_statuses(storages.open_storage(storages.resolve_url(url)), name)
-    return [{**row, "slurm_jobs": slurm.jobs(row["study"])} for row in rows]
+    opened = storages.open_storage(storages.resolve_url(url))
+    rows = statuses.all_statuses(opened, name)
+    submitted = {
+        s.study_name
+        for s in optuna.get_all_study_summaries(opened, include_best_trial=False)
+        if slurm.JOBS_ATTR in s.user_attrs
+    }
+    return [
+        {**row, "slurm_jobs": slurm.jobs(row["study"]) if row["study"] in submitted else []}
+        for row in rows
+    ]
 
 
 def _job_storage(
@@ -431,6 +442,7 @@ def submit(
             options.output_dir.rmdir()
         raise
     (options.output_dir / f"{job_id}.sh").write_text(text)
+    found.set_user_attr(slurm.JOBS_ATTR, [*found.user_attrs.get(slurm.JOBS_ATTR, []), job_id])
     return result
 
 

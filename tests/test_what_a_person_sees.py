@@ -171,7 +171,8 @@ def test_budget_errors(cli, write_spec, kd_home):
 def test_help_order_version_and_defaults():
     top = run_cli("--help")
     listed = re.findall(r"^    (\S+)", top.stdout, re.MULTILINE)
-    assert listed[:13] == [
+    assert listed[:14] == [
+        "init",
         "validate",
         "train-teacher",
         "import-checkpoint",

@@ -137,6 +137,12 @@ def submit(text: str) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
+#: The study's user attribute listing the job ids ``submit`` gave it: ``status`` asks Slurm
+#: only about studies that have one (a Slurm that is installed but down makes squeue wait
+#: seconds for its controller, which no study run by hand should pay on every status).
+JOBS_ATTR = "kdsearch_slurm_jobs"
+
+
 def jobs(study: str) -> list[dict[str, str]]:
     """The study's array tasks that Slurm still knows (``squeue``), pending or running; empty
     where there is no Slurm, or it does not answer."""
