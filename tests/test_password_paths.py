@@ -123,3 +123,21 @@ def test_scrub_removes_the_password_and_the_pieces_a_parser_quotes() -> None:
     reason = 'invalid port "Pl0m@db" and "Kq7z/Xw2v?Rt9#Pl0m", decoded Rt9'
     assert scrub(reason, url) == 'invalid port "***@db" and "***", decoded Rt9'
     assert scrub("user p@ss w rejected", "postgresql://kd:p%40ss%20w@db/kd") == "user *** rejected"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        # Found by mutation testing (docs/testing.md): each was a leak under one mutant.
+        ("postgresql://kd:pw1@db/kd?opt=http://x", "postgresql://kd:***@db/kd?opt=http://x"),
+        ("postgresql://db/kd?sslpassword=a?b&x=1", "postgresql://db/kd?sslpassword=***&x=1"),
+        ("postgresql://?password=s3c", "postgresql://?password=***"),
+        ("postgresql://db/kd?password=ab=cd", "postgresql://db/kd?password=***"),
+    ],
+)
+def test_mask_url_at_the_edges_of_its_parsing(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_scrub_of_an_unparseable_url_hides_only_it() -> None:
+    assert scrub("host garbage-url refused", "garbage-url") == "host *** refused"
