@@ -21,6 +21,11 @@ def test_round_one_gives_each_of_the_top_one_seed() -> None:
     assert next_round([[0.80], [0.80], [0.70], [0.60]], Policy(top=3)) == [0, 1, 2]
 
 
+def test_round_one_is_finished_before_anyone_is_dropped() -> None:
+    """A top configuration not yet confirmed gets its seed even if its one value is behind."""
+    assert next_round([TIED_A[:2], TIED_B[:2], WORSE[:1]], Policy()) == [2]
+
+
 def test_tied_configurations_get_more_seeds_and_a_clearly_worse_one_none() -> None:
     assert next_round([TIED_A[:2], TIED_B[:2], WORSE[:2]], Policy()) == [0, 1]
     seen, short = race([TIED_A, TIED_B, WORSE], Policy())
@@ -39,6 +44,7 @@ def test_the_cap_on_new_runs_is_respected() -> None:
     seen, _ = race([TIED_A, TIED_B, TIED_A], Policy(cap=4))
     assert sum(new_runs(seen)) == 4
     assert next_round([TIED_A[:2], TIED_B[:2], TIED_A[:1]], Policy(cap=2)) == []
+    assert next_round([[0.80], [0.80], [0.70]], Policy(cap=2)) == [0, 1]
 
 
 def test_ties_stop_at_the_seeds_each_may_have() -> None:
