@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from kdsearch.search.racing import Policy, contenders, next_round, race
@@ -57,6 +61,32 @@ def test_asking_for_a_run_that_was_never_made_stops_and_says_so() -> None:
     seen, short = race([TIED_A[:2], TIED_B[:2]], Policy(top=2, seeds=3))
     assert new_runs(seen) == [1, 1]
     assert short
+
+
+def test_a_dropped_configuration_comes_back_when_the_lead_melts() -> None:
+    """The policy reads the values, not the rounds before: the leaders' bad third seeds put the
+    configuration dropped after round 1 back in the race."""
+    assert next_round([[0.80, 0.81], [0.80, 0.79], [0.77, 0.78]], Policy()) == [0, 1]
+    assert next_round([[0.80, 0.81, 0.70], [0.80, 0.79, 0.70], [0.77, 0.78]], Policy()) == [
+        2,
+        0,
+        1,
+    ]
+
+
+def test_the_committed_replay_is_the_table_in_the_docs() -> None:
+    """docs/confidence.md's racing table, from bench/cifar10-subset-05/studies.json."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "bench" / "replay_confirm.py")]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    rows = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
+    assert [(r[2], r[3], r[4], r[-1]) for r in rows] == [
+        ("15 (750)", "15 (750)", "3, 3, 3, 3, 3", "yes |"),
+        ("9 (450)", "9 (450)", "3, 3, 3", "yes |"),
+        ("9 (450)", "9 (450)", "3, 3, 3", "yes |"),
+        ("9 (450)", "9 (450)", "3, 3, 3", "yes |"),
+    ]
+    assert "asked for more than exist" not in done.stdout
 
 
 def test_an_untested_order_keeps_everyone_in_the_race() -> None:
