@@ -46,3 +46,20 @@ def test_a_bad_thread_count_is_one_line(
         f"kdsearch: error: {says}: a thread count is a whole number >= 1, e.g. 2"
     )
     assert not (kd_home / "kd.db").exists()
+
+
+def test_a_torch_imported_already_is_resized(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` called from Python after torch was imported: its pool is resized too."""
+    import torch
+
+    from kdsearch import threads
+
+    monkeypatch.setenv("KDSEARCH_THREADS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # both restored afterwards
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert threads.configure(None) == 1
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
