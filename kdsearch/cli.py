@@ -992,6 +992,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Networks: the zoo (kdsearch nets), or {LIBRARY_NETS}.",
     )
     parser.add_argument("--version", action="version", version=f"kdsearch {_version()}")
+    parser.add_argument(
+        "--threads",
+        metavar="N",
+        help="CPU threads torch uses in every command and worker (default: $KDSEARCH_THREADS, "
+        "else all cores, split among a worker's processes)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(
@@ -1011,9 +1017,14 @@ def main(argv: list[str] | None = None) -> int:
     from kdsearch.search import progress
 
     progress.configure(getattr(args, "verbosity", 0))
+    from kdsearch import threads
     from kdsearch.errors import report_errors
 
-    return report_errors(lambda: args.fn(args))
+    def run() -> int:
+        threads.configure(args.threads)  # before any command imports torch
+        return args.fn(args)
+
+    return report_errors(run)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,35 @@ def test_bad_counts_are_one_line(
     proc = cli("export-table", "--study", "synth", "--storage", STORAGE, flag, value)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"kdsearch: error: {flag} {value}: must be >= {int(value) + 1}"
+
+
+def test_missing_text_cells_are_blank_for_people(cli: Cli, write_spec: Callable[..., Path]) -> None:
+    """A pruned trial has no checkpoint: markdown and LaTeX show an empty cell, not ``nan``;
+    csv and json keep their own nulls (an empty field, ``null``)."""
+    study = study_with(cli, write_spec, 1)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE,
+            value=0.9,
+            params={"alpha": 0.5, "temperature": 2.0, "weight_decay": 1e-4},
+            distributions=DISTS,
+            user_attrs={"checkpoint": "ckpt/1.pt"},
+        )
+    )
+    out = ok(
+        cli(
+            "export-table",
+            "--study",
+            "synth",
+            "--storage",
+            STORAGE,
+            "--columns",
+            "number,checkpoint",
+        )
+    )
+    assert cells(out) == [["1", "ckpt/1.pt"], ["0", ""]]
+    df = export.trials_frame(study)[["number", "checkpoint"]]
+    latex = export.render(df, "latex")
+    assert "nan" not in latex.lower() and "ckpt/1.pt" in latex
+    assert '"checkpoint":null' in export.render(df, "json").replace(" ", "")
+    assert export.render(df, "csv").splitlines()[1:] == ["1,ckpt/1.pt", "0,"]

@@ -120,7 +120,7 @@ def subpackage(name: str) -> str:
 #: registries because a spec's names are checked against them (lazily: importing it loads no
 #: torch).
 LAYERS: list[set[str]] = [
-    {"errors", "registry", "schema", "files", "paths", "redact", "meter"},
+    {"errors", "registry", "schema", "files", "paths", "redact", "meter", "threads"},
     {"data", "nets"},
     {"distill"},
     {"config"},

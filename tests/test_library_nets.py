@@ -119,10 +119,26 @@ def test_timm_kwargs_are_its_model_classes() -> None:
     assert {"pretrained", "drop_rate", "stem_width", "layers"} <= set(allowed)
     assert not {"num_classes", "device", "dtype"} & set(allowed)
     assert nets.create("timm:resnet10t", num_classes=10, drop_rate=0.3).drop_rate == 0.3
+
+
+def test_dropout_shorthand_sets_each_librarys_rate() -> None:
+    """``dropout`` (the search space's shorthand) is timm's ``drop_rate`` and torchvision's
+    ``dropout`` where the model has one; a model without any says so in one line."""
+    assert "dropout" in nets.kwarg_names("timm:resnet10t")
+    assert nets.create("timm:resnet10t", num_classes=10, dropout=0.3).drop_rate == 0.3
     with pytest.raises(KDSearchError) as err:
-        nets.create("timm:resnet10t", dropout=0.3)
-    line = _one_line(err.value)
-    assert "timm:resnet10t: unknown argument 'dropout'" in line and "drop_rate" in line
+        nets.create("timm:resnet10t", dropout=0.3, drop_rate=0.1)
+    assert "keep one of them" in _one_line(err.value)
+    small = nets.create("torchvision:mobilenet_v3_small", num_classes=10, dropout=0.3)
+    assert [m.p for m in small.modules() if isinstance(m, torch.nn.Dropout)] == [0.3]
+    with pytest.raises(KDSearchError) as err:
+        nets.create("torchvision:resnet18", dropout=0.2)
+    assert _one_line(err.value).endswith("it has no dropout to set: leave dropout out")
+    hint = nets.refused("dropout", ["drop_path_rate", "stem_width"])
+    assert hint.endswith("its drop rates are drop_path_rate: set one of those")
+    # A spec may search the shorthand on a timm student.
+    spec = from_dict(_spec(student={"kwargs": {"dropout": 0.1}}))
+    assert spec.student.kwargs == {"dropout": 0.1}
 
 
 def test_a_value_the_library_refuses_is_one_line() -> None:
@@ -273,7 +289,10 @@ def test_spec_with_a_torchvision_teacher_and_a_timm_student_validates() -> None:
     ("over", "message"),
     [
         ({"teacher": {"arch": "torchvision:resnet5"}}, "teacher.arch: unknown"),
-        ({"student": {"kwargs": {"dropout": 0.1}}}, "student.kwargs.dropout: timm:resnet10t"),
+        (
+            {"student": {"arch": "torchvision:resnet18", "kwargs": {"dropout": 0.1}}},
+            "student.kwargs.dropout: torchvision:resnet18 takes no argument 'dropout'",
+        ),
         (
             {
                 "search": {

@@ -18,7 +18,8 @@ import optuna
 import pytest
 from PIL import Image
 
-from kdsearch.results import dashboard
+from kdsearch.config import spec as specs
+from kdsearch.results import dashboard, report
 
 STORAGE = "sqlite:///kd.db"
 FIGURES = {"optimization_history", "learning_curves", "param_importances", "slice", "baseline"}
@@ -129,6 +130,9 @@ def test_report_skips_what_it_cannot_draw(cli: Cli, write_spec: Callable[..., Pa
     assert "no trials yet" in md
     for name in FIGURES:
         assert f"- {name}: skipped" in md
+    # The spec says where the data came from, at what size and how much of it.
+    data = "- data set: synthetic from `data`, image size native, subset fraction 1, labeled"
+    assert data in md
 
     study = optuna.load_study(study_name="synth", storage=STORAGE)
     dists = {
@@ -149,6 +153,17 @@ def test_report_skips_what_it_cannot_draw(cli: Cli, write_spec: Callable[..., Pa
     assert "| baseline, alpha = 0 (stored) | 0.2500 | 0.1250 |" in md
     assert "| best distilled (trial 0) | 0.5000 | n/a |" in md
     assert "| teacher (cnn5) |" in md
+
+
+def test_spec_lines_name_the_data_root_size_and_share(write_spec: Callable[..., Path]) -> None:
+    """report.md's spec names the data set's root, image size and subset fraction, so a
+    reader can tell a 16 px half-data study from a full-size one."""
+    data = {"root": "/srv/pics", "image_size": 16, "subset_fraction": 0.5}
+    spec = specs.load(write_spec({"dataset": data}))
+    assert report._spec_lines(spec)[0] == (
+        "- data set: synthetic from `/srv/pics`, image size 16, subset fraction 0.5, "
+        "labeled fraction 1"
+    )
 
 
 def test_report_of_an_unknown_study_is_one_line(cli: Cli, kd_home: Path) -> None:

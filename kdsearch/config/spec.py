@@ -520,7 +520,7 @@ def _check_registries(spec: Spec) -> None:
                 if name not in allowed:
                     raise KDSearchError(
                         f"{key}.kwargs.{name}: {arch} takes no argument {name!r} "
-                        f"(allowed: {', '.join(allowed) or 'none'})"
+                        + nets.refused(name, allowed)
                     )
     if spec.dataset.name not in datasets.names():
         raise unknown_name("dataset.name", spec.dataset.name, datasets.names())

@@ -12,7 +12,7 @@ from kdsearch.nets.cost import Cost, measure
 from kdsearch.nets.flops import check_input_size, count_parameters, forward_flops
 from kdsearch.nets.heads import replace_head
 from kdsearch.nets.library import is_library, without_weights
-from kdsearch.nets.registry import check_arch, create, kwarg_names, names, register
+from kdsearch.nets.registry import check_arch, create, kwarg_names, names, refused, register
 
 __all__ = [
     "Cost",
@@ -25,6 +25,7 @@ __all__ = [
     "kwarg_names",
     "measure",
     "names",
+    "refused",
     "register",
     "replace_head",
     "without_weights",

@@ -33,6 +33,10 @@ TORCHVISION, TIMM = "torchvision:", "timm:"
 WEIGHT_KWARGS = {TORCHVISION: "weights", TIMM: "pretrained"}
 #: Parameters of a model class that kdsearch sets itself, or that say where it lives.
 _NOT_KWARGS = {"self", "num_classes", "device", "dtype"}
+#: The spec's ``dropout`` shorthand (the zoo's and torchvision's name for the classifier's
+#: dropout) sets this argument in a model that has no ``dropout`` of its own: timm's models
+#: and torchvision's DenseNets call that rate ``drop_rate``.
+DROP_RATE = "drop_rate"
 
 
 def is_library(arch: object) -> bool:
@@ -135,9 +139,31 @@ def _timm_kwargs(arch: str) -> tuple[str, ...]:
 
 def kwarg_names(arch: str) -> list[str]:
     """The keyword arguments a spec may give library model ``arch``, other than num_classes."""
+    names = _own_kwargs(arch)
+    if "dropout" not in names and DROP_RATE in names:
+        names.append("dropout")  # the shorthand, set as drop_rate (see create)
+    return names
+
+
+def _own_kwargs(arch: str) -> list[str]:
+    """The keyword arguments the library itself takes for ``arch``."""
     check(arch)
     prefix, name = _split(arch)
     return list(_torchvision_kwargs(name) if prefix == TORCHVISION else _timm_kwargs(arch))
+
+
+def _dropout_as_drop_rate(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the ``dropout`` shorthand renamed to ``drop_rate`` where the model
+    takes no ``dropout`` of its own; both at once is ambiguous, so refused."""
+    if "dropout" not in kwargs or "dropout" in _own_kwargs(arch):
+        return kwargs
+    if DROP_RATE in kwargs:
+        raise KDSearchError(
+            f"{arch}: dropout and drop_rate set the same rate here; keep one of them"
+        )
+    out = {k: v for k, v in kwargs.items() if k != "dropout"}
+    out[DROP_RATE] = kwargs["dropout"]
+    return out
 
 
 def without_weights(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +177,7 @@ def without_weights(arch: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 def create(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build library model ``arch`` for ``num_classes`` classes (kwargs already checked)."""
     prefix, name = _split(arch)
+    kwargs = _dropout_as_drop_rate(arch, kwargs)
     try:
         if prefix == TORCHVISION:
             return _create_torchvision(arch, name, num_classes, kwargs)

@@ -45,14 +45,24 @@ def kwarg_names(arch: str) -> list[str]:
     return [p for p in params if p != "num_classes"]
 
 
+def refused(key: str, allowed: list[str]) -> str:
+    """Why a net refuses argument ``key``: what it takes (``allowed``), and for the
+    ``dropout`` shorthand, which of its arguments sets a drop rate instead (or that none does)."""
+    text = f"(allowed: {', '.join(allowed) or 'none'})"
+    if key != "dropout":
+        return text
+    rates = [k for k in allowed if "drop" in k]
+    if rates:
+        return f"{text}; its drop rates are {', '.join(rates)}: set one of those"
+    return f"{text}; it has no dropout to set: leave dropout out"
+
+
 def create(arch: str, num_classes: int = 10, **kwargs: object) -> nn.Module:
     """Build ``arch`` for ``num_classes`` classes; a bad name or argument raises KDSearchError."""
     allowed = kwarg_names(arch)
     for key in kwargs:
         if key not in allowed:
-            raise KDSearchError(
-                f"{arch}: unknown argument {key!r} (allowed: {', '.join(allowed) or 'none'})"
-            )
+            raise KDSearchError(f"{arch}: unknown argument {key!r} {refused(key, allowed)}")
     if library.is_library(arch):
         return library.create(arch, num_classes, **kwargs)
     return _builder(arch)(num_classes=num_classes, **kwargs)

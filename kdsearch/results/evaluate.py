@@ -72,6 +72,7 @@ def evaluate_checkpoint(
         "parameters": params,
         "size_mb": round(size_bytes / 2**20, 3),
         "metrics": ckpt.get("metrics", {}),
+        "threads": torch.get_num_threads(),  # CPU threads it ran with (--threads)
     }
 
 

@@ -161,15 +161,21 @@ def column_format(name: str, values: pd.Series) -> Callable[[Any], str]:
 
 def readable(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with its numeric columns as text in each column's :func:`column_format`; a
-    missing value is blank."""
+    missing value, numeric or not (a pruned trial's checkpoint), is blank, not ``nan``."""
     out = df.copy()
     for name in df.columns:
         col = df[name]
         if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            out[name] = ["" if _missing(v) else v for v in col]
             continue
         fmt = column_format(str(name), col)
         out[name] = [fmt(v) if pd.notna(v) else "" for v in col]
     return out
+
+
+def _missing(value: Any) -> bool:
+    """Whether a cell holds no value (None, NaN, NA); lists and other containers never do."""
+    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
 
 
 def _alignment(df: pd.DataFrame, index: bool) -> list[str]:

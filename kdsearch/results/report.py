@@ -107,9 +107,13 @@ def _acc(v: float | None) -> str:
 
 
 def _spec_lines(spec: Spec) -> list[str]:
-    s, t = spec.search, spec.train
+    """What a reader needs to reproduce the numbers: where the data came from and at what
+    size and share, the nets, the training and the search."""
+    s, t, d = spec.search, spec.train, spec.dataset
     lines = [
-        f"- data set: {spec.dataset.name}, labeled fraction {spec.dataset.labeled_fraction:g}",
+        f"- data set: {d.name} from `{d.root}`, image size "
+        f"{d.image_size or 'native'}, subset fraction {d.subset_fraction:g}, "
+        f"labeled fraction {d.labeled_fraction:g}",
         f"- student: {spec.student.arch} {spec.student.kwargs}",
         f"- teacher: {f'{spec.teacher.arch} {spec.teacher.kwargs}' if spec.teacher else 'none'}",
         f"- training: {t.epochs} epochs, batch {t.batch_size}, {t.optimizer.name} "
