@@ -824,19 +824,46 @@ def benchmark_search(
         )
 
 
-def list_nets(num_classes: int = 10) -> list[dict[str, Any]]:
-    """The zoo's networks: name, parameters, MFLOPs per image and keyword arguments, each
-    built for ``num_classes`` outputs (library models are named, not listed: LIBRARY_NETS)."""
-    from kdsearch import nets
+#: The most library models ``nets PATTERN`` builds: each is built to be counted.
+MAX_LISTED = 40
 
+
+def list_nets(
+    num_classes: int = 10, pattern: str | None = None, image_size: int = 32
+) -> list[dict[str, Any]]:
+    """Networks with their parameters, MFLOPs per ``image_size``² image and keyword arguments,
+    each built for ``num_classes`` outputs: the zoo's, or those whose names match
+    ``pattern`` (shell-style: ``timm:mobilenet*``, ``torchvision:resnet*``, ``resnet*``)."""
+    import fnmatch
+
+    from kdsearch import nets
+    from kdsearch.errors import KDSearchError
+    from kdsearch.nets import library
+
+    _at_least("--image-size", image_size, 8)
+    if pattern is not None and library.is_library(pattern):
+        archs = library.matching(pattern)
+    else:
+        archs = [a for a in nets.names() if pattern is None or fnmatch.fnmatchcase(a, pattern)]
+    if not archs:
+        raise KDSearchError(
+            f"nets: no network matches {pattern!r}; try timm:NAME*, torchvision:NAME* or a "
+            "zoo name (kdsearch nets lists the zoo)"
+        )
+    if len(archs) > MAX_LISTED:
+        raise KDSearchError(
+            f"nets: {len(archs)} networks match {pattern!r} ({', '.join(archs[:3])}, ...); "
+            f"narrow the pattern to at most {MAX_LISTED} (each is built to be counted)"
+        )
     rows = []
-    for arch in nets.names():
+    for arch in archs:
         model = nets.create(arch, num_classes=num_classes)
         rows.append(
             {
                 "arch": arch,
                 "parameters": nets.count_parameters(model),
-                "mflops": round(nets.forward_flops(model) / 1e6, 1),
+                "mflops": round(nets.forward_flops(model, image_size) / 1e6, 1),
+                "image_size": image_size,
                 "kwargs": nets.kwarg_names(arch),
             }
         )

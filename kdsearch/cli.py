@@ -569,23 +569,32 @@ def _say(line: str) -> None:
 
 
 def _args_nets(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        help="list the networks matching this shell pattern instead of the zoo "
+        "(e.g. 'timm:mobilenet*', 'torchvision:resnet*')",
+    )
     p.add_argument("--num-classes", type=int, default=10, help="output classes of each net")
+    p.add_argument("--image-size", type=int, default=32, help="input side for the FLOPs (px)")
     _json_arg(p, "the list")
 
 
 def cmd_nets(a: argparse.Namespace) -> int:
     from kdsearch import api
 
-    rows = api.list_nets(a.num_classes)
+    rows = api.list_nets(a.num_classes, a.pattern, a.image_size)
     if a.json:
         _print_json(rows)
     else:
+        width = max(18, *(len(r["arch"]) for r in rows))
         for r in rows:
             print(
-                f"{r['arch']:<18} {r['parameters']:>12,} params {r['mflops']:>10,.1f} MFLOPs  "
-                f"kwargs: {', '.join(r['kwargs']) or '-'}"
+                f"{r['arch']:<{width}} {r['parameters']:>12,} params {r['mflops']:>10,.1f} "
+                f"MFLOPs at {r['image_size']} px  kwargs: {', '.join(r['kwargs']) or '-'}"
             )
-        print(LIBRARY_NETS)
+        if a.pattern is None:
+            print(LIBRARY_NETS)
     return 0
 
 
@@ -806,7 +815,8 @@ def cmd_bench_search(a: argparse.Namespace) -> int:
 #: How to name a torchvision or timm model; here, not in kdsearch.nets, so help imports no torch.
 LIBRARY_NETS = (
     "library models: torchvision:NAME (torchvision.models.list_models()), "
-    "timm:NAME (pip install 'kdsearch[timm]'; timm.list_models())"
+    "timm:NAME (pip install 'kdsearch[timm]'; timm.list_models()); "
+    "list them with e.g. kdsearch nets 'timm:mobilenet*' --image-size 224"
 )
 
 

@@ -347,6 +347,27 @@ def test_help_says_how_to_name_library_models() -> None:
         assert "pip install 'kdsearch[timm]'" in flat
 
 
+def test_nets_lists_library_models_matching_a_pattern(capsys: pytest.CaptureFixture[str]) -> None:
+    """``kdsearch nets 'timm:resnet1*t'`` builds each match and counts it at the asked size;
+    too broad a pattern, or none matching, is one line."""
+    from kdsearch import api
+    from kdsearch import cli as kdcli
+
+    rows = api.list_nets(4, "timm:resnet1*t", image_size=64)
+    assert {r["arch"] for r in rows} >= {"timm:resnet10t", "timm:resnet14t"}
+    assert all(r["arch"].startswith("timm:resnet1") and r["arch"].endswith("t") for r in rows)
+    ten = next(r for r in rows if r["arch"] == "timm:resnet10t")
+    model = nets.create("timm:resnet10t", num_classes=4)
+    assert ten["parameters"] == nets.count_parameters(model) and ten["image_size"] == 64
+    assert ten["mflops"] == round(nets.forward_flops(model, 64) / 1e6, 1)
+    assert ten["mflops"] > 3.5 * api.list_nets(4, "timm:resnet10t")[0]["mflops"]  # 64² vs 32²
+    assert [r["arch"] for r in api.list_nets(10, "cnn*")] == ["cnn5"]
+    for pattern, says in (("timm:*", "narrow the pattern"), ("timm:nosuch*", "no network")):
+        assert kdcli.main(["nets", pattern]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+
+
 # --- checkpoints ----------------------------------------------------------------------------
 
 

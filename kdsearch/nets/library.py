@@ -71,6 +71,16 @@ def _timm_names() -> tuple[str, ...]:
     return tuple(_timm(TIMM).list_models())
 
 
+def matching(pattern: str) -> list[str]:
+    """The library models whose prefixed names (``timm:mobilenetv3_small_050``) match the
+    shell-style ``pattern`` (``timm:mobilenet*``), from the library's own list."""
+    import fnmatch
+
+    prefix, _ = _split(pattern)
+    names = _torchvision_names() if prefix == TORCHVISION else _timm_names()
+    return [prefix + n for n in names if fnmatch.fnmatchcase(prefix + n, pattern)]
+
+
 def _unknown(where: str, arch: str, names: tuple[str, ...], listing: str) -> KDSearchError:
     prefix, name = _split(arch)
     close = difflib.get_close_matches(name, names, n=1)
