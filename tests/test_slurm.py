@@ -190,10 +190,13 @@ def test_scancel_mid_trial_then_submit_again_resumes_the_trial(cli, kd_home, stu
     wait_until_gone(name)
     found = trials(url, name)
     assert_nothing_lost(found, budget=3)
+    # The trial that reached epoch 2 resumes from its last epoch; the other task's trial may
+    # have been stopped before its first epoch ended, and then has nothing to resume from.
+    assert max(len(t.intermediate_values) for t in stopped) >= 2
     for interrupted in stopped:
         (retry,) = [t for t in found if t.system_attrs.get("failed_trial") == interrupted.number]
         epochs_done = len(interrupted.intermediate_values)
-        assert retry.user_attrs["resumed_from_epoch"] == epochs_done >= 1
+        assert retry.user_attrs.get("resumed_from_epoch", 0) == epochs_done, epochs_done
         assert len(retry.intermediate_values) == 6
 
 
