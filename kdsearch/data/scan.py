@@ -139,14 +139,19 @@ def layout(root: Path) -> Layout:
     found = Layout(root, _split(root / "train"), _split(root / held[0]), next(iter(held[1:]), None))
     extra = [name for name in found.held.images if name not in found.train.images]
     if extra:
-        name = extra[0]
-        more = f" (and {', '.join(map(repr, extra[1:]))})" if len(extra) > 1 else ""
+        name, more = _first_and_more(extra)
         raise KDSearchError(
             f"dataset.root: class {name!r}{more} is in {found.held.name}/ but not in train/ (a net "
             f"cannot learn a class it never saw); add {root}/train/{name}/ with images or remove "
             f"{found.held.path}/{name}"
         )
     return found
+
+
+def _first_and_more(names: list[str]) -> tuple[str, str]:
+    """The first of ``names``, and " (and 'b', 'c')" for the rest, for a one-line error."""
+    more = f" (and {', '.join(map(repr, names[1:]))})" if len(names) > 1 else ""
+    return names[0], more
 
 
 def _split(path: Path) -> Split:
@@ -170,8 +175,7 @@ def _split(path: Path) -> Split:
         images[name] = files
     empty = [name for name, files in images.items() if not files]
     if empty:
-        name = empty[0]
-        more = f" (and {', '.join(map(repr, empty[1:]))})" if len(empty) > 1 else ""
+        name, more = _first_and_more(empty)
         raise KDSearchError(
             f"dataset.root: class {name!r}{more} has no images in {path.name}/ ({path / name} "
             f"holds no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} file); add images or remove "

@@ -90,10 +90,8 @@ def check_batch(pre: Preprocess, images: list[Path] | None, n: int = 8) -> torch
     if images:
         return pre.batch(images)
     gen = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (n, 3, pre.image_size, pre.image_size), generator=gen)
-    mean = torch.tensor(pre.mean).view(-1, 1, 1)
-    std = torch.tensor(pre.std).view(-1, 1, 1)
-    return (pixels.float() / 255 - mean) / std
+    size = (n, 3, pre.image_size, pre.image_size)
+    return pre.normalize(torch.randint(0, 256, size, generator=gen, dtype=torch.uint8))
 
 
 def export(

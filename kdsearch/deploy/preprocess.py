@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from kdsearch.data import imagefolder
+from kdsearch.data import imagefolder, views
 from kdsearch.errors import KDSearchError
 
 if TYPE_CHECKING:
@@ -71,16 +71,17 @@ class Preprocess:
         top = round((self.stored_size - self.image_size) / 2)
         return stored[:, top : top + self.image_size, top : top + self.image_size]
 
-    def _normalize(self, pixels: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32) / 255
+    def normalize(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 pixels as the network's input, by the training loop's own function."""
+        x = torch.as_tensor(np.ascontiguousarray(pixels))
         mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
-        return (x - mean) / std
+        return views.normalize(x, mean, std)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """A decoded image as a normalized ``3×image_size×image_size`` float tensor."""
         stored = np.asarray(imagefolder.fit(imagefolder.to_rgb(img), self.stored_size, self.squash))
-        return self._normalize(self._crop(stored.transpose(2, 0, 1)))
+        return self.normalize(self._crop(stored.transpose(2, 0, 1)))
 
     def file(self, path: str | Path) -> torch.Tensor:
         """An image file as the network's input, decoded exactly as training decoded it (a
@@ -90,7 +91,7 @@ class Preprocess:
             stored = imagefolder.read(str(path), self.stored_size, self.squash)
         except (OSError, ValueError, SyntaxError) as err:
             raise KDSearchError(f"image {path}: cannot be read ({err}); pass image files") from None
-        return self._normalize(self._crop(stored))
+        return self.normalize(self._crop(stored))
 
     def batch(self, paths: list[Path]) -> torch.Tensor:
         """The files at ``paths`` as one ``N×3×S×S`` batch."""
