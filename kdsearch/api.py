@@ -252,7 +252,10 @@ def create_study(
     studies.check_name(name)
     _check_inputs(loaded)
     url = storages.resolve_url(storage, loaded.storage)
-    created = studies.create(loaded, storages.open_storage(url), name, load_if_exists)
+    opened = storages.open_storage(url)
+    created = studies.create(loaded, opened, name, load_if_exists)
+    for arm, arm_spec in studies.arms(loaded, name)[1:]:  # the baseline arm, if asked for
+        dashboard.describe(studies.load(opened, arm)[0], arm_spec)
     dashboard.describe(created, loaded)
     if loaded.search.artifact_store:
         files = {"spec.yaml": dashboard.spec_yaml(loaded).encode()}
@@ -305,10 +308,24 @@ def run_workers(
     studies.check_files_safe(studies.load(checked, name)[0])
     storages.close(checked)
     if n_workers > 1:
-        return worker.spawn(name, url, n_workers, chosen, n_trials, timeout)
-    # This process is the worker; worker.run gives the caller's signal handlers back.
-    worker.configure_logging(0)
-    return worker.run(name, 0, chosen[0], n_trials, timeout, url)
+        code = worker.spawn(name, url, n_workers, chosen, n_trials, timeout)
+    else:
+        # This process is the worker; worker.run gives the caller's signal handlers back.
+        worker.configure_logging(0)
+        code = worker.run(name, 0, chosen[0], n_trials, timeout, url)
+    _describe_arms(name, url)
+    return code
+
+
+def _describe_arms(name: str, url: str) -> None:
+    """After workers of a study with a tuned baseline arm: the dashboard note states the gain
+    as the trials left it."""
+    from kdsearch.results import dashboard
+    from kdsearch.search import study as studies
+
+    opened, spec = studies.open_study(name, url)
+    if spec.search.baseline:
+        dashboard.describe(opened, spec)
 
 
 def study_status(storage: str | None = None, study: StudyRef | None = None) -> list[dict[str, Any]]:
@@ -500,7 +517,9 @@ def delete_study(
     opened = storages.open_storage(url, existing=True)
     # An unknown study, or one whose name or id is unsafe as a folder, fails before the question.
     studies.check_files_safe(studies.load(opened, name)[0])
-    question = f"delete study {name} and its checkpoints in {storages.mask(url)}?"
+    arm = studies.load(opened, name)[0].user_attrs.get(studies.BASELINE_STUDY_ATTR)
+    what = f"{name} and its baseline arm {arm}, and their" if arm else f"{name} and its"
+    question = f"delete study {what} checkpoints in {storages.mask(url)}?"
     if ask is not None and not ask(question):
         return False
     return studies.delete(opened, name)

@@ -535,6 +535,8 @@ def cmd_export_table(a: argparse.Namespace) -> int:
         print(api.table_text(df, a.format))
     if "confidence" in df.attrs:
         print(f"kdsearch: {df.attrs['confidence']}", file=sys.stderr)
+    if "gain" in df.attrs:
+        print(f"kdsearch: {df.attrs['gain']['summary']}", file=sys.stderr)
     return 0
 
 

@@ -284,6 +284,11 @@ class SearchSpec:
     #: ``{top: K, seeds: N}``: after the search, re-train the K best configurations with N new
     #: seeds each (confirmation trials, counted apart from ``n_trials``); unset: none.
     confirm: ConfirmSpec | None = None
+    #: Also search the student without a teacher, as a sibling study ``<study>-baseline`` with
+    #: the same budget, sampler, pruner and confirmation (:meth:`Spec.baseline_spec`), so the
+    #: gain of distilling is the confirmed best of each arm, each tuned alike
+    #: (:mod:`kdsearch.search.gain`).
+    baseline: bool = False
 
     @property
     def directions(self) -> list[Literal["maximize", "minimize"]]:
@@ -410,11 +415,24 @@ class Spec:
         data["student"] = {"arch": self.teacher.arch, "kwargs": self.teacher.kwargs}
         # The teacher is the fixed, fully trained model: every training image and label.
         data["dataset"].update(subset_fraction=1.0, labeled_fraction=1.0)
-        data["search"]["space"] = {}
+        data["search"].update(space={}, baseline=False)
         data["teacher"] = None
         # No distillation: the default method, none of the students' method options.
         data["distill"].update(alpha=0.0, loss="hinton", kwargs={})
         data["train"] = merge(data["train"], self.teacher_train)
+        return from_dict(data)
+
+    def baseline_spec(self) -> Spec:
+        """The tuned baseline's spec (``search.baseline``): the same student, data, training,
+        budget, sampler, pruner and confirmation, without a teacher. Distillation keys leave
+        the space (alpha is 0, so they would change nothing and waste trials on duplicates)."""
+        data = self.to_dict()
+        data["teacher"] = None
+        data["distill"].update(alpha=0.0, loss="hinton", kwargs={})
+        data["search"]["space"] = {
+            key: value for key, value in data["search"]["space"].items() if not _distills(key)
+        }
+        data["search"]["baseline"] = False
         return from_dict(data)
 
 
@@ -452,6 +470,36 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise KDSearchError(f"{'.'.join(parents[: i + 1])}: not a section, cannot set {dotted}")
     node[last] = value
+
+
+def _distills(key: str) -> bool:
+    """Whether search-space key ``key`` is a distillation setting (alpha, temperature, the
+    method or its options), meaningless without a teacher."""
+    return ALIASES.get(key, key).startswith("distill.")
+
+
+def _check_baseline(spec: Spec) -> None:
+    """``search.baseline`` needs a teacher to compare with, one accuracy to compare and
+    something left to search once distillation keys are gone."""
+    if not spec.search.baseline:
+        return
+    if spec.teacher is None:
+        raise KDSearchError(
+            "search.baseline: the spec has no teacher, so every trial already is the baseline; "
+            "remove search.baseline or add a teacher section"
+        )
+    if len(spec.search.objectives) > 1:
+        raise KDSearchError(
+            "search.baseline: the gain compares each arm's most accurate configuration, which "
+            "several objectives do not single out; keep objectives: [val_accuracy] (cost "
+            "ceilings go in search.constraints)"
+        )
+    if not any(not _distills(key) for key in spec.search.space):
+        raise KDSearchError(
+            "search.baseline: without distillation keys the space has nothing to search "
+            f"({', '.join(spec.search.space) or 'it is empty'}); add a student or training "
+            "key such as lr or dropout, or compare with one baseline: kdsearch best --baseline"
+        )
 
 
 def _check_space(spec: Spec) -> None:
@@ -593,6 +641,7 @@ def from_dict(data: dict[str, Any]) -> Spec:
         )
     _check_space(spec)
     _check_cache(spec)
+    _check_baseline(spec)
     return spec
 
 

@@ -28,6 +28,7 @@ from kdsearch.config.metrics import COSTS
 from kdsearch.config.spec import ALIASES, Spec
 from kdsearch.errors import KDSearchError
 from kdsearch.search import confidence, ranking
+from kdsearch.search import gain as gains
 from kdsearch.search import study as studies
 from kdsearch.training.experiment import Context, fit_student
 from kdsearch.training.loop import evaluate
@@ -190,6 +191,9 @@ def evaluate_best(
         "costs": {m: ranking.cost(trial, m) for m in COSTS},
         "confidence": confidence_of(confidence.rank(study, dict(budgets or {}))),
     }
+    found = gains.of_study(study)
+    if found is not None:
+        result["gain"] = found.as_dict()
     if budgets:
         result["budgets"] = dict(budgets)
     if retrain:
@@ -277,6 +281,8 @@ def format_result(r: dict[str, Any]) -> str:
             f"test accuracy {r['mean']:.4f} ± {r['std']:.4f} over seeds "
             f"{','.join(map(str, r['seeds']))} retrained on train+val ({each})"
         )
+    if r.get("gain"):
+        lines.append(f"gain          {r['gain']['summary']}")
     base = r.get("baseline")
     if base:
         lines.append(

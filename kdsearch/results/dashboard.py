@@ -60,8 +60,12 @@ def teacher_attrs(spec: Spec) -> dict[str, Any]:
 
 
 def describe(study: optuna.Study, spec: Spec) -> None:
-    """Name the metric, write the spec note and the teacher attributes (idempotent)."""
+    """Name the metric, write the note (the gain over the tuned baseline arm once there is
+    one, then the spec) and the teacher attributes (idempotent: run again as trials end)."""
     from optuna_dashboard import save_note
+
+    from kdsearch.search import gain as gains
+    from kdsearch.search import study as studies
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -70,6 +74,20 @@ def describe(study: optuna.Study, spec: Spec) -> None:
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
     note = f"## Spec of `{study.study_name}`\n\n```yaml\n{spec_yaml(spec)}```\n"
+    of = study.user_attrs.get(studies.BASELINE_OF_ATTR)
+    if of is not None:
+        note = (
+            f"The tuned baseline arm of `{of}`: its student searched without a teacher.\n\n" + note
+        )
+    found = gains.of_study(study)
+    if found is not None:
+        note = f"## Distilled against the tuned baseline\n\n{found.sentence()}.\n\n" + note
+    elif study.user_attrs.get(studies.BASELINE_STUDY_ATTR):
+        arm = study.user_attrs[studies.BASELINE_STUDY_ATTR]
+        note = (
+            f"The tuned baseline arm is `{arm}`; the gain shows once both arms have a trial.\n\n"
+            + note
+        )
     save_note(study, note)
 
 

@@ -10,6 +10,7 @@ read from the study database, so a table is always exactly what the study holds.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ import pandas as pd
 from kdsearch.config.metrics import METRICS
 from kdsearch.config.spec import ALIASES, Spec
 from kdsearch.errors import KDSearchError
-from kdsearch.search import confidence, ranking
+from kdsearch.search import confidence, gain, ranking
 from kdsearch.search import study as studies
 
 STATES = {
@@ -53,7 +54,7 @@ RENDERERS = {
         index=index, disable_numparse=True, colalign=_alignment(df, index)
     ),
     "csv": lambda df, index: df.to_csv(index=index).rstrip("\n"),
-    "json": lambda df, index: df.to_json(orient="records", indent=1),
+    "json": lambda df, index: _json(df, index),
     "latex": lambda df, index: readable(df).to_latex(index=index).rstrip("\n"),
 }
 #: Columns holding accuracies: always 4 decimals, so they line up and compare by eye.
@@ -65,6 +66,16 @@ SUFFIXES = {
     ".tex": "latex",
     ".md": "markdown",
 }
+
+
+def _json(df: pd.DataFrame, index: bool) -> str:
+    """Records, one per row; for a study with a tuned baseline arm, an object holding the
+    gain over it (``gain``, :meth:`kdsearch.search.gain.Gain.as_dict`) and the records
+    (``rows``), so a program reads both from one file."""
+    records = df.to_json(orient="records", indent=1)
+    if "gain" not in df.attrs:
+        return records
+    return json.dumps({"gain": df.attrs["gain"], "rows": json.loads(records)}, indent=1)
 
 
 def trials_frame(study: optuna.Study, state: str = "all") -> pd.DataFrame:
@@ -360,6 +371,9 @@ def table(
     )
     df = configurations_table(study) if per_config else trials_frame(study, state)
     df.attrs["confidence"] = summary.summary()
+    found = gain.of_study(study)
+    if found is not None:
+        df.attrs["gain"] = found.as_dict()
     if df.empty or per_config:
         return _cut(df, top, columns)
     if pareto:

@@ -25,6 +25,7 @@ from kdsearch.results import dashboard, export, figures
 from kdsearch.results.best import BASELINE_ATTR, ensure_baseline
 from kdsearch.results.figures import Skip
 from kdsearch.search import confidence, ranking
+from kdsearch.search import gain as gains
 from kdsearch.search import study as studies
 
 #: (validation accuracy, test accuracy) per compared model.
@@ -52,17 +53,45 @@ def compare_rows(study: optuna.Study, spec: Spec) -> tuple[dict[str, Row], list[
             base.get("val_accuracy"),
             base.get("test_accuracy"),
         )
-    elif spec.teacher is not None:
+    elif spec.teacher is not None and not spec.search.baseline:
         notes.append(
             f"- baseline: none yet; `kdsearch best --study {study.study_name} --baseline` "
             "(or `report` without --no-baseline) trains it"
         )
+    found = gains.of_study(study)
+    if found is not None:
+        b = found.baseline
+        seeds = f", mean of {b.n} seeds" if b.n > 1 else ""
+        rows[f"tuned baseline ({b.study} trial {b.trial}{seeds})"] = (b.val_mean, b.test_mean)
     kind = "distilled" if spec.teacher is not None else "student"
     winner = confidence.rank(study).winner
     assert winner is not None
     seeds = f", mean of {winner.n} seeds" if winner.n > 1 else ""
     rows[f"best {kind} (trial {winner.trial.number}{seeds})"] = (winner.mean, winner.test_mean)
     return rows, notes
+
+
+def _gain_lines(study: optuna.Study) -> list[str]:
+    """The gain over the tuned baseline arm, when the study has one (``search.baseline``)."""
+    arm = study.user_attrs.get(studies.BASELINE_STUDY_ATTR)
+    if arm is None:
+        return []
+    head = ["## Gain over the tuned baseline", ""]
+    found = gains.of_study(study)
+    if found is None:
+        return [*head, f"None yet: `{arm}` has no complete trial.", ""]
+    said = found.sentence()
+    md = [*head, f"{said[0].upper()}{said[1:]}.", ""]
+    md += ["| | points | 95% interval |", "|---|---:|---:|"]
+    md += [f"| validation accuracy | {100 * found.val_gain:+.2f} | {_points(found.val_ci95)} |"]
+    if found.test_gain is not None:
+        md += [f"| test accuracy | {100 * found.test_gain:+.2f} | {_points(found.test_ci95)} |"]
+    verdict = "yes, the interval leaves out 0" if found.resolved else "no, the interval holds 0"
+    return [*md, "", f"Resolved: {verdict}.", ""]
+
+
+def _points(half_width: float | None) -> str:
+    return "n/a" if half_width is None else f"± {100 * half_width:.2f}"
 
 
 def draw(study: optuna.Study, spec: Spec, out: Path) -> tuple[list[str], list[str], list[str]]:
@@ -168,6 +197,7 @@ def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
         md += ["## Against the teacher and the baseline", "", "| | val accuracy | test accuracy |"]
         md += ["|---|---|---|", *(f"| {k} | {' | '.join(map(_acc, v))} |" for k, v in rows.items())]
         md += ["", *extra, ""]
+    md += _gain_lines(study)
     md += ["## Figures", "", *(f"![{n}]({n}.png)\n" for n in drawn)]
     md += ["Skipped:", "", *skipped, ""] if skipped else [""]
     table = export.trials_frame(study).drop(columns=["checkpoint"], errors="ignore").head(20)
@@ -197,7 +227,7 @@ def make_report(
     study, spec = studies.open_study(name, url)
     studies.check_files_safe(study)  # the name becomes reports/<name>
     dashboard.describe(study, spec)  # the teacher may have been trained after create-study
-    if baseline and ranking.complete(study):
+    if baseline and ranking.complete(study) and not spec.search.baseline:
         if BASELINE_ATTR not in study.user_attrs:
             say("training the alpha = 0 baseline with the best trial's settings")
         ensure_baseline(study, spec, device)

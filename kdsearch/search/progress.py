@@ -117,15 +117,20 @@ def epoch_done(trial: int, epoch: int, epochs: int, val: float, best: float, rat
     )
 
 
-def trial_done(_study: Any, trial: Any) -> None:
-    """Optuna callback: one line per finished trial (state, value, parameters, time)."""
+def trial_done(study: Any, trial: Any) -> None:
+    """Optuna callback: one line per finished trial (state, value, parameters, time); a
+    baseline arm's trials say so, since one worker runs both arms of a study."""
     value = "-" if not trial.values else f"{trial.values[0]:.4f}"
     took = fmt_seconds(trial.duration.total_seconds()) if trial.duration else "?"
     epochs = trial.user_attrs.get("epochs_run", len(trial.intermediate_values))
     of = trial.user_attrs.get("confirm_of")
     what = f"seed {trial.user_attrs.get('seed')} of trial {of}" if of is not None else ""
+    from kdsearch.search.study import BASELINE_OF_ATTR
+
+    arm = "baseline " if study.user_attrs.get(BASELINE_OF_ATTR) else ""
     log.info(
-        "trial %d %s: val %s after %s in %s (%s)",
+        "%strial %d %s: val %s after %s in %s (%s)",
+        arm,
         trial.number,
         trial.state.name.lower(),
         value,

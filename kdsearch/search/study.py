@@ -34,6 +34,10 @@ ID_ATTR = "kdsearch_study_id"
 #: A study whose budget is epochs, not trials (a ``bench-search`` search): the epochs it may
 #: train in all. Its ``search.n_trials`` then only caps the trials, and status reads this.
 EPOCH_BUDGET_ATTR = "kdsearch_epoch_budget"
+#: On a study made with ``search.baseline``: the name of its sibling, the tuned baseline arm.
+BASELINE_STUDY_ATTR = "kdsearch_baseline_study"
+#: On that sibling: the distilled study it is the baseline of.
+BASELINE_OF_ATTR = "kdsearch_baseline_of"
 
 
 def study_id(study: Any) -> str | None:
@@ -247,32 +251,74 @@ def check_files_safe(study: Any) -> None:
             )
 
 
+def baseline_name(name: str) -> str:
+    """The name of study ``name``'s tuned baseline arm."""
+    return f"{name}-baseline"
+
+
+def arms(spec: Spec, name: str) -> list[tuple[str, Spec]]:
+    """The studies ``create-study`` makes for ``spec`` under ``name``: the study, and with
+    ``search.baseline`` its baseline arm (:meth:`Spec.baseline_spec`)."""
+    if not spec.search.baseline:
+        return [(name, spec)]
+    return [(name, spec), (baseline_name(name), spec.baseline_spec())]
+
+
 def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
-    """Create (or with ``load_if_exists``, reopen an identical) study for ``spec``."""
+    """Create (or with ``load_if_exists``, reopen identical) studies for ``spec``: the study,
+    and its baseline arm with ``search.baseline``, the two linked by user attributes. Every
+    arm is checked before any is created, so a refusal leaves the storage as it was."""
     import optuna
 
-    check_name(name)
+    made = arms(spec, name)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    for arm, arm_spec in made:
+        check_name(arm)
+        if arm in existing:
+            _reopen(arm_spec, storage, arm, load_if_exists)
+    studies = [
+        _reopen(arm_spec, storage, arm, load_if_exists)
+        if arm in existing
+        else _create_one(arm_spec, storage, arm)
+        for arm, arm_spec in made
+    ]
+    if len(studies) == 2:
+        studies[0].set_user_attr(BASELINE_STUDY_ATTR, made[1][0])
+        studies[1].set_user_attr(BASELINE_OF_ATTR, name)
+    return studies[0]
+
+
+def _reopen(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
+    """Existing study ``name``, if ``load_if_exists`` and its stored spec is ``spec``."""
+    import optuna
+
+    stored = json.loads(json.dumps(spec.public_dict()))
+    if not load_if_exists:
+        raise KDSearchError(
+            f"study {name!r} already exists; pass --load-if-exists to reuse it, "
+            "or --study-name to create another"
+        )
+    study = optuna.load_study(study_name=name, storage=storage)
+    diff = spec_diff(study.user_attrs.get(SPEC_ATTR, {}), stored)
+    if diff and all(d.startswith("search.n_trials:") for d in diff):
+        raise KDSearchError(
+            f"study {name!r} exists with a different budget ({diff[0]}); raise it with "
+            f"`kdsearch extend --study {name} --n-trials {spec.search.n_trials}`"
+        )
+    if diff:
+        raise KDSearchError(
+            f"study {name!r} exists with a different spec ({'; '.join(diff[:3])}); "
+            "create a new study or restore the spec"
+        )
+    return study
+
+
+def _create_one(spec: Spec, storage: Any, name: str) -> Any:
+    """A new study ``name`` for ``spec``, the spec and a fresh id stored on it."""
+    import optuna
+
     pruner = make_pruner(spec)
     stored = json.loads(json.dumps(spec.public_dict()))
-    if name in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
-        if not load_if_exists:
-            raise KDSearchError(
-                f"study {name!r} already exists; pass --load-if-exists to reuse it, "
-                "or --study-name to create another"
-            )
-        study = optuna.load_study(study_name=name, storage=storage)
-        diff = spec_diff(study.user_attrs.get(SPEC_ATTR, {}), stored)
-        if diff and all(d.startswith("search.n_trials:") for d in diff):
-            raise KDSearchError(
-                f"study {name!r} exists with a different budget ({diff[0]}); raise it with "
-                f"`kdsearch extend --study {name} --n-trials {spec.search.n_trials}`"
-            )
-        if diff:
-            raise KDSearchError(
-                f"study {name!r} exists with a different spec ({'; '.join(diff[:3])}); "
-                "create a new study or restore the spec"
-            )
-        return study
     study = optuna.create_study(
         storage=storage, study_name=name, directions=spec.search.directions, pruner=pruner
     )
@@ -315,17 +361,34 @@ def extend(storage: Any, name: str, n_trials: int) -> int:
 
     Only raising is allowed: a lower budget would not undo trials already run, and every other
     spec key is fixed for the life of a study (trials must stay comparable).
+    Both arms of a study with ``search.baseline`` grow together, so their budgets stay equal.
     """
     study, _ = load(storage, name)  # an unknown or foreign study fails here
-    stored = study.user_attrs[SPEC_ATTR]
-    old = stored["search"]["n_trials"]
+    both = [study, *siblings(storage, study, "extend")]
+    old = study.user_attrs[SPEC_ATTR]["search"]["n_trials"]
     if n_trials <= old:
         raise KDSearchError(
             f"extend {name}: --n-trials {n_trials} must be larger than the current budget {old}"
         )
-    stored["search"]["n_trials"] = n_trials
-    study.set_user_attr(SPEC_ATTR, stored)
+    for arm in both:
+        stored = arm.user_attrs[SPEC_ATTR]
+        stored["search"]["n_trials"] = n_trials
+        arm.set_user_attr(SPEC_ATTR, stored)
     return old
+
+
+def siblings(storage: Any, study: Any, action: str) -> list[Any]:
+    """The baseline arm of ``study`` (none without one), loaded to ``action`` it with its
+    study; ``action`` on a baseline arm alone is refused, since both arms must keep one
+    budget and one life."""
+    of = study.user_attrs.get(BASELINE_OF_ATTR)
+    if of is not None:
+        raise KDSearchError(
+            f"study {study.study_name!r} is the baseline arm of {of!r}: {action} {of} "
+            "(both arms go together)"
+        )
+    sibling = study.user_attrs.get(BASELINE_STUDY_ATTR)
+    return [] if sibling is None else [load(storage, sibling)[0]]
 
 
 def open_study(name: str, url: str | None = None, *, existing: bool = True) -> tuple[Any, Spec]:
@@ -365,19 +428,21 @@ def prune_checkpoints(study: Any, keep: int, store: Any) -> None:
 
 
 def delete(storage: Any, name: str) -> Path | None:
-    """Delete study ``name``, its uploads and its folder (the shared teacher cache stays);
-    returns the folder if it existed."""
+    """Delete study ``name``, its uploads and its folder (the shared teacher cache stays),
+    and its baseline arm's; returns the study's folder if it existed."""
     import optuna
 
     from kdsearch.search.trial_files import CheckpointStore
 
-    study, spec = load(storage, name)
-    files = folder(study)  # refuses an unsafe name or id before anything is deleted
-    store = CheckpointStore(spec.search.artifact_store, files.name)
-    for t in study.get_trials(deepcopy=False):
-        store.remove_all(study, t)
-    optuna.delete_study(study_name=name, storage=storage)
-    if not files.is_dir():
-        return None
-    shutil.rmtree(files)
-    return files
+    study, _ = load(storage, name)
+    arms = [study, *siblings(storage, study, "delete")]
+    found = [folder(arm) for arm in arms]  # refuses an unsafe name or id before any deletion
+    existed = found[0].is_dir()
+    for arm, files in zip(arms, found, strict=True):
+        store = CheckpointStore(load(storage, arm.study_name)[1].search.artifact_store, files.name)
+        for t in arm.get_trials(deepcopy=False):
+            store.remove_all(arm, t)
+        optuna.delete_study(study_name=arm.study_name, storage=storage)
+        if files.is_dir():
+            shutil.rmtree(files)
+    return found[0] if existed else None

@@ -334,13 +334,37 @@ def _work(
     seed_salt: str | None,
     stop: threading.Event,
 ) -> int:
-    """Open the study; leave at once if nothing is left to do; else load the data and the
-    teacher and take trials until ``n_trials``, ``timeout``, a stop or nothing left."""
-    worker = _Worker(study_name, index, url, seed_salt, stop)
+    """Work on the study, then on its baseline arm (``search.baseline``), or the other way
+    round for odd-numbered workers, so that several workers advance both arms at once and a
+    status shows both; one arm's ``n_trials`` and the ``timeout`` left go to each."""
+    from kdsearch.search import study as studies
+
+    started = time.monotonic()
+    first = _Worker(study_name, index, url, seed_salt, stop)
+    sibling = first.study.user_attrs.get(studies.BASELINE_STUDY_ATTR)
+    order: list[_Worker | str] = [first] if sibling is None else [first, sibling]
+    for arm in order[:: -1 if index % 2 else 1]:
+        left = timeout - (time.monotonic() - started) if timeout else None
+        if stop.is_set() or (left is not None and left <= 0):
+            break
+        worker = arm if isinstance(arm, _Worker) else _Worker(arm, index, url, seed_salt, stop)
+        _work_on(worker, device, n_trials, left, stop)
+    return 0
+
+
+def _work_on(
+    worker: _Worker,
+    device: str,
+    n_trials: int | None,
+    timeout: float | None,
+    stop: threading.Event,
+) -> None:
+    """Leave at once if nothing is left to do in the worker's study; else load the data and
+    the teacher and take trials until ``n_trials``, ``timeout``, a stop or nothing left."""
     if worker.idle():
         budget = progress.count(worker.budget, "trial")
-        log.info("study %s has reached its budget of %s", study_name, budget)
-        return 0
+        log.info("study %s has reached its budget of %s", worker.study.study_name, budget)
+        return
     worker.load(device)
     started = time.monotonic()
     ran = 0
@@ -357,7 +381,6 @@ def _work(
         ran += worker.objective.trials_started - before
         if not go_on:
             break
-    return 0
 
 
 class _Worker:
