@@ -98,6 +98,11 @@ def test_both_arms_searched_alike_and_the_gain_stated(kd_home, monkeypatch):
     assert gain["val_gain"] == pytest.approx(d_mean - b_mean)
     assert gain["val_ci95"] > 0 and gain["resolved"] == (abs(gain["val_gain"]) > gain["val_ci95"])
 
+    (row,) = api.study_status(url, "d")
+    assert row["gain"] == gain
+    points = f"{100 * gain['val_gain']:+.2f} val points ± {100 * gain['val_ci95']:.2f}"
+    assert f"gain over d-baseline: {points}" in api.status_text(row)
+
     report = Path(api.write_report("d", url, out=kd_home / "report")).read_text()
     section = report.split("## Gain over the tuned baseline", 1)[1].split("## ", 1)[0]
     assert f"| validation accuracy | {100 * gain['val_gain']:+.2f} |" in section

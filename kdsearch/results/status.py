@@ -135,7 +135,17 @@ def status_of(storage: Any, name: str, now: dt.datetime | None = None) -> dict[s
         ],
         "epochs_per_second": rate,
         "seconds_left": 0.0 if spent and not running else left,
+        "gain": _gain(study),
     }
+
+
+def _gain(study: Any) -> dict[str, Any] | None:
+    """The gain over the study's tuned baseline arm (``search.baseline``), once both arms
+    have a complete trial."""
+    from kdsearch.search import gain
+
+    found = gain.of_study(study)
+    return None if found is None else found.as_dict()
 
 
 def all_statuses(storage: Any, name: str | None = None) -> list[dict[str, Any]]:
@@ -176,6 +186,12 @@ def format_status(s: dict[str, Any]) -> str:
                 f"  noise: differences under {100 * b['resolution']:.2f} points are not "
                 f"resolved; {b['tied']} configurations tied with the best"
             )
+    g = s.get("gain")
+    if g:
+        ci = f" ± {100 * g['val_ci95']:.2f}" if g["val_ci95"] is not None else " (untested)"
+        verdict = ", resolved" if g["resolved"] else ""
+        points = f"{100 * g['val_gain']:+.2f} val points{ci}{verdict}"
+        lines.append(f"  gain over {g['baseline']['study']}: {points}")
     for w in s["workers"]:
         of = f"/{w['epochs']}" if w["epochs"] else ""
         lines.append(f"  running: trial {w['trial']} epoch {w['epoch']}{of} on {w['worker']}")
