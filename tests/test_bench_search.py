@@ -18,6 +18,7 @@ import yaml
 from conftest import worker_processes
 
 from kdsearch.benchmarks import search_efficiency
+from kdsearch.config import spec as specs
 from kdsearch.config.spec import ParamSpec, merge
 from kdsearch.results.status import status_of
 from kdsearch.search.storage import open_storage
@@ -41,6 +42,21 @@ def test_grid_values_become_ranges():
     assert rng([2, 8, 32]) == ParamSpec(type="int", low=2, high=32, log=True)
     assert rng([3.0e-3]) == ParamSpec(type="categorical", choices=[3.0e-3])
     assert rng(["hinton", "dkd"]).type == "categorical"
+
+
+def test_bench_search_studies_have_no_baseline_arm():
+    spec = specs.load(ROOT / "studies" / "digits_quick.yaml").with_overrides(
+        {
+            "search.baseline": True,
+            "search.sampler": {"name": "grid"},
+            "search.space": {
+                "alpha": {"type": "categorical", "choices": [0.5, 0.9]},
+                "lr": {"type": "categorical", "choices": [1e-3, 3e-3]},
+            },
+        }
+    )
+    assert not search_efficiency.grid_spec(spec).search.baseline
+    assert not search_efficiency.search_spec(spec, 0, 8).search.baseline
 
 
 def test_reach_counts_epochs_until_within_tolerance():

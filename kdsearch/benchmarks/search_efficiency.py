@@ -208,8 +208,9 @@ def _with_search(spec: Spec, **search: Any) -> Spec:
     from kdsearch.config import spec as specs
 
     data = spec.to_dict()
-    # Epochs to reach the grid's best are the search's own: confirmation runs are not counted.
-    data["search"].update({"confirm": None, **search})
+    # Epochs to reach the grid's best are the search's own: confirmation runs are not counted,
+    # and no baseline arm is searched beside (bench-search measures search, not distilling).
+    data["search"].update({"confirm": None, "baseline": False, **search})
     return specs.from_dict(data)
 
 
