@@ -149,13 +149,17 @@ def init_spec(
     out: str | Path | None = None,
     *,
     force: bool = False,
+    epochs: int | None = None,
+    trials: int | None = None,
 ) -> dict[str, Any]:
     """Write a commented starter spec for the image folder ``data`` (``kdsearch init``).
 
     The folder is scanned (layout, classes, every image decoded: sizes, greyscale and
     unreadable files) and ``image_size`` proposed from it; the spec is validated before it is
-    written, and an existing file is kept unless ``force``. Returns where it wrote, the spec's
-    name and the scan's summary.
+    written, and an existing file is kept unless ``force``. ``epochs`` per trial (the teacher
+    trains half as many again) and the ``trials`` budget default to a real search's, 10 and
+    12; fewer make a first search that shows every step in minutes. Returns where it wrote,
+    the spec's name and the scan's summary.
     """
     import yaml
 
@@ -166,6 +170,8 @@ def init_spec(
     from kdsearch.errors import KDSearchError
     from kdsearch.paths import resolve
 
+    _at_least("--epochs", epochs, 1)
+    _at_least("--trials", trials, 1)
     nets.check_arch(teacher, "--teacher")
     nets.check_arch(student, "--student")
     found = scan.layout(resolve(data))
@@ -180,7 +186,17 @@ def init_spec(
     if path.exists() and not force:
         raise KDSearchError(f"{path} already exists; pass --force to replace it, or -o FILE")
     command = f"kdsearch init --data {data} --teacher {teacher} --student {student}"
-    text = starter.write(str(data), found, contents, teacher, student, command)
+    command += "".join(f" --{k} {v}" for k, v in (("epochs", epochs), ("trials", trials)) if v)
+    text = starter.write(
+        str(data),
+        found,
+        contents,
+        teacher,
+        student,
+        command,
+        epochs or starter.EPOCHS,
+        trials or starter.TRIALS,
+    )
     loaded = specs.from_dict(yaml.safe_load(text))
     validate(loaded)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,13 @@ def _args_init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="image folder: train/<class>/ and val/ or test/")
     p.add_argument("--teacher", required=True, metavar="ARCH", help="teacher architecture")
     p.add_argument("--student", required=True, metavar="ARCH", help="student architecture")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="epochs per trial; the teacher trains half as many again (default: 10)",
+    )
+    p.add_argument("--trials", type=int, metavar="N", help="the trial budget (default: 12)")
     p.add_argument("-o", "--out", help="spec file to write (default: studies/<folder>.yaml)")
     p.add_argument("--force", action="store_true", help="replace an existing spec file")
     _json_arg(p, "the scan and where the spec was written")
@@ -77,7 +84,9 @@ def _args_init(p: argparse.ArgumentParser) -> None:
 def cmd_init(a: argparse.Namespace) -> int:
     from kdsearch import api
 
-    result = api.init_spec(a.data, a.teacher, a.student, a.out, force=a.force)
+    result = api.init_spec(
+        a.data, a.teacher, a.student, a.out, force=a.force, epochs=a.epochs, trials=a.trials
+    )
     if a.json:
         _print_json(result)
     else:

@@ -28,6 +28,14 @@ def parse(text: str, source: str) -> int:
     return threads
 
 
+def from_env() -> int | None:
+    """``KDSEARCH_THREADS`` as a thread count, None when unset or empty: what a worker started
+    from Python (``kdsearch.api.run_workers``, no CLI to parse it first) reads, so a bad value
+    is the same one line there as at the command line."""
+    text = os.environ.get(ENV)
+    return parse(text, ENV) if text else None
+
+
 def configure(flag: str | None) -> int | None:
     """Set the thread count from ``--threads`` (``flag``), else from ``KDSEARCH_THREADS``, into
     the environment torch and worker processes read; the count, or None when neither is set."""

@@ -165,6 +165,39 @@ def test_init_writes_a_commented_spec_that_validates(pets: Path, cli: CLI) -> No
     assert "arch: cnn5" in spec.read_text()
 
 
+def test_init_sizes_the_search_from_epochs_and_trials(pets: Path, cli: CLI) -> None:
+    """12 trials of 10 epochs and a teacher of 15 by default; ``--epochs 4 --trials 6`` give
+    4 per trial, 6 for the teacher, a budget of 6 and, at 96 px (random-resized crops), a
+    teacher cache of one sampled view per epoch; ``--epochs 0`` is one line, nothing written."""
+    for path in pets.rglob("*.jpg"):
+        with Image.open(path) as img:
+            bigger = img.resize((112, 112))
+        bigger.save(path)
+    args = ("init", "--data", "pets", "--teacher", "resnet20", "--student", "cnn5")
+    assert cli(*args).returncode == 0
+    spec = pets.parent / "studies" / "pets.yaml"
+    plain = yaml.safe_load(spec.read_text())
+    assert (plain["train"]["epochs"], plain["teacher_train"]["epochs"]) == (10, 15)
+    assert plain["search"]["n_trials"] == 12 and plain["distill"]["teacher_cache"] == "sampled:10"
+
+    proc = cli(*args, "--epochs", "4", "--trials", "6", "--force")
+    assert proc.returncode == 0, proc.stderr
+    text = spec.read_text()
+    assert text.startswith(
+        "# Written by `kdsearch init --data pets --teacher resnet20 --student cnn5 "
+        "--epochs 4 --trials 6`."
+    )
+    short = yaml.safe_load(text)
+    assert short["dataset"]["image_size"] == 96
+    assert (short["train"]["epochs"], short["teacher_train"]["epochs"]) == (4, 6)
+    assert short["search"]["n_trials"] == 6 and short["distill"]["teacher_cache"] == "sampled:4"
+
+    for option in ("--epochs", "--trials"):
+        line = _one_line_error(cli(*args, option, "0", "--force"))
+        assert line == f"kdsearch: error: {option} 0: must be >= 1"
+    assert spec.read_text() == text
+
+
 def test_init_refuses_an_unknown_arch_and_writes_nothing(pets: Path, cli: CLI) -> None:
     proc = cli("init", "--data", "pets", "--teacher", "resnet19", "--student", "cnn5")
     line = _one_line_error(proc)

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import run_cli
+
+from kdsearch import api
+from kdsearch.errors import KDSearchError
 
 
 def threads_used(checkpoint: Path, home: Path, *before: str, env: dict[str, str]) -> int:
@@ -63,3 +68,36 @@ def test_a_torch_imported_already_is_resized(monkeypatch: pytest.MonkeyPatch) ->
         assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_a_bad_thread_count_stops_workers_started_from_python(
+    write_spec: Callable[..., Path], kd_home: Path, monkeypatch: pytest.MonkeyPatch, n_workers: int
+) -> None:
+    """``api.run_workers`` has no CLI to parse ``KDSEARCH_THREADS`` first: the worker (one, in
+    this process) and the plan of worker processes (two) say the same one line, and no trial
+    starts."""
+    url = f"sqlite:///{kd_home}/kd.db"
+    api.create_study(api.validate(write_spec()), url)
+    monkeypatch.setenv("KDSEARCH_THREADS", "many")
+    with pytest.raises(KDSearchError) as raised:
+        api.run_workers("synth", url, n_workers=n_workers, devices="cpu")
+    assert str(raised.value) == (
+        "KDSEARCH_THREADS 'many': a thread count is a whole number >= 1, e.g. 2"
+    )
+    assert optuna.load_study(study_name="synth", storage=url).trials == []
+
+
+def test_a_bad_thread_count_stops_the_worker_command(
+    write_spec: Callable[..., Path], kd_home: Path
+) -> None:
+    url = f"sqlite:///{kd_home}/kd.db"
+    api.create_study(api.validate(write_spec()), url)
+    proc = run_cli(
+        "worker", "--study", "synth", "--storage", url, cwd=kd_home, env={"KDSEARCH_THREADS": "0"}
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "kdsearch: error: KDSEARCH_THREADS '0': a thread count is a whole number >= 1, e.g. 2"
+    )
+    assert optuna.load_study(study_name="synth", storage=url).trials == []

@@ -7,7 +7,6 @@ budget is raised with `extend` and which `delete` then removes with its files.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -224,53 +223,52 @@ def test_quiet_worker_prints_no_progress(cli, write_spec, kd_home):
     assert Path(kd_home / "s.db").exists()
 
 
-def _hand_built_study() -> tuple[Any, dt.datetime]:
-    """Study "s" (budget 4 trials of 2 epochs): two complete trials and one running, started
-    10 s apart from t0, so every status number is known; its storage and t0."""
+def _hand_built_study(pruner: str = "median", running: bool = True) -> Any:
+    """Study "s" (budget 4 trials of 2 epochs): two complete trials and (``running``) one
+    running, all on worker host:1, their epochs trained 10 s apart from t = 100 s, so every
+    status number is known."""
+    from kdsearch.search.pace import CLOCK_ATTR
     from kdsearch.search.study import SPEC_ATTR
 
     storage = optuna.storages.RDBStorage("sqlite:///:memory:")
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
-    study.set_user_attr(SPEC_ATTR, {"search": {"n_trials": 4}, "train": {"epochs": 2}})
-    t0 = dt.datetime(2026, 1, 1, 12, 0, 0)
+    spec = {"search": {"n_trials": 4, "pruner": {"name": pruner}}, "train": {"epochs": 2}}
+    study.set_user_attr(SPEC_ATTR, spec)
     dist = {"alpha": optuna.distributions.FloatDistribution(0, 1)}
     for i, value in enumerate((0.5, 0.75)):
+        clock = {"first": 100 + 20 * i, "last": 110 + 20 * i, "epochs": 2}
         study.add_trial(
             optuna.trial.create_trial(
                 value=value,
                 params={"alpha": 0.1 * (i + 1)},
                 distributions=dist,
                 intermediate_values={0: value / 2, 1: value},
-                user_attrs={"test_accuracy": value - 0.01},
+                user_attrs={"test_accuracy": value - 0.01, "worker": "host:1", CLOCK_ATTR: clock},
             )
         )
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=optuna.trial.TrialState.RUNNING,
-            params={"alpha": 0.3},
-            distributions=dist,
-            intermediate_values={0: 0.2},
-            user_attrs={"worker": "host:1"},
+    if running:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.RUNNING,
+                params={"alpha": 0.3},
+                distributions=dist,
+                intermediate_values={0: 0.2},
+                user_attrs={
+                    "worker": "host:1",
+                    CLOCK_ATTR: {"first": 140, "last": 140, "epochs": 1},
+                },
+            )
         )
-    )
-    with storage.scoped_session() as session:  # place the trials on a known clock
-        from optuna.storages._rdb import models
-
-        for row in session.query(models.TrialModel).all():
-            row.datetime_start = t0 + dt.timedelta(seconds=10 * row.number)
-            if row.state == optuna.trial.TrialState.COMPLETE:
-                row.datetime_complete = row.datetime_start + dt.timedelta(seconds=10)
-        session.commit()
-    return storage, t0
+    return storage
 
 
 def test_status_counts_rate_and_time_left():
-    """Rate = epochs reported / wall time since the first start; time left from the mean
-    epochs of finished trials (hand-built trials, so every number is known)."""
-    from kdsearch.results.status import status_of
+    """Rate = epochs a worker trained after its first / the time from its first to its latest
+    epoch; time left from the mean epochs of finished trials (hand-built trials, so every
+    number is known)."""
+    from kdsearch.results.status import format_status, status_of
 
-    storage, t0 = _hand_built_study()
-    s = status_of(storage, "s", now=t0 + dt.timedelta(seconds=25))
+    s = status_of(_hand_built_study(), "s")
     assert s["states"]["complete"] == 2 and s["states"]["running"] == 1 and s["finished"] == 2
     best = {"number": 1, "value": 0.75, "params": {"alpha": 0.2}, "test_accuracy": 0.74}
     assert {k: s["best"][k] for k in best} == best
@@ -278,9 +276,11 @@ def test_status_counts_rate_and_time_left():
     assert (s["best"]["n"], s["best"]["std"], s["best"]["tested"]) == (1, None, False)
     assert s["confirm"] == {"runs": 0, "complete": 0, "running": 0, "waiting": 0, "failed": 0}
     assert s["workers"] == [{"trial": 2, "worker": "host:1", "epoch": 1, "epochs": 2}]
-    assert s["epochs_per_second"] == pytest.approx(5 / 25)
-    # one trial still to start (4 - 2 finished - 1 running) x 2 epochs + 1 epoch left, at 0.2/s
-    assert s["seconds_left"] == pytest.approx(15)
+    # 5 epochs, the first (before t = 100) not timed: 4 in 40 s
+    assert s["epochs_per_second"] == pytest.approx(0.1)
+    # one trial still to start (4 - 2 finished - 1 running) x 2 epochs + 1 epoch left, at 0.1/s
+    assert s["seconds_left"] == pytest.approx(30)
+    assert format_status(s).splitlines()[-1] == "  0.1 epochs/s, about 30s left"
 
 
 def test_status_of_a_search_budgeted_in_epochs():
@@ -289,11 +289,11 @@ def test_status_of_a_search_budgeted_in_epochs():
     from kdsearch.results.status import format_status, status_of
     from kdsearch.search.study import EPOCH_BUDGET_ATTR
 
-    storage, t0 = _hand_built_study()
+    storage = _hand_built_study()
     optuna.load_study(study_name="s", storage=storage).set_user_attr(EPOCH_BUDGET_ATTR, 20)
-    s = status_of(storage, "s", now=t0 + dt.timedelta(seconds=25))
+    s = status_of(storage, "s")
     assert (s["epoch_budget"], s["epochs_trained"]) == (20, 5)
-    assert s["seconds_left"] == pytest.approx((20 - 5) / 0.2)
+    assert s["seconds_left"] == pytest.approx((20 - 5) / 0.1)
     assert format_status(s).splitlines()[0] == (
         "s: 5/20 epochs trained, 2 trials finished (1 running, 2 complete)"
     )

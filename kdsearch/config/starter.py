@@ -22,6 +22,8 @@ STRIDE = 32
 CENTRE = 0.875
 #: Epochs of the student runs; the sampled teacher cache needs at least one view per epoch.
 EPOCHS = 10
+#: The trial budget: enough for the TPE sampler to start modelling after its first trials.
+TRIALS = 12
 
 
 def propose_size(short_side: int) -> int:
@@ -63,19 +65,27 @@ def _size_comment(size: int, contents: Contents) -> str:
 
 
 def write(
-    data: str, found: Layout, contents: Contents, teacher: str, student: str, command: str
+    data: str,
+    found: Layout,
+    contents: Contents,
+    teacher: str,
+    student: str,
+    command: str,
+    epochs: int = EPOCHS,
+    trials: int = TRIALS,
 ) -> str:
-    """The commented YAML spec for the folder ``data`` (as the user named it)."""
+    """The commented YAML spec for the folder ``data`` (as the user named it): ``trials``
+    trials of ``epochs`` epochs, the teacher trained half as long again."""
     size = propose_size(contents.median_short_side)
     name = study_name(found.root.resolve().name)
     pad = size <= 64  # crop: auto picks the pad crop up to 64 px, whose views can all be cached
     n_train = found.train.count
     held = found.held.name
-    cache = "all_views" if pad else f"sampled:{EPOCHS}"
+    cache = "all_views" if pad else f"sampled:{epochs}"
     cache_why = (
         "every crop+flip view of the pad crop, computed once"
         if pad
-        else f"random-resized crops are continuous: {EPOCHS} seeded crops per image, one per epoch"
+        else f"random-resized crops are continuous: {epochs} seeded crops per image, one per epoch"
     )
     skip = bool(contents.unreadable)
     skip_why = (
@@ -113,12 +123,12 @@ teacher:
   # {{pretrained: true}} (timm), which downloads them once.
   checkpoint: models/{name}-teacher.pt
 teacher_train:  # merged over train: for the teacher only
-  epochs: 15
+  epochs: {epochs + epochs // 2}
   optimizer: {{name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 5.0e-4, nesterov: true}}
 student:
   arch: {student}  # the network to ship
 train:
-  epochs: {EPOCHS}  # per trial: short runs rank configurations, best retrains the winner
+  epochs: {epochs}  # per trial: short runs rank configurations, best retrains the winner
   batch_size: 64
   optimizer: {{name: adam, lr: 2.0e-3, weight_decay: 1.0e-5}}
   schedule: {{name: onecycle}}  # warm up, then anneal: suits short runs
@@ -128,7 +138,7 @@ distill:
   temperature: 4.0  # softening of the teacher's outputs (searched below)
   teacher_cache: {cache}  # {cache_why}
 search:
-  n_trials: 12  # the trial budget; raise it later with `kdsearch extend`
+  n_trials: {trials}  # the trial budget; raise it later with `kdsearch extend`
   sampler: {{name: tpe, seed: 0}}
   pruner: {{name: hyperband}}  # stops trials that fall behind after a few epochs
   space:  # what the search tunes; any numeric key by its dotted path may be added

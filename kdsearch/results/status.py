@@ -3,18 +3,19 @@
 Everything is read from the storage, so ``kdsearch status`` works from any machine that
 reaches the database. A worker is live while its RUNNING trial's heartbeat is fresher than
 the spec's grace period (without heartbeats, e.g. through the gRPC proxy, every RUNNING trial
-counts). The rate is epochs reported per second of wall time since the study's first trial
-started, all workers together; the time left assumes the remaining trials run as many epochs
-as the finished ones did on average. A ``bench-search`` search is budgeted in epochs, not
-trials (its ``n_trials`` only caps it), so for it the budget and the time left are epochs.
+counts). The rate is each worker's own, timed from its first trained epoch
+(:mod:`kdsearch.search.pace`: its start-up is not training), all workers together; the time
+left assumes the remaining trials train as many epochs as the finished ones did on average,
+pruned ones included, and is not estimated before one has finished unless nothing prunes. A
+``bench-search`` search is budgeted in epochs, not trials (its ``n_trials`` only caps it), so
+for it the budget and the time left are epochs.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
-from kdsearch.search import confidence, confirm, ranking
+from kdsearch.search import confidence, confirm, pace, ranking
 from kdsearch.search.progress import fmt_params, fmt_seconds
 from kdsearch.search.study import EPOCH_BUDGET_ATTR, SPEC_ATTR
 
@@ -40,21 +41,16 @@ def _live_trial_ids(storage: Any, study: Any, grace_period: int | None) -> set[i
 
 
 def _trial_budget_epochs(
-    budget: int, finished: list[Any], live: list[Any], epochs_per_trial: int | None
+    budget: int, finished: list[Any], live: list[Any], per_trial: float
 ) -> float:
-    """Epochs a trial budget still holds: the trials yet to start at the finished ones' mean
-    length (the spec's epochs before any finished), plus what the running ones lack."""
-    per_trial = (
-        sum(len(t.intermediate_values) for t in finished) / len(finished)
-        if finished
-        else epochs_per_trial or 1
-    )
+    """Epochs a trial budget still holds: the trials yet to start at ``per_trial`` epochs each,
+    plus what the running ones lack of it."""
     to_start = max(0, budget - len(finished) - len(live))
-    running_left = sum(max(0.0, per_trial - len(t.intermediate_values)) for t in live)
+    running_left = sum(max(0.0, per_trial - pace.epochs(t)) for t in live)
     return to_start * per_trial + running_left
 
 
-def status_of(storage: Any, name: str, now: dt.datetime | None = None) -> dict[str, Any]:
+def status_of(storage: Any, name: str) -> dict[str, Any]:
     """The status of one study as a JSON-ready dict (keys documented in README, `status`)."""
     import optuna
 
@@ -93,26 +89,21 @@ def status_of(storage: Any, name: str, now: dt.datetime | None = None) -> dict[s
             "tested": ranked.tested,
         }
 
-    now = now or dt.datetime.now()
-    starts = [t.datetime_start for t in trials if t.datetime_start]
-    ends = [t.datetime_complete for t in trials if t.datetime_complete]
-    last = now if running else max(ends, default=now)
-    elapsed = (last - min(starts)).total_seconds() if starts else 0.0
     epochs_done = sum(len(t.intermediate_values) for t in trials)
-    rate = epochs_done / elapsed if elapsed > 0 else None
+    rate = pace.epochs_per_second(trials, {t.user_attrs.get("worker") for t in live})
 
     budget = search.get("n_trials")
     epoch_budget = study.user_attrs.get(EPOCH_BUDGET_ATTR)
+    to_train: float | None = None
     if epoch_budget is not None:
         spent = epochs_done >= epoch_budget
-        to_train: float | None = max(0, epoch_budget - epochs_done)
+        to_train = max(0, epoch_budget - epochs_done)
     else:
         spent = len(finished) >= (budget or 0)
-        to_train = (
-            None
-            if budget is None
-            else _trial_budget_epochs(budget, finished, live, epochs_per_trial)
-        )
+        prunes = (search.get("pruner") or {}).get("name") != "none"
+        per_trial = pace.trial_epochs(finished, epochs_per_trial, prunes)
+        if budget is not None and per_trial is not None:
+            to_train = _trial_budget_epochs(budget, finished, live, per_trial)
     left = to_train / rate if rate and to_train is not None else None
     return {
         "study": name,
@@ -128,7 +119,7 @@ def status_of(storage: Any, name: str, now: dt.datetime | None = None) -> dict[s
             {
                 "trial": t.number,
                 "worker": t.user_attrs.get("worker"),
-                "epoch": len(t.intermediate_values),
+                "epoch": pace.epochs(t),
                 "epochs": epochs_per_trial,
             }
             for t in live
@@ -197,10 +188,17 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append(f"  running: trial {w['trial']} epoch {w['epoch']}{of} on {w['worker']}")
     for j in s.get("slurm_jobs", ()):
         lines.append(f"  slurm: job {j['job']} {j['state']} {j['elapsed']}/{j['time_limit']}")
-    if s["epochs_per_second"]:
-        left = s["seconds_left"]
-        eta = "done" if not left else f"about {fmt_seconds(left)} left"
-        lines.append(f"  {s['epochs_per_second']:.3g} epochs/s, {eta}")
+    rate, left = s["epochs_per_second"], s["seconds_left"]
+    if rate is None and s["workers"]:
+        lines.append("  time left: estimating, from each worker's second trained epoch")
+    elif rate is not None:
+        if left is not None:
+            eta = "done" if left == 0 else f"about {fmt_seconds(left)} left"
+        elif s["finished"] == 0:
+            eta = "time left: estimating until a trial ends (the pruner may stop trials early)"
+        else:
+            eta = "time left: unknown"
+        lines.append(f"  {rate:.3g} epochs/s, {eta}")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import socket
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from kdsearch import nets
 from kdsearch.config.metrics import METRICS
 from kdsearch.config.spec import ParamSpec, Spec
-from kdsearch.search import confirm, progress, ranking
+from kdsearch.search import confirm, pace, progress, ranking
 from kdsearch.search import study as studies
 from kdsearch.search.trial_files import CheckpointStore, trial_by_number
 from kdsearch.training.experiment import Context, fit_student
@@ -309,8 +310,8 @@ class Objective:
 
 class _Reporter:
     """What a trial tells Optuna while it trains: each epoch's accuracy (for the pruner), loss
-    terms and progress, its files uploaded to the artifact store, and the epochs a killed
-    attempt had finished when a retry resumes them.
+    terms, progress and epoch clock (:mod:`kdsearch.search.pace`), its files uploaded to the
+    artifact store, and the epochs a killed attempt had finished when a retry resumes them.
 
     Optuna reports and prunes only single-objective trials; a confirmation is not pruned.
     """
@@ -325,6 +326,7 @@ class _Reporter:
         self.root = root
         self.single = len(spec.search.objectives) == 1
         self.prunable = self.single and ranking.CONFIRM_OF not in trial.user_attrs
+        self.clock: dict[str, Any] | None = None
 
     def on_resume(self, history: History) -> None:
         """Re-report the epochs the killed attempt finished, so the pruner sees the curve."""
@@ -348,6 +350,8 @@ class _Reporter:
         names = dict.fromkeys(name for e in history.epochs for name in e.terms)
         terms = {name: [e.terms.get(name) for e in history.epochs] for name in names}
         trial.set_user_attr("loss_terms", terms)
+        self.clock = pace.tick(self.clock, time.time())  # for status: when epochs were trained
+        trial.set_user_attr(pace.CLOCK_ATTR, self.clock)
         rate = r.images / r.seconds if r.seconds else 0.0
         progress.epoch_done(
             trial.number, r.epoch, self.epochs, r.val_accuracy, history.best_val, rate

@@ -57,6 +57,7 @@ from typing import Any
 
 from kdsearch.errors import KDSearchError
 from kdsearch.search import progress
+from kdsearch.threads import from_env
 
 log = logging.getLogger("kdsearch.search.worker")
 
@@ -105,8 +106,7 @@ def plan(n_workers: int, devices: Sequence[str]) -> list[tuple[str, dict[str, st
     """
     assigned = [devices[i % len(devices)] for i in range(n_workers)]
     n_cpu = sum(d == "cpu" for d in assigned)
-    threads = max(1, len(os.sched_getaffinity(0)) // max(1, n_cpu))
-    threads = int(os.environ.get("KDSEARCH_THREADS") or threads)
+    threads = from_env() or max(1, len(os.sched_getaffinity(0)) // max(1, n_cpu))
     out = []
     for device in assigned:
         env = {"OMP_NUM_THREADS": str(threads), "KDSEARCH_THREADS": str(threads)}
@@ -406,8 +406,9 @@ class _Worker:
 
         # A stop is not a failure worth a traceback: _requeue logs it as one line.
         logging.getLogger("optuna.study._optimize").addFilter(_not_a_stop)
-        if os.environ.get("KDSEARCH_THREADS"):
-            torch.set_num_threads(int(os.environ["KDSEARCH_THREADS"]))
+        threads = from_env()
+        if threads:
+            torch.set_num_threads(threads)
         # Heartbeats and their retry callback are marked experimental; they are what we rely on.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         url = url or storages.resolve_url()
