@@ -40,6 +40,7 @@ STATUS_KEYS = {
     "workers",
     "epochs_per_second",
     "seconds_left",
+    "gain",
     "slurm_jobs",
 }
 
