@@ -72,3 +72,21 @@ def test_what_takes_a_place_in_the_budget():
     assert not ranking.claims_budget(trial(S.FAIL))
     assert not ranking.claims_budget(trial(S.COMPLETE, **{ranking.CONFIRM_OF: 0, ranking.SEED: 1}))
     assert not ranking.claims_budget(trial(S.PRUNED, **{ranking.OVER_BUDGET: True}))
+
+
+def test_n_trials_bounds_queued_confirmations_too(write_spec, kd_home, monkeypatch):
+    """``worker --n-trials 1`` runs one trial even when more are queued: confirmations (and
+    retries) are run one at a time by the worker's waiting paths, which must count them."""
+    monkeypatch.chdir(kd_home)
+    url = f"sqlite:///{kd_home}/kd.db"
+    search = {"n_trials": 1, "confirm": {"top": 1, "seeds": 3}, "pruner": {"name": "none"}}
+    api.create_study(str(write_spec({"train": {"epochs": 1}, "search": search})), url)
+
+    def complete() -> list[optuna.trial.FrozenTrial]:
+        trials = optuna.load_study(study_name="synth", storage=url).trials
+        return [t for t in trials if t.state == S.COMPLETE]
+
+    for runs in (1, 2, 3, 4):
+        assert api.run_workers("synth", url, n_trials=1, devices="cpu") == 0
+        assert len(complete()) == runs  # the search trial, then one confirmation per call
+    assert sum(ranking.is_confirmation(t) for t in complete()) == 3

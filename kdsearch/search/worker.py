@@ -514,27 +514,31 @@ class _Worker:
 
     def step(self, n_trials: int | None, timeout: float | None) -> bool:
         """Search while a slot is free (up to ``n_trials``), else wait for the others'
-        trials, else run what is queued; False once nothing is left for this worker."""
+        trials, else run what is queued; False once nothing is left for this worker.
+
+        ``n_trials`` bounds every path: retries and confirmations run one at a time here, and
+        a worker asked for one trial (``--n-trials 1``) must not run all that is queued."""
         from kdsearch.search import confirm
+
+        first = self.objective.trials_started
+
+        def stopping() -> bool:
+            ran = self.objective.trials_started - first
+            return self.stop.is_set() or (n_trials is not None and ran >= n_trials)
 
         if not self.budget_taken():
             self._optimize(n_trials, timeout, self.stop_when_taken)
             return True
         if not self.budget_met():  # every slot taken, some still running elsewhere
             wait_for_others(
-                self.study,
-                self.storage,
-                self.run_one,
-                self.stop.is_set,
-                self.budget_taken,
-                self.budget_met,
+                self.study, self.storage, self.run_one, stopping, self.budget_taken, self.budget_met
             )
             return True
-        while not self.stop.is_set():
+        while not stopping():
             if self.confirmations_due():
                 self.run_one()
                 continue
-            finish_orphans(self.study, self.storage, self.run_one, self.stop.is_set)
+            finish_orphans(self.study, self.storage, self.run_one, stopping)
             if not confirm.waiting(self.study):
                 break
         return False
