@@ -349,6 +349,7 @@ def _work(
             break
         worker = arm if isinstance(arm, _Worker) else _Worker(arm, index, url, seed_salt, stop)
         _work_on(worker, device, n_trials, left, stop)
+        worker.unload()  # the data and teacher cache go before the other arm loads its own
     return 0
 
 
@@ -484,6 +485,10 @@ class _Worker:
             )
         ctx = Context.load(self.spec, device)
         self.objective = Objective(ctx, self.study, should_stop=self.stop.is_set)
+
+    def unload(self) -> None:
+        """Let go of what :meth:`load` holds (the data, the teacher and its logit cache)."""
+        self.__dict__.pop("objective", None)
 
     def after_trial(self, study: Any, trial: Any) -> None:
         from kdsearch.search import study as studies
