@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "studies" / "digits_quick.yaml"
 
 
-def _digits_spec(home: Path, **search: object) -> Path:
+def _digits_spec(home: Path) -> Path:
     spec = home / "d.yaml"
     data = {
         "base": str(DIGITS),
@@ -39,7 +39,6 @@ def _digits_spec(home: Path, **search: object) -> Path:
             "confirm": {"top": 2, "seeds": 2},
             "sampler": {"name": "random", "seed": 0},
             "pruner": {"name": "none"},
-            **search,
         },
     }
     spec.write_text(yaml.safe_dump(data))

@@ -494,7 +494,7 @@ def _check_baseline(spec: Spec) -> None:
             "several objectives do not single out; keep objectives: [val_accuracy] (cost "
             "ceilings go in search.constraints)"
         )
-    if not any(not _distills(key) for key in spec.search.space):
+    if all(_distills(key) for key in spec.search.space):
         raise KDSearchError(
             "search.baseline: without distillation keys the space has nothing to search "
             f"({', '.join(spec.search.space) or 'it is empty'}); add a student or training "

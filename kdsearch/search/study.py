@@ -272,16 +272,14 @@ def create(spec: Spec, storage: Any, name: str, load_if_exists: bool) -> Any:
 
     made = arms(spec, name)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    for arm, arm_spec in made:
+    for arm, _ in made:
         check_name(arm)
-        if arm in existing:
-            _reopen(arm_spec, storage, arm, load_if_exists)
-    studies = [
-        _reopen(arm_spec, storage, arm, load_if_exists)
-        if arm in existing
-        else _create_one(arm_spec, storage, arm)
+    reopened = {
+        arm: _reopen(arm_spec, storage, arm, load_if_exists)
         for arm, arm_spec in made
-    ]
+        if arm in existing
+    }
+    studies = [reopened.get(arm) or _create_one(arm_spec, storage, arm) for arm, arm_spec in made]
     if len(studies) == 2:
         studies[0].set_user_attr(BASELINE_STUDY_ATTR, made[1][0])
         studies[1].set_user_attr(BASELINE_OF_ATTR, name)
